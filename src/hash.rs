@@ -1,0 +1,189 @@
+//! SHA-256 hashes in the notations Nix uses, and a writer that hashes and
+//! counts the bytes that pass through it.
+//!
+//! Nix has written a NAR hash as `sha256:<nix32>` (narinfo, exportReferencesGraph),
+//! `sha256:<hex>` (old caches) and SRI `sha256-<base64>` (`nix path-info --json`
+//! since 2.4). We read all three and always write `sha256:<nix32>`.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::str::FromStr;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::nixbase32;
+
+/// A SHA-256 digest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NarHash(pub [u8; 32]);
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ParseHashError {
+    #[error("unsupported hash algorithm in {0:?}: only sha256 is used for NARs")]
+    Algorithm(String),
+    #[error("malformed sha256 hash {0:?}: expected sha256:<nix32>, sha256:<hex> or sha256-<base64>")]
+    Malformed(String),
+}
+
+impl NarHash {
+    pub fn digest(data: &[u8]) -> Self {
+        NarHash(Sha256::digest(data).into())
+    }
+
+    /// The 52-character Nix base32 form, as used in file names.
+    pub fn to_nix32(&self) -> String {
+        nixbase32::encode(&self.0)
+    }
+
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn to_sri(&self) -> String {
+        format!("sha256-{}", STANDARD.encode(self.0))
+    }
+}
+
+impl FromStr for NarHash {
+    type Err = ParseHashError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let malformed = || ParseHashError::Malformed(s.to_owned());
+        let bytes = if let Some(rest) = s.strip_prefix("sha256:") {
+            match rest.len() {
+                52 => nixbase32::decode(rest, 32).map_err(|_| malformed())?,
+                64 => decode_hex(rest).ok_or_else(malformed)?,
+                _ => return Err(malformed()),
+            }
+        } else if let Some(rest) = s.strip_prefix("sha256-") {
+            STANDARD.decode(rest).map_err(|_| malformed())?
+        } else if let Some((algo, _)) = s.split_once([':', '-']) {
+            return Err(ParseHashError::Algorithm(algo.to_owned()));
+        } else {
+            return Err(malformed());
+        };
+        Ok(NarHash(bytes.try_into().map_err(|_| malformed())?))
+    }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// `sha256:<nix32>`, the form narinfo files and fingerprints use.
+impl fmt::Display for NarHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.to_nix32())
+    }
+}
+
+impl fmt::Debug for NarHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Passes writes on to `inner` while hashing them and counting their length.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    /// The inner writer, and the hash and length of everything written.
+    pub fn finish(self) -> (W, NarHash, u64) {
+        (self.inner, NarHash(self.hasher.finalize().into()), self.len)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The same digest three ways, as `nix-hash --to-base32`/`--to-sri` print it.
+    const NIX32: &str = "sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
+    const HEX: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    const SRI: &str = "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+
+    #[test]
+    fn parses_every_notation_nix_has_used() {
+        let expected = NarHash::digest(b"");
+        for s in [NIX32, HEX, SRI] {
+            assert_eq!(s.parse::<NarHash>().unwrap(), expected, "{s}");
+        }
+    }
+
+    #[test]
+    fn displays_as_sha256_nix32() {
+        let h = NarHash::digest(b"");
+        assert_eq!(h.to_string(), NIX32);
+        assert_eq!(h.to_sri(), SRI);
+        assert_eq!(format!("sha256:{}", h.to_hex()), HEX);
+    }
+
+    #[test]
+    fn rejects_other_algorithms_and_garbage() {
+        assert!(matches!(
+            "md5:abc".parse::<NarHash>(),
+            Err(ParseHashError::Algorithm(a)) if a == "md5"
+        ));
+        for bad in ["", "sha256:", "sha256:xyz", "sha256-!!!", "sha256-AAAA", "0mdqa9w1"] {
+            assert!(bad.parse::<NarHash>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hashing_writer_hashes_and_counts_what_it_passes_on() {
+        let mut w = HashingWriter::new(Vec::new());
+        w.write_all(b"hello ").unwrap();
+        w.write_all(b"world").unwrap();
+        let (inner, hash, len) = w.finish();
+        assert_eq!(inner, b"hello world");
+        assert_eq!(len, 11);
+        assert_eq!(hash, NarHash::digest(b"hello world"));
+    }
+}

@@ -1,0 +1,10 @@
+//! mk-binary-cache writes flat-file Nix binary caches.
+//!
+//! Data flows one way: the closure handed over by Nix ([`attrs`]) becomes a list
+//! of [`store_path::PathInfo`]s; each path is serialised as a NAR ([`nar`]),
+//! hashed ([`hash`]) and compressed ([`compression`]) in one streaming pass, and
+//! described by a [`narinfo`]. [`cache`] drives that work in parallel and lays
+//! out the cache directory.
+
+pub mod hash;
+pub mod nixbase32;
