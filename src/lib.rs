@@ -8,3 +8,5 @@
 
 pub mod hash;
 pub mod nixbase32;
+pub mod nar;
+pub mod signing;

@@ -1,0 +1,1 @@
+//! Serialising a filesystem tree as a NAR.

@@ -1,0 +1,1 @@
+//! A NAR writer whose types allow only well-formed archives.
