@@ -1,0 +1,75 @@
+# The mk-binary-cache program, packaged for nixpkgs.
+#
+# Inside Nix the program links dynamically against nixpkgs' glibc; that is
+# fine, because the builder's closure is an input of every cache derivation.
+# `pkgsStatic.mk-binary-cache` gives a fully static one.
+{
+  lib,
+  rustPlatform,
+  testers,
+  callPackage,
+}:
+
+rustPlatform.buildRustPackage (finalAttrs: {
+  pname = "mk-binary-cache";
+  # Cargo.toml is the one place the version is written.
+  inherit ((lib.importTOML ../Cargo.toml).package) version;
+
+  src = lib.fileset.toSource {
+    root = ../.;
+    fileset = lib.fileset.unions [
+      ../Cargo.toml
+      ../Cargo.lock
+      ../src
+      # Cargo.toml names the integration-test target, so its sources must exist.
+      ../tests
+    ];
+  };
+
+  cargoLock.lockFile = ../Cargo.lock;
+
+  # The end-to-end tests (module `e2e` of the `it` test binary) run real Nix
+  # builds with the sandbox on; Nix cannot run inside a Nix build, so they are
+  # skipped here. Unit tests and the other integration tests still run.
+  # `scripts/test` runs everything outside Nix.
+  checkFlags = [ "--skip=e2e::" ];
+
+  passthru.tests = {
+    version = testers.testVersion { package = finalAttrs.finalPackage; };
+
+    # A cache of a two-path closure, built by this package as the builder,
+    # then read back by Nix into a scratch store.
+    cache = callPackage (
+      {
+        runCommand,
+        writeText,
+        nix,
+      }:
+      let
+        mkBinaryCache = import ./mk-binary-cache.nix {
+          inherit lib;
+          mk-binary-cache = finalAttrs.finalPackage;
+        };
+        greeting = writeText "greeting" "hello from mk-binary-cache\n";
+        root = writeText "root" "${greeting}\n";
+        cache = mkBinaryCache { rootPaths = [ root ]; };
+      in
+      runCommand "mk-binary-cache-test-cache" { nativeBuildInputs = [ nix ]; } ''
+        export HOME=$TMPDIR NIX_STATE_DIR=$TMPDIR/state NIX_CONF_DIR=$TMPDIR/conf
+        test "$(cat ${cache}/store-paths)" = ${root}
+        nix --extra-experimental-features nix-command copy --no-check-sigs \
+          --from file://${cache} --to $TMPDIR/store ${root}
+        grep -q 'hello from' $TMPDIR/store${greeting}
+        touch $out
+      ''
+    ) { };
+  };
+
+  meta = {
+    description = "Fast builder of flat-file Nix binary caches, a drop-in for mkBinaryCache";
+    homepage = "https://github.com/mk-binary-cache/mk-binary-cache";
+    license = lib.licenses.mit;
+    mainProgram = "mk-binary-cache";
+    platforms = lib.platforms.linux;
+  };
+})
