@@ -2,3 +2,5 @@
 
 mod common;
 mod e2e;
+mod nar_reader;
+mod signing;
