@@ -24,7 +24,9 @@ pub struct NarHash(pub [u8; 32]);
 pub enum ParseHashError {
     #[error("unsupported hash algorithm in {0:?}: only sha256 is used for NARs")]
     Algorithm(String),
-    #[error("malformed sha256 hash {0:?}: expected sha256:<nix32>, sha256:<hex> or sha256-<base64>")]
+    #[error(
+        "malformed sha256 hash {0:?}: expected sha256:<nix32>, sha256:<hex> or sha256-<base64>"
+    )]
     Malformed(String),
 }
 
@@ -171,7 +173,14 @@ mod tests {
             "md5:abc".parse::<NarHash>(),
             Err(ParseHashError::Algorithm(a)) if a == "md5"
         ));
-        for bad in ["", "sha256:", "sha256:xyz", "sha256-!!!", "sha256-AAAA", "0mdqa9w1"] {
+        for bad in [
+            "",
+            "sha256:",
+            "sha256:xyz",
+            "sha256-!!!",
+            "sha256-AAAA",
+            "0mdqa9w1",
+        ] {
             assert!(bad.parse::<NarHash>().is_err(), "{bad:?}");
         }
     }

@@ -6,7 +6,14 @@
 //! described by a [`narinfo`]. [`cache`] drives that work in parallel and lays
 //! out the cache directory.
 
+pub mod attrs;
+pub mod cache;
+pub mod closure;
+pub mod compression;
 pub mod hash;
-pub mod nixbase32;
 pub mod nar;
+pub mod narinfo;
+pub mod nixbase32;
+pub mod progress;
 pub mod signing;
+pub mod store_path;

@@ -94,7 +94,10 @@ mod tests {
 
     #[test]
     fn decodes_what_it_encodes() {
-        assert_eq!(decode(EMPTY_SHA256_NIX32, 32).unwrap(), hex(EMPTY_SHA256_HEX));
+        assert_eq!(
+            decode(EMPTY_SHA256_NIX32, 32).unwrap(),
+            hex(EMPTY_SHA256_HEX)
+        );
         for len in [0, 1, 2, 3, 4, 5, 19, 20, 32, 64] {
             let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
             assert_eq!(decode(&encode(&bytes), len).unwrap(), bytes, "len {len}");

@@ -1,1 +1,252 @@
-//! A NAR writer whose types allow only well-formed archives.
+//! A NAR writer whose types admit only well-formed archives.
+//!
+//! [`open`] writes the magic and hands out the root [`Node`]. A node is
+//! consumed by saying what it is; a [`Directory`] hands out one entry node at
+//! a time (the mutable borrow keeps siblings from interleaving) and checks at
+//! run time what types cannot: that entry names are valid and strictly
+//! increasing. A builder's whole job is correct bytes, so order is an error,
+//! not a debug assertion.
+
+use std::io::{self, Read, Write};
+
+use thiserror::Error;
+
+use super::{MAGIC, is_valid_entry_name, padding, token};
+
+#[derive(Debug, Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("invalid directory entry name {0:?}")]
+    InvalidName(String),
+    #[error("directory entry {name:?} does not sort after {previous:?}")]
+    NameOrder { previous: String, name: String },
+    #[error("file contents were {actual} bytes, not the {expected} announced")]
+    SizeMismatch { expected: u64, actual: u64 },
+}
+
+fn lossy(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
+
+/// Writes one NAR string: length, bytes, zero padding.
+fn write_str<W: Write>(w: &mut W, s: &[u8]) -> io::Result<()> {
+    w.write_all(&(s.len() as u64).to_le_bytes())?;
+    w.write_all(s)?;
+    w.write_all(&[0; 8][..padding(s.len() as u64)])
+}
+
+fn write_tokens<W: Write>(w: &mut W, tokens: &[&[u8]]) -> io::Result<()> {
+    tokens.iter().try_for_each(|t| write_str(w, t))
+}
+
+/// Starts a NAR on `w`; the returned node is the archive's root.
+pub fn open<W: Write>(w: &mut W) -> io::Result<Node<'_, W>> {
+    write_str(w, MAGIC)?;
+    Ok(Node { w, in_entry: false })
+}
+
+/// A node still to be written: the root, or a directory entry's.
+#[must_use = "a NAR node must be written, or the archive is truncated"]
+pub struct Node<'w, W: Write> {
+    w: &'w mut W,
+    /// Whether the node sits in a directory entry, whose `)` follows it.
+    in_entry: bool,
+}
+
+impl<'w, W: Write> Node<'w, W> {
+    fn finish(self) -> io::Result<()> {
+        write_str(self.w, token::CLOSE)?;
+        if self.in_entry {
+            write_str(self.w, token::CLOSE)?;
+        }
+        Ok(())
+    }
+
+    /// A regular file of exactly `size` bytes, read from `contents`.
+    pub fn regular(
+        self,
+        executable: bool,
+        size: u64,
+        contents: &mut impl Read,
+    ) -> Result<(), WriteError> {
+        write_tokens(self.w, &[token::OPEN, token::TYPE, token::REGULAR])?;
+        if executable {
+            write_tokens(self.w, &[token::EXECUTABLE, b""])?;
+        }
+        write_str(self.w, token::CONTENTS)?;
+        self.w.write_all(&size.to_le_bytes())?;
+        let copied = io::copy(&mut contents.by_ref().take(size), self.w)?;
+        if copied != size {
+            return Err(WriteError::SizeMismatch {
+                expected: size,
+                actual: copied,
+            });
+        }
+        // One more byte means the file grew after its size was taken.
+        if contents.read(&mut [0u8])? != 0 {
+            return Err(WriteError::SizeMismatch {
+                expected: size,
+                actual: size + 1,
+            });
+        }
+        self.w.write_all(&[0; 8][..padding(size)])?;
+        Ok(self.finish()?)
+    }
+
+    pub fn symlink(self, target: &[u8]) -> io::Result<()> {
+        write_tokens(
+            self.w,
+            &[
+                token::OPEN,
+                token::TYPE,
+                token::SYMLINK,
+                token::TARGET,
+                target,
+            ],
+        )?;
+        self.finish()
+    }
+
+    pub fn directory(self) -> io::Result<Directory<'w, W>> {
+        write_tokens(self.w, &[token::OPEN, token::TYPE, token::DIRECTORY])?;
+        Ok(Directory {
+            node: self,
+            previous: None,
+        })
+    }
+}
+
+/// A directory being written; entries must come in increasing byte order.
+#[must_use = "a NAR directory must be closed"]
+pub struct Directory<'w, W: Write> {
+    node: Node<'w, W>,
+    previous: Option<Vec<u8>>,
+}
+
+impl<'w, W: Write> Directory<'w, W> {
+    pub fn entry(&mut self, name: &[u8]) -> Result<Node<'_, W>, WriteError> {
+        if !is_valid_entry_name(name) {
+            return Err(WriteError::InvalidName(lossy(name)));
+        }
+        if let Some(previous) = &self.previous {
+            if name <= previous.as_slice() {
+                return Err(WriteError::NameOrder {
+                    previous: lossy(previous),
+                    name: lossy(name),
+                });
+            }
+        }
+        self.previous = Some(name.to_vec());
+        let w = &mut *self.node.w;
+        write_tokens(
+            w,
+            &[token::ENTRY, token::OPEN, token::NAME, name, token::NODE],
+        )?;
+        Ok(Node { w, in_entry: true })
+    }
+
+    pub fn close(self) -> io::Result<()> {
+        self.node.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strs(parts: &[&[u8]]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for p in parts {
+            write_str(&mut v, p).unwrap();
+        }
+        v
+    }
+
+    #[test]
+    fn strings_are_length_prefixed_and_padded_to_eight() {
+        let mut v = Vec::new();
+        write_str(&mut v, b"abc").unwrap();
+        assert_eq!(v, b"\x03\0\0\0\0\0\0\0abc\0\0\0\0\0");
+        v.clear();
+        write_str(&mut v, b"12345678").unwrap();
+        assert_eq!(v.len(), 16);
+    }
+
+    #[test]
+    fn writes_a_single_symlink() {
+        let mut out = Vec::new();
+        open(&mut out).unwrap().symlink(b"../x").unwrap();
+        assert_eq!(
+            out,
+            strs(&[
+                b"nix-archive-1",
+                b"(",
+                b"type",
+                b"symlink",
+                b"target",
+                b"../x",
+                b")"
+            ])
+        );
+    }
+
+    #[test]
+    fn writes_an_executable_file() {
+        let mut out = Vec::new();
+        let node = open(&mut out).unwrap();
+        node.regular(true, 2, &mut &b"hi"[..]).unwrap();
+        let mut expected = strs(&[
+            b"nix-archive-1",
+            b"(",
+            b"type",
+            b"regular",
+            b"executable",
+            b"",
+            b"contents",
+            b"hi",
+        ]);
+        expected.extend(strs(&[b")"]));
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn rejects_entries_out_of_order() {
+        let mut out = Vec::new();
+        let mut dir = open(&mut out).unwrap().directory().unwrap();
+        dir.entry(b"b").unwrap().symlink(b"x").unwrap();
+        assert!(matches!(dir.entry(b"a"), Err(WriteError::NameOrder { .. })));
+        assert!(matches!(dir.entry(b"b"), Err(WriteError::NameOrder { .. })));
+    }
+
+    #[test]
+    fn rejects_invalid_names() {
+        let mut out = Vec::new();
+        let mut dir = open(&mut out).unwrap().directory().unwrap();
+        for name in [&b""[..], b".", b"..", b"a/b", b"a\0b"] {
+            assert!(
+                matches!(dir.entry(name), Err(WriteError::InvalidName(_))),
+                "{name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_contents_shorter_or_longer_than_announced() {
+        let mut out = Vec::new();
+        let short = open(&mut out).unwrap().regular(false, 5, &mut &b"abc"[..]);
+        assert!(matches!(
+            short,
+            Err(WriteError::SizeMismatch {
+                expected: 5,
+                actual: 3
+            })
+        ));
+        let mut out = Vec::new();
+        let long = open(&mut out).unwrap().regular(false, 2, &mut &b"abc"[..]);
+        assert!(matches!(
+            long,
+            Err(WriteError::SizeMismatch { expected: 2, .. })
+        ));
+    }
+}

@@ -1,0 +1,289 @@
+//! The `.narinfo` file: what a cache says about one store path.
+//!
+//! [`NarInfo`]'s `Display` writes the fields in the order `nix copy` does,
+//! every line ending in `\n`, and `References:` even when empty. Parsing
+//! follows what Nix accepts: unknown keys and lines without `": "` are
+//! ignored; `StorePath`, `URL`, `NarHash` and a non-zero `NarSize` are
+//! required; `References` and `CA` may appear only once.
+
+use std::fmt;
+
+use thiserror::Error;
+
+use crate::hash::NarHash;
+use crate::signing;
+use crate::store_path::{StorePath, StorePathError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NarInfo {
+    // What the path is.
+    pub store_path: StorePath,
+    pub nar_hash: NarHash,
+    pub nar_size: u64,
+    pub references: Vec<StorePath>,
+    // Where its NAR is, and how it is stored.
+    pub url: String,
+    /// As written in the file; a missing field means bzip2 to Nix.
+    pub compression: String,
+    pub file_hash: Option<NarHash>,
+    pub file_size: Option<u64>,
+    // Where it came from, and who vouches for it.
+    pub deriver: Option<StorePath>,
+    pub signatures: Vec<String>,
+    pub ca: Option<String>,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("narinfo lacks the required field {0}")]
+    Missing(&'static str),
+    #[error("narinfo has the field {0} more than once")]
+    Repeated(&'static str),
+    #[error("narinfo field {field} has an invalid value {value:?}")]
+    Invalid { field: &'static str, value: String },
+    #[error("narinfo field {field}: {source}")]
+    StorePath {
+        field: &'static str,
+        source: StorePathError,
+    },
+    #[error("narinfo field NarSize is zero")]
+    ZeroNarSize,
+}
+
+impl NarInfo {
+    /// The text signatures are made over; see [`signing::fingerprint`].
+    pub fn fingerprint(&self) -> String {
+        let references: Vec<String> = self.references.iter().map(StorePath::to_absolute).collect();
+        signing::fingerprint(
+            &self.store_path.to_absolute(),
+            &self.nar_hash,
+            self.nar_size,
+            &references,
+        )
+    }
+
+    /// Parses narinfo text; store paths must lie in `store_dir`.
+    pub fn parse(text: &str, store_dir: &str) -> Result<Self, ParseError> {
+        let mut store_path = None;
+        let mut url = None;
+        let mut compression = None;
+        let mut file_hash = None;
+        let mut file_size = None;
+        let mut nar_hash = None;
+        let mut nar_size = None;
+        let mut references = None;
+        let mut deriver = None;
+        let mut signatures = Vec::new();
+        let mut ca = None;
+
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once(": ") else {
+                continue;
+            };
+            match key {
+                "StorePath" => {
+                    let p = StorePath::parse(value, store_dir).map_err(|source| {
+                        ParseError::StorePath {
+                            field: "StorePath",
+                            source,
+                        }
+                    })?;
+                    store_path = Some(p);
+                }
+                "URL" => url = Some(value.to_owned()),
+                "Compression" => compression = Some(value.to_owned()),
+                "FileHash" => file_hash = Some(parse_hash("FileHash", value)?),
+                "FileSize" => file_size = Some(parse_size("FileSize", value)?),
+                "NarHash" => nar_hash = Some(parse_hash("NarHash", value)?),
+                "NarSize" => nar_size = Some(parse_size("NarSize", value)?),
+                "References" => {
+                    if references.is_some() {
+                        return Err(ParseError::Repeated("References"));
+                    }
+                    let refs = value
+                        .split(' ')
+                        .filter(|r| !r.is_empty())
+                        .map(|r| StorePath::from_base_name(r, store_dir))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|source| ParseError::StorePath {
+                            field: "References",
+                            source,
+                        })?;
+                    references = Some(refs);
+                }
+                "Deriver" if value != "unknown-deriver" => {
+                    let d = StorePath::from_base_name(value, store_dir).map_err(|source| {
+                        ParseError::StorePath {
+                            field: "Deriver",
+                            source,
+                        }
+                    })?;
+                    deriver = Some(d);
+                }
+                "Sig" => signatures.push(value.to_owned()),
+                "CA" => {
+                    if ca.is_some() {
+                        return Err(ParseError::Repeated("CA"));
+                    }
+                    ca = Some(value.to_owned());
+                }
+                _ => {}
+            }
+        }
+        let nar_size = nar_size.ok_or(ParseError::Missing("NarSize"))?;
+        if nar_size == 0 {
+            return Err(ParseError::ZeroNarSize);
+        }
+        Ok(NarInfo {
+            store_path: store_path.ok_or(ParseError::Missing("StorePath"))?,
+            url: url.ok_or(ParseError::Missing("URL"))?,
+            compression: compression.unwrap_or_else(|| "bzip2".to_owned()),
+            file_hash,
+            file_size,
+            nar_hash: nar_hash.ok_or(ParseError::Missing("NarHash"))?,
+            nar_size,
+            references: references.unwrap_or_default(),
+            deriver,
+            signatures,
+            ca,
+        })
+    }
+}
+
+fn parse_hash(field: &'static str, value: &str) -> Result<NarHash, ParseError> {
+    value.parse().map_err(|_| ParseError::Invalid {
+        field,
+        value: value.to_owned(),
+    })
+}
+
+fn parse_size(field: &'static str, value: &str) -> Result<u64, ParseError> {
+    value.parse().map_err(|_| ParseError::Invalid {
+        field,
+        value: value.to_owned(),
+    })
+}
+
+impl fmt::Display for NarInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "StorePath: {}", self.store_path)?;
+        writeln!(f, "URL: {}", self.url)?;
+        writeln!(f, "Compression: {}", self.compression)?;
+        if let Some(h) = &self.file_hash {
+            writeln!(f, "FileHash: {h}")?;
+        }
+        if let Some(s) = self.file_size {
+            writeln!(f, "FileSize: {s}")?;
+        }
+        writeln!(f, "NarHash: {}", self.nar_hash)?;
+        writeln!(f, "NarSize: {}", self.nar_size)?;
+        let mut refs: Vec<&str> = self.references.iter().map(StorePath::base_name).collect();
+        refs.sort_unstable();
+        writeln!(f, "References: {}", refs.join(" "))?;
+        if let Some(d) = &self.deriver {
+            writeln!(f, "Deriver: {}", d.base_name())?;
+        }
+        for sig in &self.signatures {
+            writeln!(f, "Sig: {sig}")?;
+        }
+        if let Some(ca) = &self.ca {
+            writeln!(f, "CA: {ca}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Written by `nix copy --to file://…?compression=xz` (Nix 2.8).
+    const FROM_NIX: &str = "StorePath: /nix/store/dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz-appa
+URL: nar/0wspvgvn8qfh2yv4h92wc3xp18s9yx1kszn3a3lc9ynikzr7bvci.nar.xz
+Compression: xz
+FileHash: sha256:0wspvgvn8qfh2yv4h92wc3xp18s9yx1kszn3a3lc9ynikzr7bvci
+FileSize: 216
+NarHash: sha256:039zdycyhk9ddiyy1wgslp1drv7g4xyv5z7z92iacy6ncw832rvq
+NarSize: 504
+References: ipsh9v6k9mlsb5lw4amy6gjn9bpdww97-libb
+Deriver: sbi569kby1xympi1rxrny9nv9vr9151n-appa.drv
+";
+
+    #[test]
+    fn reads_and_writes_nixs_text_unchanged() {
+        let info = NarInfo::parse(FROM_NIX, "/nix/store").unwrap();
+        assert_eq!(info.nar_size, 504);
+        assert_eq!(info.references.len(), 1);
+        assert_eq!(info.to_string(), FROM_NIX);
+    }
+
+    #[test]
+    fn writes_an_empty_references_line() {
+        let mut info = NarInfo::parse(FROM_NIX, "/nix/store").unwrap();
+        info.references.clear();
+        info.deriver = None;
+        assert!(info.to_string().ends_with("NarSize: 504\nReferences: \n"));
+        let back = NarInfo::parse(&info.to_string(), "/nix/store").unwrap();
+        assert!(back.references.is_empty());
+    }
+
+    #[test]
+    fn missing_compression_means_bzip2() {
+        let text = FROM_NIX.replace("Compression: xz\n", "");
+        assert_eq!(
+            NarInfo::parse(&text, "/nix/store").unwrap().compression,
+            "bzip2"
+        );
+    }
+
+    #[test]
+    fn requires_store_path_url_nar_hash_and_nar_size() {
+        for (field, prefix) in [
+            ("StorePath", "StorePath:"),
+            ("URL", "URL:"),
+            ("NarHash", "NarHash:"),
+            ("NarSize", "NarSize:"),
+        ] {
+            let text: String = FROM_NIX
+                .lines()
+                .filter(|l| !l.starts_with(prefix))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            assert_eq!(
+                NarInfo::parse(&text, "/nix/store"),
+                Err(ParseError::Missing(field))
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_repeated_references_and_zero_nar_size() {
+        let twice = format!("{FROM_NIX}References: \n");
+        assert_eq!(
+            NarInfo::parse(&twice, "/nix/store"),
+            Err(ParseError::Repeated("References"))
+        );
+        let zero = FROM_NIX.replace("NarSize: 504", "NarSize: 0");
+        assert_eq!(
+            NarInfo::parse(&zero, "/nix/store"),
+            Err(ParseError::ZeroNarSize)
+        );
+    }
+
+    #[test]
+    fn ignores_unknown_keys_and_lines_without_a_colon() {
+        let text = format!("{FROM_NIX}System: x86_64-linux\ngarbage\n");
+        assert!(NarInfo::parse(&text, "/nix/store").is_ok());
+    }
+
+    #[test]
+    fn refuses_a_store_path_in_another_store() {
+        assert!(matches!(
+            NarInfo::parse(FROM_NIX, "/gnu/store"),
+            Err(ParseError::StorePath {
+                field: "StorePath",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,157 @@
+//! Store paths and what a cache needs to know about each one.
+
+use std::fmt;
+
+use thiserror::Error;
+
+use crate::hash::NarHash;
+use crate::nixbase32;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum StorePathError {
+    #[error("'{path}' is not inside the store directory '{store_dir}'")]
+    OutsideStore { path: String, store_dir: String },
+    #[error("'{0}' is not a store path: expected <store dir>/<32-char nix32 hash>-<name>")]
+    Malformed(String),
+    #[error("store path '{0}' has an invalid name")]
+    InvalidName(String),
+}
+
+/// A store path, kept as its store directory and basename `<hash>-<name>`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StorePath {
+    store_dir: String,
+    base_name: String,
+}
+
+const HASH_LEN: usize = 32;
+
+impl StorePath {
+    /// Parses an absolute store path that must lie directly in `store_dir`.
+    pub fn parse(path: &str, store_dir: &str) -> Result<Self, StorePathError> {
+        let base_name = path
+            .strip_prefix(store_dir)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .ok_or_else(|| StorePathError::OutsideStore {
+                path: path.to_owned(),
+                store_dir: store_dir.to_owned(),
+            })?;
+        Self::from_base_name(base_name, store_dir).map_err(|e| match e {
+            StorePathError::Malformed(_) => StorePathError::Malformed(path.to_owned()),
+            StorePathError::InvalidName(_) => StorePathError::InvalidName(path.to_owned()),
+            e => e,
+        })
+    }
+
+    /// Parses a basename `<hash>-<name>`, as narinfo `References:` lists them.
+    pub fn from_base_name(base_name: &str, store_dir: &str) -> Result<Self, StorePathError> {
+        let malformed = || StorePathError::Malformed(base_name.to_owned());
+        let (hash, name) = base_name.split_at_checked(HASH_LEN).ok_or_else(malformed)?;
+        let name = name.strip_prefix('-').ok_or_else(malformed)?;
+        if !hash.bytes().all(|b| nixbase32::ALPHABET.contains(&b)) {
+            return Err(malformed());
+        }
+        let valid_char = |b: u8| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b);
+        if name.is_empty()
+            || name.len() > 211
+            || name.starts_with('.')
+            || !name.bytes().all(valid_char)
+        {
+            return Err(StorePathError::InvalidName(base_name.to_owned()));
+        }
+        Ok(StorePath {
+            store_dir: store_dir.to_owned(),
+            base_name: base_name.to_owned(),
+        })
+    }
+
+    /// The 32 characters that name the narinfo: `<hash part>.narinfo`.
+    pub fn hash_part(&self) -> &str {
+        &self.base_name[..HASH_LEN]
+    }
+
+    pub fn name(&self) -> &str {
+        &self.base_name[HASH_LEN + 1..]
+    }
+
+    pub fn base_name(&self) -> &str {
+        &self.base_name
+    }
+
+    pub fn store_dir(&self) -> &str {
+        &self.store_dir
+    }
+
+    pub fn to_absolute(&self) -> String {
+        format!("{}/{}", self.store_dir, self.base_name)
+    }
+}
+
+impl fmt::Display for StorePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.store_dir, self.base_name)
+    }
+}
+
+impl fmt::Debug for StorePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// What the closure tells us about one store path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathInfo {
+    pub path: StorePath,
+    /// Known from Nix, and checked against what we compute; absent in the
+    /// legacy closure file, which carries no hashes.
+    pub nar_hash: Option<NarHash>,
+    pub nar_size: Option<u64>,
+    /// References, the path itself included when it refers to itself.
+    pub references: Vec<StorePath>,
+    pub deriver: Option<StorePath>,
+    /// Content address, for content-addressed paths (`fixed:r:sha256:…`).
+    pub ca: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = "/nix/store/dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz-appa";
+
+    #[test]
+    fn splits_hash_part_and_name() {
+        let p = StorePath::parse(P, "/nix/store").unwrap();
+        assert_eq!(p.hash_part(), "dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz");
+        assert_eq!(p.name(), "appa");
+        assert_eq!(p.to_string(), P);
+    }
+
+    #[test]
+    fn refuses_paths_outside_the_store() {
+        for bad in [
+            "/tmp/dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz-appa",
+            "/nix/storex/dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz-a",
+        ] {
+            assert!(matches!(
+                StorePath::parse(bad, "/nix/store"),
+                Err(StorePathError::OutsideStore { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn refuses_subpaths_bad_hashes_and_names() {
+        for bad in [
+            "/nix/store/dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz-appa/bin",
+            "/nix/store/dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz",
+            "/nix/store/emdglxp7bh69ngn7i0g9ib7d2r7v3wmz-appa",
+            "/nix/store/dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz-.hidden",
+            "/nix/store/dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz-",
+            "/nix/store/../etc/passwd",
+        ] {
+            assert!(StorePath::parse(bad, "/nix/store").is_err(), "{bad}");
+        }
+    }
+}
