@@ -7,13 +7,17 @@
 //! out the cache directory.
 
 pub mod attrs;
+pub mod build;
 pub mod cache;
 pub mod closure;
 pub mod compression;
+pub mod debuginfo;
 pub mod hash;
+pub mod listing;
 pub mod nar;
 pub mod narinfo;
 pub mod nixbase32;
 pub mod progress;
+pub mod schedule;
 pub mod signing;
 pub mod store_path;
