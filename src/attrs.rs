@@ -4,7 +4,8 @@
 //!
 //! Derivation attributes read: `outputs.out`, `closure` (from
 //! `exportReferencesGraph.closure`), `compression`, `compressionLevel`,
-//! `priority`, `wantMassQuery` and `rootPaths`.
+//! `priority`, `wantMassQuery`, `rootPaths`, `writeNarListing` and
+//! `indexDebugInfo`.
 
 use std::env;
 use std::fs;
@@ -129,6 +130,8 @@ pub fn from_json(attrs: &Value, store_dir: &str, jobs: usize) -> Result<Job, Att
         priority: uint_attr(attrs, "priority")?,
         want_mass_query: bool_attr(attrs, "wantMassQuery")?,
         root_paths: root_paths(attrs.get("rootPaths"), store_dir)?,
+        write_nar_listing: bool_attr(attrs, "writeNarListing")?.unwrap_or(false),
+        index_debug_info: bool_attr(attrs, "indexDebugInfo")?.unwrap_or(false),
     };
     let level = int_attr(attrs, "compressionLevel")?;
     Ok(Job {
@@ -167,6 +170,7 @@ fn from_legacy_environment(
     };
     // Nix passes booleans to the environment as "1" and "".
     let want_mass_query = env::var("wantMassQuery").ok().map(|v| v == "1");
+    let flag = |name: &str| env::var(name).is_ok_and(|v| v == "1");
     let roots: Vec<Value> = env_attr("rootPaths")
         .map(|r| {
             r.split_whitespace()
@@ -184,6 +188,8 @@ fn from_legacy_environment(
         priority,
         want_mass_query,
         root_paths: root_paths(Some(&Value::Array(roots)), store_dir)?,
+        write_nar_listing: flag("writeNarListing"),
+        index_debug_info: flag("indexDebugInfo"),
     };
     Ok(Job {
         out: PathBuf::from(out),
@@ -273,18 +279,24 @@ fn root_paths(value: Option<&Value>, store_dir: &str) -> Result<Vec<StorePath>, 
         let p = item
             .as_str()
             .ok_or_else(|| type_error("rootPaths", "a list of store paths", Some(item)))?;
-        let top = p
-            .strip_prefix(store_dir)
-            .and_then(|rest| rest.strip_prefix('/'))
-            .and_then(|rest| rest.split('/').next())
-            .map(|base| format!("{store_dir}/{base}"))
-            .unwrap_or_else(|| p.to_owned());
-        let path = StorePath::parse(&top, store_dir).map_err(AttrsError::RootPath)?;
+        let path = containing_store_path(p, store_dir).map_err(AttrsError::RootPath)?;
         if !roots.contains(&path) {
             roots.push(path);
         }
     }
     Ok(roots)
+}
+
+/// The store path that holds `path`: `/nix/store/…-hello/bin/hello` gives
+/// `/nix/store/…-hello`.
+pub fn containing_store_path(path: &str, store_dir: &str) -> Result<StorePath, StorePathError> {
+    let top = path
+        .strip_prefix(store_dir)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .and_then(|rest| rest.split('/').next())
+        .map(|base| format!("{store_dir}/{base}"))
+        .unwrap_or_else(|| path.to_owned());
+    StorePath::parse(&top, store_dir)
 }
 
 #[cfg(test)]
@@ -304,6 +316,8 @@ mod tests {
             "compressionLevel": null,
             "priority": 30,
             "wantMassQuery": true,
+            "writeNarListing": true,
+            "indexDebugInfo": false,
         })
     }
 
@@ -316,6 +330,19 @@ mod tests {
         assert_eq!(job.options.priority, Some(30));
         assert_eq!(job.options.want_mass_query, Some(true));
         assert_eq!(job.options.root_paths[0].to_string(), A);
+        assert!(job.options.write_nar_listing);
+        assert!(!job.options.index_debug_info);
+    }
+
+    #[test]
+    fn listings_and_debug_info_are_off_unless_asked_for() {
+        let mut a = attrs();
+        let fields = a.as_object_mut().unwrap();
+        fields.remove("writeNarListing");
+        fields.remove("indexDebugInfo");
+        let job = from_json(&a, "/nix/store", 2).unwrap();
+        assert!(!job.options.write_nar_listing);
+        assert!(!job.options.index_debug_info);
     }
 
     #[test]
@@ -339,6 +366,8 @@ mod tests {
             ("compressionLevel", json!("high"), "compressionLevel"),
             ("priority", json!(-1), "priority"),
             ("wantMassQuery", json!("yes"), "wantMassQuery"),
+            ("writeNarListing", json!(1), "writeNarListing"),
+            ("indexDebugInfo", json!("true"), "indexDebugInfo"),
             ("rootPaths", json!(["/tmp/x"]), "rootPaths"),
         ];
         for (field, value, named) in cases {

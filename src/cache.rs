@@ -3,23 +3,41 @@
 //! Each path is read once. Its NAR streams through a hasher (NarHash,
 //! NarSize), the compressor and a second hasher (FileHash, FileSize) into a
 //! temporary file, which is renamed to `nar/<FileHash>.nar<ext>` once
-//! complete; the narinfo follows. Paths go largest first: those big enough for
-//! a multithreaded encoder one at a time with every core on their blocks,
-//! then the rest on a pool of one worker per core.
+//! complete; the listing and debug-info entries (recorded during the same
+//! pass) follow, and the narinfo comes last. [`schedule`] decides which path
+//! is written when, and with how many threads.
+//!
+//! Two entry points:
+//! - [`write_cache`] makes a new cache, as a Nix builder does: the output
+//!   must not exist, and is removed if anything fails.
+//! - [`update_cache`] adds to a cache that may exist, as `mk-binary-cache
+//!   build` does. It is crash-safe: every file is written under a temporary
+//!   name unique to the process, fsynced and renamed, and a path's narinfo is
+//!   renamed into place only once its NAR (and listing) are durable. A run
+//!   killed at any moment leaves every narinfo pointing at a complete NAR, at
+//!   worst with an unreferenced NAR or a stale temporary file, which the next
+//!   run replaces or removes; paths with a narinfo are skipped, so the next
+//!   run completes the cache. Runs into the same directory at once do not
+//!   clash: they write the same bytes under different temporary names.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use thiserror::Error;
 
 use crate::compression::Compression;
+use crate::debuginfo;
 use crate::hash::{HashingWriter, NarHash};
+use crate::listing;
 use crate::nar::dump::{self, DumpError};
 use crate::narinfo::NarInfo;
 use crate::progress::{Progress, Totals};
+use crate::schedule;
 use crate::store_path::{PathInfo, StorePath};
 
 /// Directories Nix's `LocalBinaryCacheStore` creates when it opens a cache
@@ -27,6 +45,12 @@ use crate::store_path::{PathInfo, StorePath};
 /// indexing debug info). Creating them now lets Nix open the cache from a
 /// read-only mount.
 pub const DIRECTORIES: [&str; 5] = ["nar", "log", "realisations", "build-trace-v2", "debuginfo"];
+
+/// The file listing the cache's root paths, one per line.
+pub const STORE_PATHS: &str = "store-paths";
+
+/// Temporary files start with this, then `<pid>.<n>.`; see [`TempFiles`].
+const TEMP_PREFIX: &str = ".tmp.";
 
 /// How to write a cache.
 #[derive(Debug, Clone)]
@@ -40,8 +64,30 @@ pub struct Options {
     pub priority: Option<u64>,
     /// `WantMassQuery:` in `nix-cache-info`.
     pub want_mass_query: Option<bool>,
-    /// Written to `store-paths`, one per line, when not empty.
+    /// Written to `store-paths`, one per line.
     pub root_paths: Vec<StorePath>,
+    /// Write a `<hashpart>.ls` listing next to each narinfo.
+    pub write_nar_listing: bool,
+    /// Index `lib/debug/.build-id` files under `debuginfo/`.
+    pub index_debug_info: bool,
+}
+
+impl Default for Options {
+    /// What `mkBinaryCache` does when given only `rootPaths`.
+    fn default() -> Self {
+        let compression = Compression::default();
+        Options {
+            compression,
+            level: compression.default_level(),
+            jobs: 1,
+            store_dir: "/nix/store".to_owned(),
+            priority: None,
+            want_mass_query: None,
+            root_paths: Vec::new(),
+            write_nar_listing: false,
+            index_debug_info: false,
+        }
+    }
 }
 
 #[derive(Debug, Error)]
@@ -50,6 +96,8 @@ pub enum CacheError {
     Dump(#[from] DumpError),
     #[error("cannot write '{path}': {source}")]
     Write { path: PathBuf, source: io::Error },
+    #[error("cannot read '{path}': {source}")]
+    Read { path: PathBuf, source: io::Error },
     #[error(
         "'{path}' has NAR hash {actual}, but the closure says {expected}: the store path was modified or is corrupt"
     )]
@@ -68,10 +116,34 @@ pub enum CacheError {
     },
     #[error("output '{0}' already exists")]
     OutputExists(PathBuf),
+    #[error(
+        "'{0}' is not empty and has no nix-cache-info: refusing to write a cache into a directory that is not one"
+    )]
+    NotACache(PathBuf),
+    #[error("'{path}' says {key}: {found}, but this run asks for {key}: {expected}")]
+    CacheInfoMismatch {
+        path: PathBuf,
+        key: &'static str,
+        found: String,
+        expected: String,
+    },
+    #[error("'{path}' lists '{line}', which is not a store path in {store_dir}")]
+    StorePathsLine {
+        path: PathBuf,
+        line: String,
+        store_dir: String,
+    },
 }
 
 fn write_error(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
     move |source| CacheError::Write {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn read_error(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
+    move |source| CacheError::Read {
         path: path.to_owned(),
         source,
     }
@@ -88,45 +160,86 @@ pub fn write_cache(
     if out.symlink_metadata().is_ok() {
         return Err(CacheError::OutputExists(out.to_owned()));
     }
-    let result = write_into(out, closure, opts, progress);
+    let result = write_new(out, closure, opts, progress);
     if result.is_err() {
         let _ = fs::remove_dir_all(out);
     }
     result
 }
 
-fn write_into(
+fn write_new(
     out: &Path,
     closure: &[PathInfo],
     opts: &Options,
     progress: &Progress,
 ) -> Result<Totals, CacheError> {
     fs::create_dir(out).map_err(write_error(out))?;
-    for dir in DIRECTORIES {
-        let dir = out.join(dir);
-        fs::create_dir(&dir).map_err(write_error(&dir))?;
-    }
-    write_file(&out.join("nix-cache-info"), cache_info(opts).as_bytes())?;
-
-    let infos = Mutex::new(Vec::with_capacity(closure.len()));
-    for_each_path(closure, opts, |path, threads| {
-        let info = write_nar(out, path, opts, threads)?;
-        let narinfo = out.join(format!("{}.narinfo", info.store_path.hash_part()));
-        write_file(&narinfo, info.to_string().as_bytes())?;
-        progress.path_done(&info);
-        infos.lock().unwrap().push(info);
-        Ok(())
-    })?;
-
-    if !opts.root_paths.is_empty() {
-        let list: String = opts.root_paths.iter().map(|p| format!("{p}\n")).collect();
-        write_file(&out.join("store-paths"), list.as_bytes())?;
-    }
-    let mut totals = Totals::default();
-    for info in infos.into_inner().unwrap().iter() {
-        totals.add(info);
-    }
+    let cache = Cache::new(out, false);
+    cache.write_file(&out.join("nix-cache-info"), cache_info(opts).as_bytes())?;
+    cache.create_directories()?;
+    let totals = cache.write_paths(closure, opts, progress)?;
+    let list: String = opts.root_paths.iter().map(|p| format!("{p}\n")).collect();
+    cache.write_file(&out.join(STORE_PATHS), list.as_bytes())?;
     Ok(totals)
+}
+
+/// What [`update_cache`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Updated {
+    /// The paths written in this run.
+    pub written: Totals,
+    /// Paths of the closure whose narinfo was already in the cache.
+    pub skipped: usize,
+}
+
+/// Adds `closure` to the cache at `dir`, creating it if need be; paths that
+/// already have a narinfo there are skipped. `store-paths` becomes the union
+/// of the paths it listed and `opts.root_paths`.
+///
+/// An existing `nix-cache-info` is kept, and must agree with `opts`: the same
+/// `StoreDir`, and the same `Priority` and `WantMassQuery` when `opts` sets
+/// them. Compression may differ from path to path: each narinfo names its own.
+/// Listings and debug-info entries are written for the paths written now.
+pub fn update_cache(
+    dir: &Path,
+    closure: &[PathInfo],
+    opts: &Options,
+    progress: &Progress,
+) -> Result<Updated, CacheError> {
+    fs::create_dir_all(dir).map_err(write_error(dir))?;
+    let cache = Cache::new(dir, true);
+    let info_file = dir.join("nix-cache-info");
+    match fs::read_to_string(&info_file) {
+        Ok(text) => check_cache_info(&info_file, &text, opts)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if !is_empty_but_for_temp_files(dir)? {
+                return Err(CacheError::NotACache(dir.to_owned()));
+            }
+            cache.write_file(&info_file, cache_info(opts).as_bytes())?;
+        }
+        Err(e) => return Err(read_error(&info_file)(e)),
+    }
+    cache.create_directories()?;
+    cache.remove_stale_temp_files()?;
+
+    let (present, missing): (Vec<&PathInfo>, Vec<&PathInfo>) = closure
+        .iter()
+        .partition(|p| cache.narinfo_path(&p.path).exists());
+    let missing: Vec<PathInfo> = missing.into_iter().cloned().collect();
+    if !present.is_empty() {
+        progress.message(&format!(
+            "{} of {} paths are already in the cache",
+            present.len(),
+            closure.len()
+        ));
+    }
+    let written = cache.write_paths(&missing, opts, progress)?;
+    cache.add_store_paths(&opts.root_paths, &opts.store_dir)?;
+    cache.sync_dir(dir)?;
+    Ok(Updated {
+        written,
+        skipped: present.len(),
+    })
 }
 
 /// The text of `nix-cache-info`.
@@ -141,53 +254,409 @@ pub fn cache_info(opts: &Options) -> String {
     text
 }
 
-fn write_file(path: &Path, contents: &[u8]) -> Result<(), CacheError> {
-    fs::write(path, contents).map_err(write_error(path))
+/// Checks an existing `nix-cache-info` against what this run would write.
+fn check_cache_info(path: &Path, text: &str, opts: &Options) -> Result<(), CacheError> {
+    let field = |key: &str| {
+        text.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == key)
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    let expect = |key: &'static str, expected: Option<String>| match (field(key), expected) {
+        (Some(found), Some(expected)) if found != expected => Err(CacheError::CacheInfoMismatch {
+            path: path.to_owned(),
+            key,
+            found,
+            expected,
+        }),
+        _ => Ok(()),
+    };
+    expect("StoreDir", Some(opts.store_dir.clone()))?;
+    expect("Priority", opts.priority.map(|p| p.to_string()))?;
+    expect(
+        "WantMassQuery",
+        opts.want_mass_query.map(|w| u8::from(w).to_string()),
+    )
 }
 
-/// Runs `work(path, threads)` on every path, largest first: paths that
-/// get a multithreaded encoder one at a time with `jobs` threads, then the
-/// others on `jobs` workers. Stops at the first error and returns it.
-fn for_each_path<F>(closure: &[PathInfo], opts: &Options, work: F) -> Result<(), CacheError>
-where
-    F: Fn(&PathInfo, u32) -> Result<(), CacheError> + Sync,
-{
+/// Whether `dir` holds nothing, or only what a run killed before writing
+/// `nix-cache-info` may have left.
+fn is_empty_but_for_temp_files(dir: &Path) -> Result<bool, CacheError> {
+    for entry in fs::read_dir(dir).map_err(read_error(dir))? {
+        let name = entry.map_err(read_error(dir))?.file_name();
+        if !name.to_string_lossy().starts_with(TEMP_PREFIX) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// A cache directory being written.
+struct Cache<'a> {
+    root: &'a Path,
+    /// Whether to fsync files and directories before relying on them.
+    durable: bool,
+    temp: TempFiles,
+    /// Debug-info entries written by this run: entry name -> the store path
+    /// it was written for.
+    debug_entries: Mutex<HashMap<String, StorePath>>,
+}
+
+impl<'a> Cache<'a> {
+    fn new(root: &'a Path, durable: bool) -> Self {
+        Cache {
+            root,
+            durable,
+            temp: TempFiles::default(),
+            debug_entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn create_directories(&self) -> Result<(), CacheError> {
+        for dir in DIRECTORIES {
+            let dir = self.root.join(dir);
+            match fs::create_dir(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                    return Err(write_error(&dir)(e));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn narinfo_path(&self, path: &StorePath) -> PathBuf {
+        self.root.join(format!("{}.narinfo", path.hash_part()))
+    }
+
+    /// Writes `contents` to `dest` through a temporary file and a rename.
+    fn write_file(&self, dest: &Path, contents: &[u8]) -> Result<(), CacheError> {
+        let tmp = self.temp.next(dest);
+        let written = File::create(&tmp)
+            .and_then(|mut f| {
+                f.write_all(contents)?;
+                self.sync(&f)
+            })
+            .and_then(|()| fs::rename(&tmp, dest));
+        written.map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            write_error(dest)(e)
+        })
+    }
+
+    fn sync(&self, file: &File) -> io::Result<()> {
+        if self.durable {
+            file.sync_all()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Makes the renames done in `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> Result<(), CacheError> {
+        if self.durable {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(write_error(dir))?;
+        }
+        Ok(())
+    }
+
+    /// Writes every path of `closure`; returns the totals.
+    fn write_paths(
+        &self,
+        closure: &[PathInfo],
+        opts: &Options,
+        progress: &Progress,
+    ) -> Result<Totals, CacheError> {
+        let plan = plan(closure)?;
+        progress.begin(plan.len(), plan.iter().map(|(size, _)| size).sum());
+        let infos = Mutex::new(Vec::with_capacity(closure.len()));
+        let threshold = opts.compression.multithread_threshold();
+        schedule::run(
+            &plan,
+            |(size, _)| *size,
+            threshold,
+            opts.jobs,
+            |(_, path), threads| {
+                let info = self.write_path(path, opts, threads, progress)?;
+                progress.path_done(&info);
+                infos.lock().unwrap().push(info);
+                Ok::<_, CacheError>(())
+            },
+        )?;
+        let mut totals = Totals::default();
+        for info in infos.into_inner().unwrap().iter() {
+            totals.add(info);
+        }
+        Ok(totals)
+    }
+
+    /// Writes the NAR, listing, debug-info entries and narinfo of `path`,
+    /// in that order.
+    fn write_path(
+        &self,
+        path: &PathInfo,
+        opts: &Options,
+        threads: u32,
+        progress: &Progress,
+    ) -> Result<NarInfo, CacheError> {
+        let (info, listing) = self.write_nar(path, opts, threads, progress)?;
+        if let Some(listing) = listing {
+            if opts.write_nar_listing {
+                let ls = self.root.join(format!("{}.ls", path.path.hash_part()));
+                self.write_file(&ls, &listing.to_ls_json())?;
+            }
+            if opts.index_debug_info {
+                self.index_debug_info(&path.path, &info.url, &listing)?;
+            }
+        }
+        // The narinfo must never be seen before what it points to.
+        self.sync_dir(&self.root.join("nar"))?;
+        if opts.index_debug_info {
+            self.sync_dir(&self.root.join("debuginfo"))?;
+        }
+        self.write_file(&self.narinfo_path(&path.path), info.to_string().as_bytes())?;
+        Ok(info)
+    }
+
+    /// Adds a `debuginfo/` entry for each debug file in `listing`.
+    ///
+    /// An entry that was there before this run is kept, as Nix keeps it.
+    /// Between paths of this run that hold the same build ID, the smallest
+    /// store path wins, whatever order the workers reach them in, so that
+    /// the cache's bytes do not depend on the number of cores.
+    fn index_debug_info(
+        &self,
+        path: &StorePath,
+        nar_url: &str,
+        listing: &listing::Node,
+    ) -> Result<(), CacheError> {
+        let files = debuginfo::debug_files(listing);
+        if files.is_empty() {
+            return Ok(());
+        }
+        let mut written = self.debug_entries.lock().unwrap();
+        for file in files {
+            let dest = self.root.join("debuginfo").join(&file.file_name);
+            let entry = file.index_entry(nar_url);
+            match written.get(&file.file_name) {
+                Some(by) if by <= path => continue,
+                Some(_) => self.write_file(&dest, entry.as_bytes())?,
+                None => {
+                    if !self.create_file(&dest, entry.as_bytes())? {
+                        continue;
+                    }
+                }
+            }
+            written.insert(file.file_name, path.clone());
+        }
+        Ok(())
+    }
+
+    /// Writes `dest` atomically unless it exists; returns whether it did.
+    fn create_file(&self, dest: &Path, contents: &[u8]) -> Result<bool, CacheError> {
+        let tmp = self.temp.next(dest);
+        let result = File::create(&tmp)
+            .and_then(|mut f| {
+                f.write_all(contents)?;
+                self.sync(&f)
+            })
+            // A hard link, unlike a rename, never replaces its destination.
+            .and_then(|()| match fs::hard_link(&tmp, dest) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            });
+        let _ = fs::remove_file(&tmp);
+        result.map_err(write_error(dest))
+    }
+
+    /// Writes `nar/<FileHash>.nar<ext>` for `path`; returns its narinfo and,
+    /// when a listing or debug-info index is wanted, its listing.
+    fn write_nar(
+        &self,
+        path: &PathInfo,
+        opts: &Options,
+        threads: u32,
+        progress: &Progress,
+    ) -> Result<(NarInfo, Option<listing::Node>), CacheError> {
+        let nar_dir = self.root.join("nar");
+        let tmp = self.temp.next(&nar_dir.join(path.path.hash_part()));
+        let file = File::create(&tmp).map_err(write_error(&tmp))?;
+        let result = match opts.compression {
+            // The file is the NAR itself: hashing it again would be wasted work.
+            Compression::None => compress_nar(path, file, opts, threads, progress)
+                .map(|(file, nar)| (file, nar.hash, nar.size, nar)),
+            _ => compress_nar(path, HashingWriter::new(file), opts, threads, progress).map(
+                |(sink, nar)| {
+                    let (file, file_hash, file_size) = sink.finish();
+                    (file, file_hash, file_size, nar)
+                },
+            ),
+        };
+        let checked = result.and_then(|(file, file_hash, file_size, nar)| {
+            check(path, nar.hash, nar.size)?;
+            self.sync(&file).map_err(write_error(&tmp))?;
+            Ok((file_hash, file_size, nar))
+        });
+        let (file_hash, file_size, nar) = match checked {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        let url = format!(
+            "nar/{}.nar{}",
+            file_hash.to_nix32(),
+            opts.compression.extension()
+        );
+        let dest = self.root.join(&url);
+        fs::rename(&tmp, &dest).map_err(write_error(&dest))?;
+        let info = NarInfo {
+            store_path: path.path.clone(),
+            nar_hash: nar.hash,
+            nar_size: nar.size,
+            references: path.references.clone(),
+            url,
+            compression: opts.compression.name().to_owned(),
+            file_hash: Some(file_hash),
+            file_size: Some(file_size),
+            deriver: path.deriver.clone(),
+            signatures: Vec::new(),
+            ca: path.ca.clone(),
+        };
+        Ok((info, nar.listing))
+    }
+
+    /// Adds `roots` to `store-paths`, keeping the paths it lists.
+    fn add_store_paths(&self, roots: &[StorePath], store_dir: &str) -> Result<(), CacheError> {
+        let file = self.root.join(STORE_PATHS);
+        // Runs into the same cache take turns to read, merge and replace it.
+        let _lock = DirLock::exclusive(self.root)?;
+        let mut paths = match fs::read_to_string(&file) {
+            Ok(text) => text
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(|line| {
+                    StorePath::parse(line, store_dir).map_err(|_| CacheError::StorePathsLine {
+                        path: file.clone(),
+                        line: line.to_owned(),
+                        store_dir: store_dir.to_owned(),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(read_error(&file)(e)),
+        };
+        let before = paths.len();
+        for root in roots {
+            if !paths.contains(root) {
+                paths.push(root.clone());
+            }
+        }
+        if paths.len() == before && file.exists() {
+            return Ok(());
+        }
+        let list: String = paths.iter().map(|p| format!("{p}\n")).collect();
+        self.write_file(&file, list.as_bytes())
+    }
+
+    /// Removes temporary files that processes no longer running left behind.
+    fn remove_stale_temp_files(&self) -> Result<(), CacheError> {
+        for dir in [
+            self.root.to_owned(),
+            self.root.join("nar"),
+            self.root.join("debuginfo"),
+        ] {
+            for entry in fs::read_dir(&dir).map_err(read_error(&dir))? {
+                let entry = entry.map_err(read_error(&dir))?;
+                let name = entry.file_name();
+                let Some(pid) = TempFiles::owner(&name.to_string_lossy()) else {
+                    continue;
+                };
+                if !process_is_running(pid) {
+                    let path = entry.path();
+                    match fs::remove_file(&path) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                            return Err(write_error(&path)(e));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Names for temporary files: `.tmp.<pid>.<n>.<final name>`, in the
+/// directory of the file they become. The process ID keeps concurrent runs
+/// apart and tells a later run which files are stale.
+#[derive(Default)]
+struct TempFiles {
+    next: AtomicU64,
+}
+
+impl TempFiles {
+    fn next(&self, dest: &Path) -> PathBuf {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let name = dest
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        dest.with_file_name(format!("{TEMP_PREFIX}{}.{n}.{name}", std::process::id()))
+    }
+
+    /// The process that made a temporary file of this name.
+    fn owner(name: &str) -> Option<u32> {
+        name.strip_prefix(TEMP_PREFIX)?
+            .split('.')
+            .next()?
+            .parse()
+            .ok()
+    }
+}
+
+fn process_is_running(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // Signal 0 checks that the process exists without signalling it.
+    // SAFETY: kill has no memory-safety preconditions.
+    let found = unsafe { libc::kill(pid, 0) } == 0;
+    found || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// An exclusive `flock` on a directory, released when dropped (closing the
+/// descriptor releases the lock).
+struct DirLock {
+    _held: File,
+}
+
+impl DirLock {
+    fn exclusive(dir: &Path) -> Result<Self, CacheError> {
+        let file = File::open(dir).map_err(read_error(dir))?;
+        // SAFETY: the descriptor is open for the call's duration.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(write_error(dir)(io::Error::last_os_error()));
+        }
+        Ok(DirLock { _held: file })
+    }
+}
+
+/// The paths to write with their NAR sizes, largest first, in store-path
+/// order among equal sizes.
+fn plan(closure: &[PathInfo]) -> Result<Vec<(u64, &PathInfo)>, CacheError> {
     let mut sized = closure
         .iter()
         .map(|p| Ok((nar_size_of(p)?, p)))
         .collect::<Result<Vec<_>, CacheError>>()?;
     sized.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.path.cmp(&b.1.path)));
-    let threshold = opts.compression.multithread_threshold();
-    let split = sized.partition_point(|(size, _)| *size >= threshold);
-    let (large, small) = sized.split_at(split);
-    let jobs = opts.jobs.max(1);
-
-    for (_, path) in large {
-        work(path, jobs as u32)?;
-    }
-
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let first_error = Mutex::new(None);
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.min(small.len()) {
-            scope.spawn(|| {
-                while !failed.load(Ordering::Relaxed) {
-                    let Some((_, path)) = small.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                        break;
-                    };
-                    if let Err(e) = work(path, 1) {
-                        failed.store(true, Ordering::Relaxed);
-                        first_error.lock().unwrap().get_or_insert(e);
-                    }
-                }
-            });
-        }
-    });
-    match first_error.into_inner().unwrap() {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    Ok(sized)
 }
 
 fn nar_size_of(p: &PathInfo) -> Result<u64, CacheError> {
@@ -197,14 +666,23 @@ fn nar_size_of(p: &PathInfo) -> Result<u64, CacheError> {
     }
 }
 
+/// What one pass over a store path learnt about its NAR.
+struct Nar {
+    hash: NarHash,
+    size: u64,
+    listing: Option<listing::Node>,
+}
+
 /// Streams the NAR of `path` through `sink`'s compressor, returning the
-/// sink, and the NAR's hash and size.
+/// sink and what was learnt of the NAR. A listing is recorded when the
+/// options need one.
 fn compress_nar<S: Write>(
     path: &PathInfo,
     sink: S,
     opts: &Options,
     threads: u32,
-) -> Result<(S, NarHash, u64), CacheError> {
+    progress: &Progress,
+) -> Result<(S, Nar), CacheError> {
     let source = PathBuf::from(path.path.to_absolute());
     let expected_size = nar_size_of(path)?;
     let encoder = opts
@@ -212,68 +690,52 @@ fn compress_nar<S: Write>(
         .encoder(sink, opts.level, expected_size, threads)
         .map_err(write_error(&source))?;
     // The NAR comes in many small tokens; batch them before hashing.
-    let mut nar = BufWriter::with_capacity(256 << 10, HashingWriter::new(encoder));
-    dump::dump(&source, &mut nar)?;
-    let (encoder, nar_hash, nar_size) = nar
+    let mut nar = BufWriter::with_capacity(
+        256 << 10,
+        Reporting {
+            inner: HashingWriter::new(encoder),
+            progress,
+        },
+    );
+    let listing = if opts.write_nar_listing || opts.index_debug_info {
+        Some(dump::dump_listing(&source, &mut nar)?)
+    } else {
+        dump::dump(&source, &mut nar)?;
+        None
+    };
+    let (encoder, hash, size) = nar
         .into_inner()
         .map_err(|e| e.into_error())
         .map_err(write_error(&source))?
+        .inner
         .finish();
     let sink = encoder.finish().map_err(write_error(&source))?;
-    Ok((sink, nar_hash, nar_size))
+    Ok((
+        sink,
+        Nar {
+            hash,
+            size,
+            listing,
+        },
+    ))
 }
 
-/// Writes `nar/<FileHash>.nar<ext>` for `path` and returns its narinfo.
-fn write_nar(
-    out: &Path,
-    path: &PathInfo,
-    opts: &Options,
-    threads: u32,
-) -> Result<NarInfo, CacheError> {
-    let tmp = out
-        .join("nar")
-        .join(format!(".{}.tmp", path.path.hash_part()));
-    let file = File::create(&tmp).map_err(write_error(&tmp))?;
-    let result = match opts.compression {
-        // The file is the NAR itself: hashing it again would be wasted work.
-        Compression::None => {
-            compress_nar(path, file, opts, threads).map(|(_, hash, size)| (hash, size, hash, size))
-        }
-        _ => {
-            compress_nar(path, HashingWriter::new(file), opts, threads).map(|(sink, hash, size)| {
-                let (_, file_hash, file_size) = sink.finish();
-                (hash, size, file_hash, file_size)
-            })
-        }
-    };
-    let (nar_hash, nar_size, file_hash, file_size) =
-        match result.and_then(|r| check(path, r.0, r.1).map(|_| r)) {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
-    let url = format!(
-        "nar/{}.nar{}",
-        file_hash.to_nix32(),
-        opts.compression.extension()
-    );
-    let dest = out.join(&url);
-    fs::rename(&tmp, &dest).map_err(write_error(&dest))?;
-    Ok(NarInfo {
-        store_path: path.path.clone(),
-        nar_hash,
-        nar_size,
-        references: path.references.clone(),
-        url,
-        compression: opts.compression.name().to_owned(),
-        file_hash: Some(file_hash),
-        file_size: Some(file_size),
-        deriver: path.deriver.clone(),
-        signatures: Vec::new(),
-        ca: path.ca.clone(),
-    })
+/// Tells the progress display how many NAR bytes went through.
+struct Reporting<'p, W> {
+    inner: W,
+    progress: &'p Progress,
+}
+
+impl<W: Write> Write for Reporting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.progress.advance(n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Compares what was read with what Nix recorded when the path was made.
@@ -293,4 +755,54 @@ fn check(path: &PathInfo, nar_hash: NarHash, nar_size: u64) -> Result<(), CacheE
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names_carry_the_process_id() {
+        let temp = TempFiles::default();
+        let a = temp.next(Path::new("/c/nar/x.narinfo"));
+        let b = temp.next(Path::new("/c/nar/x.narinfo"));
+        assert_ne!(a, b);
+        assert_eq!(a.parent(), Some(Path::new("/c/nar")));
+        let name = a.file_name().unwrap().to_str().unwrap();
+        assert!(name.ends_with(".x.narinfo"), "{name}");
+        assert_eq!(TempFiles::owner(name), Some(std::process::id()));
+        assert_eq!(TempFiles::owner("abc.narinfo"), None);
+    }
+
+    #[test]
+    fn a_process_that_is_gone_is_not_running() {
+        assert!(process_is_running(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!process_is_running(pid));
+    }
+
+    #[test]
+    fn existing_cache_info_must_agree_with_the_options() {
+        let path = Path::new("/c/nix-cache-info");
+        let opts = Options {
+            priority: Some(30),
+            ..Options::default()
+        };
+        let text = "StoreDir: /nix/store\nPriority: 30\n";
+        assert!(check_cache_info(path, text, &opts).is_ok());
+        // Settings this run does not ask for are left as they are.
+        assert!(check_cache_info(path, "StoreDir: /nix/store\n", &Options::default()).is_ok());
+        let e = check_cache_info(path, "StoreDir: /gnu/store\n", &opts).unwrap_err();
+        assert!(
+            matches!(&e, CacheError::CacheInfoMismatch { key: "StoreDir", found, .. } if found == "/gnu/store"),
+            "{e}"
+        );
+        let e = check_cache_info(path, "StoreDir: /nix/store\nPriority: 40\n", &opts).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "'/c/nix-cache-info' says Priority: 40, but this run asks for Priority: 30"
+        );
+    }
 }

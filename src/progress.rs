@@ -1,10 +1,30 @@
-//! What the user sees while a cache is written: one line per path and a
-//! summary, the form that reads well in a Nix build log.
+//! What the user sees while a cache is written (or checked).
+//!
+//! Two forms, picked by [`Style::for_stderr`]:
+//! - [`Style::Lines`], for build logs and anything that is not a terminal:
+//!   one line per path as it is done, then a summary with totals and
+//!   throughput. Each line is one `write`, so lines from parallel workers
+//!   never interleave.
+//! - [`Style::Bar`], on a terminal: one line redrawn in place a few times a
+//!   second, with paths and bytes done, the rate and the time left, then the
+//!   same summary.
+//!
+//! The work reports through a shared `&Progress`: [`Progress::begin`] with
+//! what there is to do, [`Progress::advance`] as bytes go through,
+//! [`Progress::item_done`] (or [`Progress::path_done`]) per path, and
+//! [`Progress::finish`] at the end.
 
-use std::io::Write;
+use std::fmt;
+use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::narinfo::NarInfo;
+
+/// How often the bar is redrawn.
+const REDRAW_EVERY: Duration = Duration::from_millis(200);
 
 /// Sizes in the binary units Nix prints.
 pub fn human_bytes(n: u64) -> String {
@@ -19,6 +39,16 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// A duration as `m:ss`, or `h:mm:ss` from an hour on.
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
     }
 }
 
@@ -38,52 +68,233 @@ impl Totals {
     }
 }
 
-/// Prints progress to stderr.
+/// The form progress takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// Nothing at all.
+    Quiet,
+    /// One line per path and a summary.
+    Lines,
+    /// A bar redrawn in place, and a summary.
+    Bar,
+}
+
+impl Style {
+    /// A bar when stderr is a terminal, lines otherwise.
+    pub fn for_stderr() -> Self {
+        if io::stderr().is_terminal() {
+            Style::Bar
+        } else {
+            Style::Lines
+        }
+    }
+}
+
+/// Counters shared with the redrawing thread.
+#[derive(Default)]
+struct Counters {
+    total_paths: AtomicUsize,
+    total_bytes: AtomicU64,
+    done_paths: AtomicUsize,
+    done_bytes: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// Reports progress on stderr; see the module documentation.
 pub struct Progress {
+    style: Style,
     start: Instant,
-    quiet: bool,
+    counters: Arc<Counters>,
+    redraw: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Progress {
+    /// Lines, or nothing when `quiet`.
     pub fn new(quiet: bool) -> Self {
+        Self::with_style(if quiet { Style::Quiet } else { Style::Lines })
+    }
+
+    pub fn with_style(style: Style) -> Self {
         Progress {
+            style,
             start: Instant::now(),
-            quiet,
+            counters: Arc::default(),
+            redraw: Mutex::new(None),
         }
     }
 
-    pub fn path_done(&self, info: &NarInfo) {
-        if self.quiet {
+    pub fn style(&self) -> Style {
+        self.style
+    }
+
+    /// Says how much work there is: `paths` items of `bytes` in all. May be
+    /// called again to add more.
+    pub fn begin(&self, paths: usize, bytes: u64) {
+        let c = &self.counters;
+        c.total_paths.fetch_add(paths, Ordering::Relaxed);
+        c.total_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if self.style != Style::Bar {
             return;
         }
-        let line = format!(
-            "cached {}: NAR {} -> {} {}\n",
+        let mut redraw = self.redraw.lock().unwrap();
+        if redraw.is_none() {
+            let counters = Arc::clone(&self.counters);
+            let start = self.start;
+            *redraw = Some(thread::spawn(move || {
+                while !counters.stop.load(Ordering::Relaxed) {
+                    draw(&bar_line(&counters, start.elapsed(), terminal_width()));
+                    thread::park_timeout(REDRAW_EVERY);
+                }
+            }));
+        }
+    }
+
+    /// Counts `bytes` more of work done.
+    pub fn advance(&self, bytes: u64) {
+        self.counters.done_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// One item is done; in lines style, `line` says what.
+    pub fn item_done(&self, line: impl fmt::Display) {
+        self.counters.done_paths.fetch_add(1, Ordering::Relaxed);
+        if self.style == Style::Lines {
+            write_line(&line.to_string());
+        }
+    }
+
+    /// A path was written to the cache.
+    pub fn path_done(&self, info: &NarInfo) {
+        self.item_done(format_args!(
+            "cached {}: NAR {} -> {} {}",
             info.store_path.name(),
             human_bytes(info.nar_size),
             info.compression,
             human_bytes(info.file_size.unwrap_or(info.nar_size)),
-        );
-        // One write per line, so lines from parallel workers never interleave.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        ));
+    }
+
+    /// A line of its own, above the bar if there is one.
+    pub fn message(&self, line: &str) {
+        match self.style {
+            Style::Quiet => {}
+            Style::Lines => write_line(line),
+            // The next redraw puts the bar back under the line.
+            Style::Bar => write_line(&format!("\r\x1b[2K{line}")),
+        }
     }
 
     pub fn elapsed(&self) -> Duration {
         self.start.elapsed()
     }
 
+    /// Stops the bar, if any, and prints the summary:
+    /// `<verb> N paths in S s: NAR X -> Y (R/s)`.
     pub fn finish(&self, verb: &str, totals: &Totals) {
-        if self.quiet {
+        self.stop_redrawing();
+        if self.style == Style::Quiet {
             return;
         }
-        let secs = self.elapsed().as_secs_f64();
-        let rate = totals.nar_bytes as f64 / secs.max(1e-3);
-        eprintln!(
-            "{verb} {} paths in {secs:.2} s: NAR {} -> {} ({}/s)",
-            totals.paths,
-            human_bytes(totals.nar_bytes),
-            human_bytes(totals.file_bytes),
-            human_bytes(rate as u64),
-        );
+        write_line(&summary_line(verb, totals, self.elapsed()));
+    }
+
+    fn stop_redrawing(&self) {
+        if let Some(handle) = self.redraw.lock().unwrap().take() {
+            self.counters.stop.store(true, Ordering::Relaxed);
+            handle.thread().unpark();
+            let _ = handle.join();
+            draw("");
+        }
+    }
+}
+
+impl Drop for Progress {
+    /// Leaves the terminal clean when the work stops early, on an error.
+    fn drop(&mut self) {
+        self.stop_redrawing();
+    }
+}
+
+/// The summary line.
+pub fn summary_line(verb: &str, totals: &Totals, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64();
+    let rate = totals.nar_bytes as f64 / secs.max(1e-3);
+    format!(
+        "{verb} {} paths in {secs:.2} s: NAR {} -> {} ({}/s)",
+        totals.paths,
+        human_bytes(totals.nar_bytes),
+        human_bytes(totals.file_bytes),
+        human_bytes(rate as u64),
+    )
+}
+
+/// The bar's text: `[####----] 3/10 paths  1.0 MiB/4.0 MiB  512.0 KiB/s  0:06 left`,
+/// the bar itself shortened to fit `width` columns.
+fn bar_line(c: &Counters, elapsed: Duration, width: usize) -> String {
+    let total_paths = c.total_paths.load(Ordering::Relaxed);
+    let done_paths = c.done_paths.load(Ordering::Relaxed);
+    let total_bytes = c.total_bytes.load(Ordering::Relaxed);
+    // Nothing counts past the total, even if the estimate was short.
+    let done_bytes = c.done_bytes.load(Ordering::Relaxed).min(total_bytes);
+    let rate = done_bytes as f64 / elapsed.as_secs_f64().max(1e-3);
+    let left = if done_bytes == 0 || rate < 1.0 {
+        "--:--".to_owned()
+    } else {
+        human_duration(Duration::from_secs_f64(
+            (total_bytes - done_bytes) as f64 / rate,
+        ))
+    };
+    let text = format!(
+        " {done_paths}/{total_paths} paths  {}/{}  {}/s  {left} left",
+        human_bytes(done_bytes),
+        human_bytes(total_bytes),
+        human_bytes(rate as u64),
+    );
+    let bar_width = width.saturating_sub(text.len() + 3).min(40);
+    if bar_width < 5 {
+        return text
+            .trim_start()
+            .chars()
+            .take(width.saturating_sub(1))
+            .collect();
+    }
+    let fraction = if total_bytes == 0 {
+        if total_paths == 0 {
+            1.0
+        } else {
+            done_paths as f64 / total_paths as f64
+        }
+    } else {
+        done_bytes as f64 / total_bytes as f64
+    };
+    let filled = ((fraction * bar_width as f64) as usize).min(bar_width);
+    format!(
+        "[{}{}]{text}",
+        "#".repeat(filled),
+        "-".repeat(bar_width - filled)
+    )
+}
+
+/// Replaces the current terminal line with `text`.
+fn draw(text: &str) {
+    let _ = write!(io::stderr().lock(), "\r\x1b[2K{text}");
+}
+
+fn write_line(line: &str) {
+    // One write per line, so lines from parallel workers never interleave.
+    let _ = io::stderr()
+        .lock()
+        .write_all(format!("{line}\n").as_bytes());
+}
+
+/// Columns of the terminal on stderr; 80 when it cannot be told.
+fn terminal_width() -> usize {
+    // SAFETY: TIOCGWINSZ writes one winsize into the zeroed struct given.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    if ok && size.ws_col > 0 {
+        usize::from(size.ws_col)
+    } else {
+        80
     }
 }
 
@@ -97,5 +308,61 @@ mod tests {
         assert_eq!(human_bytes(1023), "1023 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(150 << 20), "150.0 MiB");
+    }
+
+    #[test]
+    fn human_duration_shows_hours_only_when_needed() {
+        assert_eq!(human_duration(Duration::from_secs(7)), "0:07");
+        assert_eq!(human_duration(Duration::from_secs(754)), "12:34");
+        assert_eq!(human_duration(Duration::from_secs(3723)), "1:02:03");
+    }
+
+    fn counters(paths: (usize, usize), bytes: (u64, u64)) -> Counters {
+        let c = Counters::default();
+        c.done_paths.store(paths.0, Ordering::Relaxed);
+        c.total_paths.store(paths.1, Ordering::Relaxed);
+        c.done_bytes.store(bytes.0, Ordering::Relaxed);
+        c.total_bytes.store(bytes.1, Ordering::Relaxed);
+        c
+    }
+
+    #[test]
+    fn bar_shows_paths_bytes_rate_and_time_left() {
+        // A quarter of the bytes in 2 s: 6 more seconds at that rate.
+        let c = counters((3, 10), (1 << 20, 4 << 20));
+        let line = bar_line(&c, Duration::from_secs(2), 80);
+        let bar = format!("[{}{}]", "#".repeat(6), "-".repeat(19));
+        assert_eq!(
+            line,
+            format!("{bar} 3/10 paths  1.0 MiB/4.0 MiB  512.0 KiB/s  0:06 left")
+        );
+        assert_eq!(line.len(), 79);
+    }
+
+    #[test]
+    fn bar_fits_narrow_terminals_and_knows_no_rate_at_first() {
+        let c = counters((0, 10), (0, 4 << 20));
+        let line = bar_line(&c, Duration::ZERO, 30);
+        assert!(line.chars().count() < 30, "{line:?}");
+        assert!(line.starts_with("0/10 paths"), "{line:?}");
+        let wide = bar_line(&c, Duration::ZERO, 200);
+        assert!(wide.ends_with("--:-- left"), "{wide:?}");
+        assert!(
+            wide.starts_with(&format!("[{}]", "-".repeat(40))),
+            "{wide:?}"
+        );
+    }
+
+    #[test]
+    fn summary_gives_totals_and_throughput() {
+        let totals = Totals {
+            paths: 4,
+            nar_bytes: 3 << 20,
+            file_bytes: 1 << 20,
+        };
+        assert_eq!(
+            summary_line("cached", &totals, Duration::from_secs(2)),
+            "cached 4 paths in 2.00 s: NAR 3.0 MiB -> 1.0 MiB (1.5 MiB/s)"
+        );
     }
 }

@@ -3,6 +3,10 @@
 //! Symlinks are recorded, never followed. Files are streamed in chunks, never
 //! held whole, and a file whose size changes while it is read is an error:
 //! the store is supposed to be immutable, so it means corruption or a race.
+//!
+//! [`dump_listing`] also records each node as it goes (a NAR listing, see
+//! [`crate::listing`]): what a listing needs is learnt in the same pass,
+//! without reading anything twice.
 
 use std::fs::{self, File, Metadata};
 use std::io::{self, Write};
@@ -14,6 +18,7 @@ use thiserror::Error;
 
 use super::writer::{self, Node, WriteError};
 use super::{MAGIC, padding, token};
+use crate::listing;
 
 #[derive(Debug, Error)]
 pub enum DumpError {
@@ -29,8 +34,63 @@ pub enum DumpError {
 ///
 /// `w` should be buffered: the archive is written in many small tokens.
 pub fn dump<W: Write>(path: &Path, w: &mut W) -> Result<(), DumpError> {
-    let root = writer::open(w).map_err(|e| write_error(path, e.into()))?;
+    dump_recording::<W, ()>(path, w)
+}
+
+/// Writes the NAR of `path` to `w`, as [`dump`] does, and returns its listing.
+pub fn dump_listing<W: Write>(path: &Path, w: &mut W) -> Result<listing::Node, DumpError> {
+    dump_recording(path, w)
+}
+
+/// What a dump learns of each node besides its bytes, built bottom-up:
+/// a directory's entries are added in NAR order once each is complete.
+pub trait Record: Sized {
+    /// A regular file whose contents start `nar_offset` bytes into the NAR.
+    fn regular(executable: bool, size: u64, nar_offset: u64) -> Self;
+    fn symlink(target: &[u8]) -> Self;
+    fn directory() -> Self;
+    fn entry(&mut self, name: &[u8], node: Self);
+}
+
+/// Records nothing, at no cost.
+impl Record for () {
+    fn regular(_: bool, _: u64, _: u64) {}
+    fn symlink(_: &[u8]) {}
+    fn directory() {}
+    fn entry(&mut self, _: &[u8], _: ()) {}
+}
+
+fn dump_recording<W: Write, R: Record>(path: &Path, w: &mut W) -> Result<R, DumpError> {
+    let mut w = Counting {
+        inner: w,
+        written: 0,
+    };
+    let root = writer::open(&mut w).map_err(|e| write_error(path, e.into()))?;
     dump_node(path, root)
+}
+
+/// Counts the bytes written, which are the NAR offsets a listing records.
+struct Counting<'a, W> {
+    inner: &'a mut W,
+    written: u64,
+}
+
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.inner.write_all(buf)?;
+        self.written += buf.len() as u64;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> DumpError + '_ {
@@ -53,13 +113,20 @@ fn write_error(path: &Path, source: WriteError) -> DumpError {
     }
 }
 
-fn dump_node<W: Write>(path: &Path, node: Node<'_, W>) -> Result<(), DumpError> {
+type CountingNode<'n, 'a, W> = Node<'n, Counting<'a, W>>;
+
+fn dump_node<W: Write, R: Record>(
+    path: &Path,
+    node: CountingNode<'_, '_, W>,
+) -> Result<R, DumpError> {
     let meta = fs::symlink_metadata(path).map_err(io_error(path))?;
     let file_type = meta.file_type();
     if file_type.is_symlink() {
         let target = fs::read_link(path).map_err(io_error(path))?;
-        node.symlink(target.as_os_str().as_bytes())
-            .map_err(|e| write_error(path, e.into()))
+        let target = target.as_os_str().as_bytes();
+        node.symlink(target)
+            .map_err(|e| write_error(path, e.into()))?;
+        Ok(R::symlink(target))
     } else if file_type.is_file() {
         dump_file(path, &meta, node)
     } else if file_type.is_dir() {
@@ -72,14 +139,28 @@ fn dump_node<W: Write>(path: &Path, node: Node<'_, W>) -> Result<(), DumpError> 
     }
 }
 
-fn dump_file<W: Write>(path: &Path, meta: &Metadata, node: Node<'_, W>) -> Result<(), DumpError> {
+fn dump_file<W: Write, R: Record>(
+    path: &Path,
+    meta: &Metadata,
+    node: CountingNode<'_, '_, W>,
+) -> Result<R, DumpError> {
     let mut file = File::open(path).map_err(io_error(path))?;
     let executable = meta.permissions().mode() & 0o100 != 0;
-    node.regular(executable, meta.len(), &mut file)
-        .map_err(|e| write_error(path, e))
+    let size = meta.len();
+    let contents = node
+        .file(executable, size)
+        .map_err(|e| write_error(path, e.into()))?;
+    let nar_offset = contents.get_ref().written;
+    contents
+        .copy_from(&mut file)
+        .map_err(|e| write_error(path, e))?;
+    Ok(R::regular(executable, size, nar_offset))
 }
 
-fn dump_directory<W: Write>(path: &Path, node: Node<'_, W>) -> Result<(), DumpError> {
+fn dump_directory<W: Write, R: Record>(
+    path: &Path,
+    node: CountingNode<'_, '_, W>,
+) -> Result<R, DumpError> {
     let mut names = fs::read_dir(path)
         .map_err(io_error(path))?
         .map(|entry| entry.map(|e| e.file_name()))
@@ -87,15 +168,17 @@ fn dump_directory<W: Write>(path: &Path, node: Node<'_, W>) -> Result<(), DumpEr
         .map_err(io_error(path))?;
     // NAR order is byte order, which is what OsString's Ord compares on Unix.
     names.sort_unstable();
+    let mut record = R::directory();
     let mut dir = node.directory().map_err(|e| write_error(path, e.into()))?;
     for name in names {
         let child = path.join(&name);
         let entry = dir
             .entry(name.as_bytes())
             .map_err(|e| write_error(&child, e))?;
-        dump_node(&child, entry)?;
+        record.entry(name.as_bytes(), dump_node(&child, entry)?);
     }
-    dir.close().map_err(|e| write_error(path, e.into()))
+    dir.close().map_err(|e| write_error(path, e.into()))?;
+    Ok(record)
 }
 
 /// The exact size of the NAR of `path`, from metadata alone.
@@ -203,6 +286,48 @@ mod tests {
             dump(&p, &mut out).unwrap();
             assert_eq!(nar_size(&p).unwrap(), out.len() as u64, "{}", p.display());
         }
+    }
+
+    #[test]
+    fn dump_listing_writes_the_same_nar_and_records_every_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir(root.join("d")).unwrap();
+        fs::write(root.join("d/f"), b"hello").unwrap();
+        fs::write(root.join("exe"), b"#!").unwrap();
+        fs::set_permissions(root.join("exe"), fs::Permissions::from_mode(0o755)).unwrap();
+        symlink("d/f", root.join("link")).unwrap();
+        let (mut plain, mut listed) = (Vec::new(), Vec::new());
+        dump(root, &mut plain).unwrap();
+        let listing = dump_listing(root, &mut listed).unwrap();
+        assert_eq!(plain, listed);
+        let contents_at = |node: &listing::Node, len: usize| match node {
+            listing::Node::Regular {
+                nar_offset, size, ..
+            } => {
+                assert_eq!(*size as usize, len);
+                plain[*nar_offset as usize..][..len].to_vec()
+            }
+            other => panic!("not a regular file: {other:?}"),
+        };
+        assert_eq!(
+            contents_at(listing.get(&[b"d", b"f"]).unwrap(), 5),
+            b"hello"
+        );
+        assert_eq!(contents_at(listing.get(&[b"exe"]).unwrap(), 2), b"#!");
+        assert!(matches!(
+            listing.get(&[b"exe"]),
+            Some(listing::Node::Regular {
+                executable: true,
+                ..
+            })
+        ));
+        assert_eq!(
+            listing.get(&[b"link"]),
+            Some(&listing::Node::Symlink {
+                target: b"d/f".to_vec()
+            })
+        );
     }
 
     #[test]

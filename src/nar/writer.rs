@@ -70,28 +70,22 @@ impl<'w, W: Write> Node<'w, W> {
         size: u64,
         contents: &mut impl Read,
     ) -> Result<(), WriteError> {
+        self.file(executable, size)?.copy_from(contents)
+    }
+
+    /// Starts a regular file of exactly `size` bytes, whose contents are
+    /// then written through the returned [`Contents`].
+    ///
+    /// Splitting the header from the contents lets a caller learn where the
+    /// contents start (a listing's `narOffset`) from the underlying writer.
+    pub fn file(self, executable: bool, size: u64) -> io::Result<Contents<'w, W>> {
         write_tokens(self.w, &[token::OPEN, token::TYPE, token::REGULAR])?;
         if executable {
             write_tokens(self.w, &[token::EXECUTABLE, b""])?;
         }
         write_str(self.w, token::CONTENTS)?;
         self.w.write_all(&size.to_le_bytes())?;
-        let copied = io::copy(&mut contents.by_ref().take(size), self.w)?;
-        if copied != size {
-            return Err(WriteError::SizeMismatch {
-                expected: size,
-                actual: copied,
-            });
-        }
-        // One more byte means the file grew after its size was taken.
-        if contents.read(&mut [0u8])? != 0 {
-            return Err(WriteError::SizeMismatch {
-                expected: size,
-                actual: size + 1,
-            });
-        }
-        self.w.write_all(&[0; 8][..padding(size)])?;
-        Ok(self.finish()?)
+        Ok(Contents { node: self, size })
     }
 
     pub fn symlink(self, target: &[u8]) -> io::Result<()> {
@@ -114,6 +108,42 @@ impl<'w, W: Write> Node<'w, W> {
             node: self,
             previous: None,
         })
+    }
+}
+
+/// The contents of a regular file, announced to be `size` bytes long.
+#[must_use = "a regular file's contents must be written, or the archive is truncated"]
+pub struct Contents<'w, W: Write> {
+    node: Node<'w, W>,
+    size: u64,
+}
+
+impl<W: Write> Contents<'_, W> {
+    /// The writer the archive goes to; its next byte is the contents' first.
+    pub fn get_ref(&self) -> &W {
+        self.node.w
+    }
+
+    /// Copies the contents from `source`, which must hold exactly the size
+    /// announced: a short read, or a byte more, is an error.
+    pub fn copy_from(self, source: &mut impl Read) -> Result<(), WriteError> {
+        let size = self.size;
+        let copied = io::copy(&mut source.by_ref().take(size), self.node.w)?;
+        if copied != size {
+            return Err(WriteError::SizeMismatch {
+                expected: size,
+                actual: copied,
+            });
+        }
+        // One more byte means the file grew after its size was taken.
+        if source.read(&mut [0u8])? != 0 {
+            return Err(WriteError::SizeMismatch {
+                expected: size,
+                actual: size + 1,
+            });
+        }
+        self.node.w.write_all(&[0; 8][..padding(size)])?;
+        Ok(self.node.finish()?)
     }
 }
 

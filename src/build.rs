@@ -1,0 +1,304 @@
+//! What `mk-binary-cache build` caches, outside a Nix build: store paths
+//! whose closure the local Nix computes (`nix path-info --json --recursive`),
+//! or a closure file, and the root paths that `store-paths` lists.
+//!
+//! A closure file is `nix path-info --json` output of any Nix version (a list,
+//! or a map keyed by path; SRI or nix32 hashes) or the list that
+//! `exportReferencesGraph` writes with structured attributes; see
+//! [`closure::from_path_info_json`].
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use thiserror::Error;
+
+use crate::attrs::containing_store_path;
+use crate::closure::{self, ClosureError};
+use crate::store_path::{PathInfo, StorePath, StorePathError};
+
+/// How many symlinks a root may go through before it reaches the store.
+const MAX_SYMLINKS: usize = 40;
+
+#[derive(Debug, Error)]
+pub enum BuildError {
+    #[error("cannot run `{command}`: {source} (is Nix installed and on PATH?)")]
+    Spawn { command: String, source: io::Error },
+    #[error("`{command}` failed with {status}:\n{stderr}")]
+    Nix {
+        command: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("`{command}` printed a closure that cannot be read: {source}")]
+    NixOutput {
+        command: String,
+        source: ClosureError,
+    },
+    #[error("cannot read '{path}': {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("closure file '{path}': {source}")]
+    ClosureFile { path: PathBuf, source: ClosureError },
+    #[error("'{path}' is not in the store: {source}")]
+    NotInStore {
+        path: PathBuf,
+        source: StorePathError,
+    },
+    #[error("'{0}' is not in the closure file")]
+    NotInClosure(StorePath),
+    #[error("the closure is incomplete: '{path}' refers to '{reference}', which is not in it")]
+    Incomplete {
+        path: StorePath,
+        reference: StorePath,
+    },
+    #[error("no store paths to cache: give some, or --closure-json FILE")]
+    NoPaths,
+}
+
+/// The paths to cache and the roots among them.
+#[derive(Debug)]
+pub struct Input {
+    /// Every path to cache, sorted by path; closed under references.
+    pub closure: Vec<PathInfo>,
+    /// What `store-paths` should list, in the order given.
+    pub roots: Vec<StorePath>,
+}
+
+/// The closure of `paths` in the local store, as `nix` computes it.
+///
+/// `paths` may be store paths, paths inside store paths, or symlinks to
+/// either (`./result`).
+pub fn from_local_store(paths: &[PathBuf], store_dir: &str) -> Result<Input, BuildError> {
+    if paths.is_empty() {
+        return Err(BuildError::NoPaths);
+    }
+    let roots = resolve_roots(paths, store_dir)?;
+    let mut cmd = Command::new("nix");
+    cmd.args([
+        "--extra-experimental-features",
+        "nix-command",
+        "path-info",
+        "--json",
+        "--recursive",
+    ]);
+    cmd.args(roots.iter().map(|r| OsString::from(r.to_absolute())));
+    let command = show(&cmd);
+    let out = cmd.output().map_err(|source| BuildError::Spawn {
+        command: command.clone(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(BuildError::Nix {
+            command,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim_end().to_owned(),
+        });
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let closure = closure::from_path_info_json(&text, store_dir)
+        .map_err(|source| BuildError::NixOutput { command, source })?;
+    check_complete(&closure)?;
+    Ok(Input { closure, roots })
+}
+
+/// The closure in `file`. The roots are `paths` when given (each must be in
+/// the closure), else the paths of the closure that no other path refers to.
+pub fn from_closure_file(
+    file: &Path,
+    paths: &[PathBuf],
+    store_dir: &str,
+) -> Result<Input, BuildError> {
+    let text = fs::read_to_string(file).map_err(|source| BuildError::Read {
+        path: file.to_owned(),
+        source,
+    })?;
+    let closure = closure::from_path_info_json(&text, store_dir).map_err(|source| {
+        BuildError::ClosureFile {
+            path: file.to_owned(),
+            source,
+        }
+    })?;
+    check_complete(&closure)?;
+    let roots = if paths.is_empty() {
+        tops(&closure)
+    } else {
+        let roots = resolve_roots(paths, store_dir)?;
+        if let Some(missing) = roots
+            .iter()
+            .find(|r| closure.binary_search_by(|p| p.path.cmp(r)).is_err())
+        {
+            return Err(BuildError::NotInClosure(missing.clone()));
+        }
+        roots
+    };
+    Ok(Input { closure, roots })
+}
+
+/// Refuses a closure with a reference to a path outside it: a cache of it
+/// would leave consumers unable to substitute that path.
+fn check_complete(closure: &[PathInfo]) -> Result<(), BuildError> {
+    let paths: BTreeSet<&StorePath> = closure.iter().map(|p| &p.path).collect();
+    for info in closure {
+        if let Some(reference) = info.references.iter().find(|r| !paths.contains(r)) {
+            return Err(BuildError::Incomplete {
+                path: info.path.clone(),
+                reference: reference.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The paths no other path of the closure refers to, in closure order.
+fn tops(closure: &[PathInfo]) -> Vec<StorePath> {
+    let referred: BTreeSet<&StorePath> = closure
+        .iter()
+        .flat_map(|p| p.references.iter().filter(move |r| **r != p.path))
+        .collect();
+    closure
+        .iter()
+        .map(|p| &p.path)
+        .filter(|p| !referred.contains(p))
+        .cloned()
+        .collect()
+}
+
+/// The store paths `paths` stand for, without duplicates, in order.
+fn resolve_roots(paths: &[PathBuf], store_dir: &str) -> Result<Vec<StorePath>, BuildError> {
+    let mut roots = Vec::new();
+    for path in paths {
+        let root = resolve_root(path, store_dir)?;
+        if !roots.contains(&root) {
+            roots.push(root);
+        }
+    }
+    Ok(roots)
+}
+
+/// The store path `path` is in, following symlinks only until the store is
+/// reached: a store path that is itself a symlink stands for itself.
+fn resolve_root(path: &Path, store_dir: &str) -> Result<StorePath, BuildError> {
+    let not_in_store = |source| BuildError::NotInStore {
+        path: path.to_owned(),
+        source,
+    };
+    let mut current = std::path::absolute(path).map_err(|source| BuildError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    for _ in 0..MAX_SYMLINKS {
+        if current.starts_with(store_dir) {
+            break;
+        }
+        match fs::read_link(&current) {
+            Ok(target) => {
+                let parent = current.parent().unwrap_or(Path::new("/"));
+                current = parent.join(target);
+            }
+            Err(_) => break,
+        }
+    }
+    let text = current.to_string_lossy();
+    containing_store_path(&text, store_dir).map_err(not_in_store)
+}
+
+fn show(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&arg.to_string_lossy());
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    const A: &str = "/nix/store/dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz-appa";
+    const B: &str = "/nix/store/ipsh9v6k9mlsb5lw4amy6gjn9bpdww97-libb";
+    const HASH: &str = "sha256:039zdycyhk9ddiyy1wgslp1drv7g4xyv5z7z92iacy6ncw832rvq";
+
+    fn entry(path: &str, references: &[&str]) -> serde_json::Value {
+        serde_json::json!({"path": path, "narHash": HASH, "narSize": 504, "references": references})
+    }
+
+    fn closure_file(entries: &[serde_json::Value]) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        fs::write(file.path(), serde_json::to_string(entries).unwrap()).unwrap();
+        file
+    }
+
+    #[test]
+    fn roots_of_a_closure_file_are_the_paths_nothing_refers_to() {
+        let file = closure_file(&[entry(A, &[A, B]), entry(B, &[])]);
+        let input = from_closure_file(file.path(), &[], "/nix/store").unwrap();
+        assert_eq!(input.closure.len(), 2);
+        let roots: Vec<String> = input.roots.iter().map(|r| r.to_string()).collect();
+        assert_eq!(roots, [A]);
+    }
+
+    #[test]
+    fn roots_given_with_a_closure_file_must_be_in_it() {
+        let file = closure_file(&[entry(A, &[B]), entry(B, &[])]);
+        let input = from_closure_file(
+            file.path(),
+            &[PathBuf::from(format!("{B}/lib"))],
+            "/nix/store",
+        )
+        .unwrap();
+        assert_eq!(input.roots[0].to_string(), B);
+        let other = "/nix/store/sbi569kby1xympi1rxrny9nv9vr9151n-other";
+        let e = from_closure_file(file.path(), &[PathBuf::from(other)], "/nix/store").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("'{other}' is not in the closure file")
+        );
+    }
+
+    #[test]
+    fn an_incomplete_closure_is_refused() {
+        let file = closure_file(&[entry(A, &[B])]);
+        let e = from_closure_file(file.path(), &[], "/nix/store").unwrap_err();
+        assert!(
+            matches!(&e, BuildError::Incomplete { reference, .. } if reference.to_string() == B),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_symlink_to_a_store_path_stands_for_it_but_a_store_symlink_for_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let result = dir.path().join("result");
+        symlink(format!("{A}/bin/app"), &result).unwrap();
+        let again = dir.path().join("again");
+        symlink("result", &again).unwrap();
+        for link in [&result, &again] {
+            assert_eq!(resolve_root(link, "/nix/store").unwrap().to_string(), A);
+        }
+        // A path in the store is taken as it is, never followed.
+        assert_eq!(
+            resolve_root(Path::new(B), "/nix/store")
+                .unwrap()
+                .to_string(),
+            B
+        );
+        let e = resolve_root(dir.path(), "/nix/store").unwrap_err();
+        assert!(matches!(e, BuildError::NotInStore { .. }), "{e}");
+    }
+
+    #[test]
+    fn an_unreadable_closure_file_names_itself() {
+        let e =
+            from_closure_file(Path::new("/does/not/exist.json"), &[], "/nix/store").unwrap_err();
+        assert!(e.to_string().contains("/does/not/exist.json"), "{e}");
+        let bad = tempfile::NamedTempFile::new().unwrap();
+        fs::write(bad.path(), "{").unwrap();
+        let e = from_closure_file(bad.path(), &[], "/nix/store").unwrap_err();
+        assert!(matches!(e, BuildError::ClosureFile { .. }), "{e}");
+    }
+}
