@@ -193,13 +193,13 @@ def main():
                     help="before each timed run, wait up to this many seconds for an idle machine "
                          "(default 120, 10 with --quick; 0 disables)")
     ap.add_argument("--quiet-budget", type=float, default=None,
-                    help="total seconds of such waiting in one run (default 900, 60 with --quick)")
+                    help="total seconds of such waiting in one run (default 600, 60 with --quick)")
     ap.add_argument("--build-note", default="", help="text about the binary's build, for the report")
     args = ap.parse_args()
 
     mode = "quick" if args.quick else "full"
     quiet_wait = args.quiet_wait if args.quiet_wait is not None else (10 if args.quick else 120)
-    quiet_budget = [args.quiet_budget if args.quiet_budget is not None else (60 if args.quick else 900)]
+    quiet_budget = [args.quiet_budget if args.quiet_budget is not None else (60 if args.quick else 600)]
 
     def gate():
         w = min(quiet_wait, quiet_budget[0])
