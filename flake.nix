@@ -36,8 +36,11 @@
         }
       );
 
-      # `mk-binary-cache.lib.${system}.mkBinaryCache { rootPaths = [ … ]; }`
-      lib = forAllSystems (system: { inherit (viewFor system) mkBinaryCache; });
+      # `mk-binary-cache.lib.${system}.mkBinaryCache { rootPaths = [ … ]; }`, and
+      # `signBinaryCache { cache = …; }`, a script that signs a cache.
+      lib = forAllSystems (system: {
+        inherit (viewFor system) mkBinaryCache signBinaryCache;
+      });
 
       checks = forAllSystems (
         system:

@@ -6,7 +6,7 @@
 //! since 2.4). We read all three and always write `sha256:<nix32>`.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::str::FromStr;
 
 use base64::Engine;
@@ -142,6 +142,51 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// Passes reads from `inner` on while hashing them and counting their length:
+/// the reading side of [`HashingWriter`].
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// The hash and length of everything read so far.
+    pub fn finish(self) -> (R, NarHash, u64) {
+        (self.inner, NarHash(self.hasher.finalize().into()), self.len)
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +228,18 @@ mod tests {
         ] {
             assert!(bad.parse::<NarHash>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn hashing_reader_hashes_and_counts_what_it_passes_on() {
+        let mut r = HashingReader::new(&b"hello world"[..]);
+        let mut head = [0; 6];
+        r.read_exact(&mut head).unwrap();
+        assert_eq!(r.len(), 6);
+        io::copy(&mut r, &mut io::sink()).unwrap();
+        let (_, hash, len) = r.finish();
+        assert_eq!(len, 11);
+        assert_eq!(hash, NarHash::digest(b"hello world"));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod attrs;
 pub mod build;
 pub mod cache;
+pub mod cache_info;
 pub mod closure;
 pub mod compression;
 pub mod debuginfo;
@@ -19,5 +20,7 @@ pub mod narinfo;
 pub mod nixbase32;
 pub mod progress;
 pub mod schedule;
+pub mod sign_cache;
 pub mod signing;
 pub mod store_path;
+pub mod verify;

@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 
 use mk_binary_cache::compression::Compression;
 use mk_binary_cache::progress::{Progress, Style};
-use mk_binary_cache::{attrs, build, cache};
+use mk_binary_cache::signing::{PublicKey, SecretKey};
+use mk_binary_cache::{attrs, build, cache, sign_cache, verify};
 
 /// Writes flat-file Nix binary caches.
 ///
@@ -30,6 +31,15 @@ enum Command {
     /// Nix build. Paths already in the cache are skipped; a run that is
     /// interrupted leaves a valid cache, and the next run completes it.
     Build(BuildArgs),
+    /// Sign the narinfos of a cache with Nix secret keys, in place, or into
+    /// a signed copy with --out (for a read-only cache, such as a
+    /// mkBinaryCache output in the store).
+    Sign(SignArgs),
+    /// Check a flat-file cache before trusting it: every narinfo, NAR file,
+    /// hash, size, reference and (with trusted keys) signature. Prints one
+    /// line per problem and a summary; exits with 0 if there is none, 1 if
+    /// there are problems, 2 if the cache cannot be checked at all.
+    Verify(VerifyArgs),
 }
 
 #[derive(clap::Args)]
@@ -75,6 +85,134 @@ struct BuildArgs {
     quiet: bool,
 }
 
+#[derive(clap::Args)]
+struct SignArgs {
+    /// A secret key file, as `nix-store --generate-binary-cache-key` writes
+    /// it. Repeat to sign with several keys.
+    #[arg(long = "key-file", value_name = "SECRET", required = true)]
+    key_files: Vec<PathBuf>,
+    /// Write a signed copy of CACHE to DIR, which must not exist or be
+    /// empty, and leave CACHE as it is. NAR files are hard-linked into the
+    /// copy, or reflinked, or, failing both, copied.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// The cache to sign.
+    #[arg(value_name = "CACHE")]
+    cache: PathBuf,
+    /// Worker threads (default: every core).
+    #[arg(long, short = 'j', value_name = "N")]
+    jobs: Option<usize>,
+    /// Print nothing but errors.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// The cache to check: a directory.
+    #[arg(value_name = "CACHE")]
+    cache: PathBuf,
+    /// The store directory the cache must be for.
+    #[arg(long, value_name = "DIR", default_value = "/nix/store")]
+    store_dir: String,
+    /// A public key whose signatures are checked, as in Nix's
+    /// trusted-public-keys. Repeatable.
+    #[arg(long = "trusted-key", value_name = "NAME:BASE64")]
+    trusted_keys: Vec<PublicKey>,
+    /// A file of public keys (NAME:BASE64, separated by white space), such
+    /// as the public key file `nix-store --generate-binary-cache-key` writes.
+    /// Repeatable.
+    #[arg(long = "trusted-key-file", value_name = "FILE")]
+    trusted_key_files: Vec<PathBuf>,
+    /// Make a path without a valid signature by a trusted key a problem.
+    #[arg(long)]
+    require_sigs: bool,
+    /// Print one JSON document (problems with path, kind and message, and
+    /// counts) instead of lines.
+    #[arg(long)]
+    json: bool,
+    /// Worker threads (default: every core).
+    #[arg(long, short = 'j', value_name = "N")]
+    jobs: Option<usize>,
+}
+
+fn jobs_or_all_cores(jobs: Option<usize>) -> usize {
+    jobs.unwrap_or_else(|| attrs::jobs_from_cores(None)).max(1)
+}
+
+fn sign(args: SignArgs) -> anyhow::Result<()> {
+    let keys = args
+        .key_files
+        .iter()
+        .map(SecretKey::from_file)
+        .collect::<Result<Vec<_>, _>>()?;
+    let jobs = jobs_or_all_cores(args.jobs);
+    let (summary, wrote) = match &args.out {
+        Some(out) => {
+            let summary = sign_cache::sign_copy(&args.cache, out, &keys, jobs)
+                .with_context(|| format!("writing a signed copy of '{}'", args.cache.display()))?;
+            (summary, out)
+        }
+        None => {
+            let summary = sign_cache::sign_in_place(&args.cache, &keys, jobs)
+                .with_context(|| {
+                    format!(
+                        "signing '{}' in place (for a read-only cache, write a signed copy with --out DIR)",
+                        args.cache.display()
+                    )
+                })?;
+            (summary, &args.cache)
+        }
+    };
+    if !args.quiet {
+        eprintln!("signed {}: {summary}", wrote.display());
+    }
+    Ok(())
+}
+
+fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let mut trusted_keys = args.trusted_keys;
+    for file in &args.trusted_key_files {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading trusted key file '{}'", file.display()))?;
+        for key in text.split_whitespace() {
+            trusted_keys.push(
+                key.parse()
+                    .with_context(|| format!("trusted key file '{}'", file.display()))?,
+            );
+        }
+    }
+    let options = verify::Options {
+        store_dir: args.store_dir,
+        trusted_keys,
+        require_sigs: args.require_sigs,
+        jobs: jobs_or_all_cores(args.jobs),
+    };
+    let style = if !args.json && Style::for_stderr() == Style::Bar {
+        Style::Bar
+    } else {
+        Style::Quiet
+    };
+    let progress = Progress::with_style(style);
+    let report = verify::verify(&args.cache, &options, &progress)
+        .with_context(|| format!("verifying '{}'", args.cache.display()))?;
+    let elapsed = progress.elapsed();
+    drop(progress);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for problem in &report.problems {
+            println!("{problem}");
+        }
+        println!("{}", report.summary(elapsed));
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 fn parse_compression(name: &str) -> Result<Compression, String> {
     name.parse().map_err(|e| format!("{e}"))
 }
@@ -115,7 +253,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or(Command::Builder) {
         Command::Builder => {
             let job = attrs::from_environment()?;
@@ -123,15 +261,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let totals = cache::write_cache(&job.out, &job.closure, &job.options, &progress)
                 .with_context(|| format!("writing the cache to '{}'", job.out.display()))?;
             progress.finish("cached", &totals);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Build(args) => build(args),
+        Command::Build(args) => build(args).map(|()| ExitCode::SUCCESS),
+        Command::Sign(args) => sign(args).map(|()| ExitCode::SUCCESS),
+        Command::Verify(args) => {
+            // Exit 1 says "problems found"; failing to check at all is 2.
+            let code = verify(args).unwrap_or_else(|e| {
+                eprintln!("mk-binary-cache: error: {e:#}");
+                ExitCode::from(2)
+            });
+            Ok(code)
+        }
     }
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("mk-binary-cache: error: {e:#}");
             ExitCode::FAILURE

@@ -1,0 +1,142 @@
+//! The `nix-cache-info` file at the top of a binary cache.
+//!
+//! Nix reads it line by line: the key is what comes before the first `:`,
+//! the value what follows, trimmed; lines without a colon and unknown keys
+//! are ignored. `StoreDir` must equal the reader's store directory,
+//! `WantMassQuery` is `1` or `0`, `Priority` an integer (lower is tried
+//! first). Nix itself takes any `WantMassQuery` other than `1` as false and
+//! fails on a `Priority` that is not a number; [`CacheInfo::parse`] is
+//! stricter and refuses both, since no writer produces them.
+
+use std::str::FromStr;
+
+use thiserror::Error;
+
+/// The name of the file, at the top of the cache.
+pub const FILE_NAME: &str = "nix-cache-info";
+
+/// What `nix-cache-info` says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheInfo {
+    /// The store directory the cache's paths belong to, e.g. `/nix/store`.
+    pub store_dir: Option<String>,
+    pub want_mass_query: Option<bool>,
+    pub priority: Option<i64>,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CacheInfoError {
+    #[error("{key} appears more than once")]
+    Repeated { key: &'static str },
+    #[error("WantMassQuery is {0:?}, expected 1 or 0")]
+    WantMassQuery(String),
+    #[error("Priority is {0:?}, expected an integer")]
+    Priority(String),
+    #[error("StoreDir is {0:?}, expected an absolute path")]
+    StoreDir(String),
+}
+
+impl FromStr for CacheInfo {
+    type Err = CacheInfoError;
+
+    fn from_str(text: &str) -> Result<Self, CacheInfoError> {
+        let mut info = CacheInfo::default();
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            match key {
+                "StoreDir" => {
+                    if !value.starts_with('/') {
+                        return Err(CacheInfoError::StoreDir(value.to_owned()));
+                    }
+                    set_once(&mut info.store_dir, "StoreDir", value.to_owned())?;
+                }
+                "WantMassQuery" => {
+                    let want = match value {
+                        "1" => true,
+                        "0" => false,
+                        _ => return Err(CacheInfoError::WantMassQuery(value.to_owned())),
+                    };
+                    set_once(&mut info.want_mass_query, "WantMassQuery", want)?;
+                }
+                "Priority" => {
+                    let priority = value
+                        .parse()
+                        .map_err(|_| CacheInfoError::Priority(value.to_owned()))?;
+                    set_once(&mut info.priority, "Priority", priority)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(info)
+    }
+}
+
+fn set_once<T>(slot: &mut Option<T>, key: &'static str, value: T) -> Result<(), CacheInfoError> {
+    match slot {
+        Some(_) => Err(CacheInfoError::Repeated { key }),
+        None => {
+            *slot = Some(value);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_nix_copy_writes() {
+        let info: CacheInfo = "StoreDir: /nix/store\n".parse().unwrap();
+        assert_eq!(info.store_dir.as_deref(), Some("/nix/store"));
+        assert_eq!(info.want_mass_query, None);
+        assert_eq!(info.priority, None);
+    }
+
+    #[test]
+    fn reads_want_mass_query_and_priority() {
+        let info: CacheInfo = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
+            .parse()
+            .unwrap();
+        assert_eq!(info.want_mass_query, Some(true));
+        assert_eq!(info.priority, Some(40));
+        let info: CacheInfo = "WantMassQuery: 0".parse().unwrap();
+        assert_eq!(info.want_mass_query, Some(false));
+    }
+
+    #[test]
+    fn trims_values_and_ignores_unknown_keys_and_lines_without_a_colon() {
+        let info: CacheInfo = "garbage\nFoo: bar\nStoreDir:/gnu/store  \n"
+            .parse()
+            .unwrap();
+        assert_eq!(info.store_dir.as_deref(), Some("/gnu/store"));
+    }
+
+    #[test]
+    fn a_missing_store_dir_is_not_an_error() {
+        assert_eq!("".parse(), Ok(CacheInfo::default()));
+    }
+
+    #[test]
+    fn refuses_values_no_writer_produces() {
+        assert_eq!(
+            "WantMassQuery: yes".parse::<CacheInfo>(),
+            Err(CacheInfoError::WantMassQuery("yes".into()))
+        );
+        assert_eq!(
+            "Priority: high".parse::<CacheInfo>(),
+            Err(CacheInfoError::Priority("high".into()))
+        );
+        assert_eq!(
+            "StoreDir: nix/store".parse::<CacheInfo>(),
+            Err(CacheInfoError::StoreDir("nix/store".into()))
+        );
+        assert_eq!(
+            "StoreDir: /a\nStoreDir: /b\n".parse::<CacheInfo>(),
+            Err(CacheInfoError::Repeated { key: "StoreDir" })
+        );
+    }
+}

@@ -1,0 +1,559 @@
+//! Signing the narinfos of an existing cache (`mk-binary-cache sign`).
+//!
+//! [`sign_in_place`] adds signatures to a writable cache. [`sign_copy`]
+//! writes a signed copy of a cache that may be read-only, such as a
+//! `mkBinaryCache` output in the store: narinfos are written anew, every
+//! other file shares its bytes with the original where the filesystem allows
+//! ([`share_or_copy`]: a hard link, else a reflink, else a copy).
+//!
+//! Each key adds a `Sig:` line over the narinfo's fingerprint
+//! ([`NarInfo::fingerprint`]). Signatures already there are kept. Ed25519 is
+//! deterministic, so a key that signed the narinfo before makes the same
+//! signature again, and it is not added twice. Otherwise the narinfo's text
+//! is kept byte for byte, and new `Sig:` lines go where Nix writes them
+//! ([`add_signature_lines`]): signing an unsigned `nix copy` cache gives the
+//! very narinfos `nix copy` writes when given the key.
+//!
+//! Signing vouches for what the narinfos say without reading the NARs: run
+//! `mk-binary-cache verify` first on a cache you did not build.
+//!
+//! Narinfos are replaced atomically: the signed text goes to a temporary
+//! file in the same directory, which is renamed over the narinfo once
+//! durable. Two runs signing the same cache at once may lose one run's
+//! signatures; run them one after the other.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::{self, File, Permissions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use thiserror::Error;
+
+use crate::cache_info::{self, CacheInfo, CacheInfoError};
+use crate::narinfo::{self, NarInfo};
+use crate::schedule;
+use crate::signing::SecretKey;
+
+/// The store directory of a cache whose `nix-cache-info` names none, as Nix assumes.
+const DEFAULT_STORE_DIR: &str = "/nix/store";
+
+#[derive(Debug, Error)]
+pub enum SignError {
+    #[error("no secret key given")]
+    NoKeys,
+    #[error("'{0}' is not a binary cache: it has no nix-cache-info")]
+    NotACache(PathBuf),
+    #[error("'{path}': {source}")]
+    CacheInfo {
+        path: PathBuf,
+        source: CacheInfoError,
+    },
+    #[error("cannot read '{path}': {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write '{path}': {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot sign '{path}': {source}")]
+    Narinfo {
+        path: PathBuf,
+        source: narinfo::ParseError,
+    },
+    #[error("cannot sign '{0}': it is not UTF-8 text")]
+    NotText(PathBuf),
+    #[error("'{0}' already exists and is not an empty directory")]
+    OutputExists(PathBuf),
+    #[error("'{0}' is neither a file, a directory nor a symlink: a cache copy cannot hold it")]
+    SpecialFile(PathBuf),
+}
+
+fn read_error(path: &Path) -> impl FnOnce(io::Error) -> SignError + '_ {
+    move |source| SignError::Read {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn write_error(path: &Path) -> impl FnOnce(io::Error) -> SignError + '_ {
+    move |source| SignError::Write {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// Narinfos in the cache.
+    pub narinfos: usize,
+    /// Signatures added, over all narinfos and keys.
+    pub added: usize,
+    /// Signatures that were there already.
+    pub present: usize,
+    /// For a copy: how the other files got there.
+    pub hard_links: usize,
+    pub reflinks: usize,
+    pub copies: usize,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} narinfos: {} signatures added, {} already there",
+            self.narinfos, self.added, self.present
+        )?;
+        if self.hard_links + self.reflinks + self.copies > 0 {
+            write!(
+                f,
+                "; other files {} hard-linked, {} reflinked, {} copied",
+                self.hard_links, self.reflinks, self.copies
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Adds the signatures of `keys` to the narinfos of the cache `cache`.
+/// Every narinfo is signed in memory first, so a narinfo that cannot be
+/// signed stops the run before any file is changed.
+pub fn sign_in_place(cache: &Path, keys: &[SecretKey], jobs: usize) -> Result<Summary, SignError> {
+    let source = Source::open(cache, keys)?;
+    let signed = source.sign_all(keys, jobs)?;
+    let summary = source.summary(&signed);
+
+    let changed: Vec<&Signed> = signed.iter().filter(|s| s.added > 0).collect();
+    let mut temporaries = Vec::with_capacity(changed.len());
+    let result = (|| {
+        for s in &changed {
+            let path = source.root.join(&s.name);
+            let mode = fs::metadata(&path)
+                .map_err(read_error(&path))?
+                .permissions()
+                .mode();
+            let temp = temp_sibling(&path);
+            write_new_file(&temp, s.text.as_bytes(), mode)?;
+            temporaries.push((temp, path));
+        }
+        // One flush for all the temporary files, rather than one per file.
+        sync_filesystem(&source.root)?;
+        for (temp, path) in temporaries.drain(..) {
+            fs::rename(&temp, &path).map_err(write_error(&path))?;
+        }
+        sync_directory(&source.root)
+    })();
+    for (temp, _) in temporaries {
+        let _ = fs::remove_file(temp);
+    }
+    result?;
+    Ok(summary)
+}
+
+/// Writes a signed copy of the cache `cache` to `out`, which must not exist
+/// or be an empty directory. The copy is made under a temporary name beside
+/// `out` and renamed to `out` once complete, so `out` never holds half a
+/// cache; on failure nothing is left.
+///
+/// Everything in the cache is copied: `nix-cache-info`, the narinfos (signed),
+/// the NARs, listings, `debuginfo/`, `store-paths`, empty directories and
+/// symlinks. Directories are made writable, so that the copy can be signed
+/// again in place.
+pub fn sign_copy(
+    cache: &Path,
+    out: &Path,
+    keys: &[SecretKey],
+    jobs: usize,
+) -> Result<Summary, SignError> {
+    let source = Source::open(cache, keys)?;
+    let usable = match fs::read_dir(out) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    };
+    if !usable {
+        return Err(SignError::OutputExists(out.to_owned()));
+    }
+    let signed = source.sign_all(keys, jobs)?;
+    let mut summary = source.summary(&signed);
+
+    let temp = temp_sibling(out);
+    fs::create_dir(&temp).map_err(write_error(&temp))?;
+    let result = (|| {
+        let narinfos: HashMap<OsString, &Signed> = signed
+            .iter()
+            .map(|s| (OsString::from(&s.name), s))
+            .collect();
+        copy_tree(&source.root, &temp, Some(&narinfos), &mut summary)?;
+        sync_filesystem(&temp)?;
+        fs::rename(&temp, out).map_err(|e| match e.kind() {
+            io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists => {
+                SignError::OutputExists(out.to_owned())
+            }
+            _ => write_error(out)(e),
+        })?;
+        match out.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => sync_directory(parent),
+            _ => sync_directory(Path::new(".")),
+        }
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&temp);
+    }
+    result?;
+    Ok(summary)
+}
+
+/// A cache to sign: its directory, store directory and narinfo file names.
+struct Source {
+    root: PathBuf,
+    store_dir: String,
+    narinfos: Vec<String>,
+}
+
+/// One narinfo, signed.
+struct Signed {
+    name: String,
+    text: String,
+    added: usize,
+    present: usize,
+}
+
+impl Source {
+    fn open(cache: &Path, keys: &[SecretKey]) -> Result<Self, SignError> {
+        if keys.is_empty() {
+            return Err(SignError::NoKeys);
+        }
+        let root = fs::canonicalize(cache).map_err(read_error(cache))?;
+        let info_path = root.join(cache_info::FILE_NAME);
+        let text = match fs::read_to_string(&info_path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(SignError::NotACache(cache.to_owned()));
+            }
+            Err(e) => return Err(read_error(&info_path)(e)),
+        };
+        let info: CacheInfo = text.parse().map_err(|source| SignError::CacheInfo {
+            path: info_path.clone(),
+            source,
+        })?;
+        let mut narinfos = Vec::new();
+        for entry in fs::read_dir(&root).map_err(read_error(&root))? {
+            let entry = entry.map_err(read_error(&root))?;
+            let is_file = entry.file_type().map_err(read_error(&root))?.is_file();
+            match entry.file_name().into_string() {
+                Ok(name) if is_file && name.ends_with(".narinfo") => narinfos.push(name),
+                _ => {}
+            }
+        }
+        narinfos.sort();
+        Ok(Source {
+            root,
+            store_dir: info
+                .store_dir
+                .unwrap_or_else(|| DEFAULT_STORE_DIR.to_owned()),
+            narinfos,
+        })
+    }
+
+    /// Signs every narinfo in memory, in parallel.
+    fn sign_all(&self, keys: &[SecretKey], jobs: usize) -> Result<Vec<Signed>, SignError> {
+        let signed = Mutex::new(Vec::with_capacity(self.narinfos.len()));
+        schedule::run(
+            &self.narinfos,
+            |_| 1,
+            u64::MAX,
+            jobs,
+            |name, _threads| {
+                let path = self.root.join(name);
+                let bytes = fs::read(&path).map_err(read_error(&path))?;
+                let text =
+                    String::from_utf8(bytes).map_err(|_| SignError::NotText(path.clone()))?;
+                let (text, added, present) = sign_narinfo(&text, &self.store_dir, keys)
+                    .map_err(|source| SignError::Narinfo { path, source })?;
+                signed.lock().unwrap().push(Signed {
+                    name: name.clone(),
+                    text,
+                    added,
+                    present,
+                });
+                Ok(())
+            },
+        )?;
+        Ok(signed.into_inner().unwrap())
+    }
+
+    fn summary(&self, signed: &[Signed]) -> Summary {
+        Summary {
+            narinfos: signed.len(),
+            added: signed.iter().map(|s| s.added).sum(),
+            present: signed.iter().map(|s| s.present).sum(),
+            ..Summary::default()
+        }
+    }
+}
+
+/// Signs the narinfo `text` with `keys`. Returns the new text, the number of
+/// signatures added and the number that were there already.
+pub fn sign_narinfo(
+    text: &str,
+    store_dir: &str,
+    keys: &[SecretKey],
+) -> Result<(String, usize, usize), narinfo::ParseError> {
+    let info = NarInfo::parse(text, store_dir)?;
+    let fingerprint = info.fingerprint();
+    let mut new = Vec::new();
+    let mut present = 0;
+    for key in keys {
+        let sig = key.sign(&fingerprint).to_string();
+        if info.signatures.contains(&sig) || new.contains(&sig) {
+            present += 1;
+        } else {
+            new.push(sig);
+        }
+    }
+    Ok((add_signature_lines(text, &new), new.len(), present))
+}
+
+/// `text` with a `Sig: <signature>` line for each of `signatures`, put where
+/// Nix writes them: after the last `Sig:` line; without one, before `CA:`;
+/// without that, at the end. Every line of the result ends in a newline.
+pub fn add_signature_lines(text: &str, signatures: &[String]) -> String {
+    let mut lines: Vec<&str> = text.lines().collect();
+    let at = match lines.iter().rposition(|l| l.starts_with("Sig: ")) {
+        Some(last) => last + 1,
+        None => lines
+            .iter()
+            .position(|l| l.starts_with("CA: "))
+            .unwrap_or(lines.len()),
+    };
+    let new: Vec<String> = signatures.iter().map(|s| format!("Sig: {s}")).collect();
+    lines.splice(at..at, new.iter().map(String::as_str));
+    lines.iter().map(|l| format!("{l}\n")).collect()
+}
+
+/// How a file's bytes got into a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    /// A second name for the same file: no bytes copied.
+    HardLink,
+    /// A new file sharing the original's blocks (`FICLONE`): no bytes copied.
+    Reflink,
+    Copy,
+}
+
+/// Makes `to` a file with the bytes of `from`, sharing them where it can: a
+/// hard link works within one filesystem when we may link the file (the
+/// kernel's `protected_hardlinks` forbids linking others' files, such as
+/// store files owned by root, to ordinary users); a reflink where the
+/// filesystem supports it (btrfs, XFS); otherwise the bytes are copied.
+/// A linked file keeps its permissions, being the same file; a reflinked or
+/// copied one gets those of `from`.
+pub fn share_or_copy(from: &Path, to: &Path) -> io::Result<Transfer> {
+    if fs::hard_link(from, to).is_ok() {
+        return Ok(Transfer::HardLink);
+    }
+    let mut source = File::open(from)?;
+    let mode = source.metadata()?.permissions().mode() & 0o7777;
+    let mut dest = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)?;
+    let transfer = if reflink(&source, &dest).is_ok() {
+        Transfer::Reflink
+    } else {
+        io::copy(&mut source, &mut dest)?;
+        Transfer::Copy
+    };
+    dest.set_permissions(Permissions::from_mode(mode))?;
+    Ok(transfer)
+}
+
+/// Makes `to` share the blocks of `from` (the `FICLONE` ioctl).
+fn reflink(from: &File, to: &File) -> io::Result<()> {
+    // SAFETY: FICLONE takes the source descriptor as its argument and touches
+    // no memory of ours; both descriptors are open for the whole call.
+    let result = unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Copies the directory `from` into the existing directory `to`. At the top
+/// (`narinfos` given), the narinfos get their signed text instead.
+fn copy_tree(
+    from: &Path,
+    to: &Path,
+    narinfos: Option<&HashMap<OsString, &Signed>>,
+    summary: &mut Summary,
+) -> Result<(), SignError> {
+    for entry in fs::read_dir(from).map_err(read_error(from))? {
+        let entry = entry.map_err(read_error(from))?;
+        let (source, dest) = (entry.path(), to.join(entry.file_name()));
+        let file_type = entry.file_type().map_err(read_error(&source))?;
+        if file_type.is_dir() {
+            fs::create_dir(&dest).map_err(write_error(&dest))?;
+            copy_tree(&source, &dest, None, summary)?;
+        } else if file_type.is_symlink() {
+            let target = fs::read_link(&source).map_err(read_error(&source))?;
+            std::os::unix::fs::symlink(target, &dest).map_err(write_error(&dest))?;
+        } else if !file_type.is_file() {
+            return Err(SignError::SpecialFile(source));
+        } else if let Some(signed) = narinfos.and_then(|n| n.get(&entry.file_name())) {
+            write_new_file(&dest, signed.text.as_bytes(), 0o644)?;
+        } else {
+            match share_or_copy(&source, &dest).map_err(write_error(&dest))? {
+                Transfer::HardLink => summary.hard_links += 1,
+                Transfer::Reflink => summary.reflinks += 1,
+                Transfer::Copy => summary.copies += 1,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A name for a temporary file or directory beside `path`, unique to this process.
+fn temp_sibling(path: &Path) -> PathBuf {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".{name}.sign-{}.tmp", std::process::id()))
+}
+
+/// Creates `path` (which must not exist) holding `bytes`, with `mode`.
+fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SignError> {
+    let mut file = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(write_error(path))?;
+    file.write_all(bytes).map_err(write_error(path))?;
+    // Set explicitly: `mode` above is filtered by the umask.
+    file.set_permissions(Permissions::from_mode(mode & 0o7777))
+        .map_err(write_error(path))
+}
+
+/// Flushes everything written to the filesystem holding `dir` to disk.
+fn sync_filesystem(dir: &Path) -> Result<(), SignError> {
+    let handle = File::open(dir).map_err(read_error(dir))?;
+    // SAFETY: a plain system call on a descriptor that stays open for it.
+    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
+        return Err(write_error(dir)(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Makes the renames in `dir` durable.
+fn sync_directory(dir: &Path) -> Result<(), SignError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(write_error(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = include_str!("../tests/fixtures/keys/secret.key");
+    // Written by Nix 2.8 `nix copy --to 'file://…?secret-key=secret.key'`.
+    const SIGNED_BY_NIX: &str =
+        include_str!("../tests/fixtures/keys/signed-with-references.narinfo");
+
+    fn key() -> SecretKey {
+        SECRET.parse().unwrap()
+    }
+
+    fn other_key() -> SecretKey {
+        // Any 32-byte seed with its public half makes a valid key.
+        let seed = [7u8; 32];
+        let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let mut bytes = seed.to_vec();
+        bytes.extend_from_slice(signing.verifying_key().as_bytes());
+        use base64::Engine;
+        format!(
+            "other-key:{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        )
+        .parse()
+        .unwrap()
+    }
+
+    /// `text` without its `Sig:` lines.
+    fn unsigned(text: &str) -> String {
+        text.lines()
+            .filter(|l| !l.starts_with("Sig: "))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    #[test]
+    fn signing_an_unsigned_narinfo_gives_the_text_nix_writes() {
+        let (text, added, present) =
+            sign_narinfo(&unsigned(SIGNED_BY_NIX), "/nix/store", &[key()]).unwrap();
+        assert_eq!(text, SIGNED_BY_NIX);
+        assert_eq!((added, present), (1, 0));
+    }
+
+    #[test]
+    fn a_signature_by_the_same_key_is_not_added_twice() {
+        let (text, added, present) = sign_narinfo(SIGNED_BY_NIX, "/nix/store", &[key()]).unwrap();
+        assert_eq!(text, SIGNED_BY_NIX);
+        assert_eq!((added, present), (0, 1));
+        let (text, added, _) =
+            sign_narinfo(&unsigned(SIGNED_BY_NIX), "/nix/store", &[key(), key()]).unwrap();
+        assert_eq!(text, SIGNED_BY_NIX);
+        assert_eq!(added, 1);
+    }
+
+    #[test]
+    fn existing_signatures_are_kept_and_new_ones_follow_them() {
+        let (text, added, present) =
+            sign_narinfo(SIGNED_BY_NIX, "/nix/store", &[other_key(), key()]).unwrap();
+        assert_eq!((added, present), (1, 1));
+        let sigs: Vec<&str> = text.lines().filter(|l| l.starts_with("Sig: ")).collect();
+        assert_eq!(sigs.len(), 2);
+        assert!(sigs[0].starts_with("Sig: test-cache-1:"));
+        assert!(sigs[1].starts_with("Sig: other-key:"));
+        assert_eq!(unsigned(&text), unsigned(SIGNED_BY_NIX));
+    }
+
+    #[test]
+    fn new_signatures_go_before_ca_and_unknown_lines_stay() {
+        let text = "StorePath: /nix/store/dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz-appa\nURL: nar/x.nar\n\
+                    Compression: none\nNarHash: sha256:039zdycyhk9ddiyy1wgslp1drv7g4xyv5z7z92iacy6ncw832rvq\n\
+                    NarSize: 504\nReferences: \nSystem: x\nCA: fixed:r:sha256:abc";
+        let out = add_signature_lines(text, &["k:sig".to_owned()]);
+        assert!(
+            out.ends_with("System: x\nSig: k:sig\nCA: fixed:r:sha256:abc\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_narinfo_that_does_not_parse_is_not_signed() {
+        let broken = SIGNED_BY_NIX.replace("NarHash: ", "NarHash: md5:");
+        assert!(sign_narinfo(&broken, "/nix/store", &[key()]).is_err());
+    }
+
+    #[test]
+    fn share_or_copy_links_within_a_filesystem() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        fs::write(&a, "bytes").unwrap();
+        assert_eq!(share_or_copy(&a, &b).unwrap(), Transfer::HardLink);
+        assert_eq!(fs::read(&b).unwrap(), b"bytes");
+    }
+
+    #[test]
+    fn share_or_copy_fails_rather_than_overwrite() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        fs::write(&a, "new").unwrap();
+        fs::write(&b, "old").unwrap();
+        assert!(share_or_copy(&a, &b).is_err());
+        assert_eq!(fs::read(&b).unwrap(), b"old");
+    }
+}
