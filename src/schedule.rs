@@ -12,6 +12,7 @@
 //! Encoders' output does not depend on their thread count, so none of this
 //! changes a byte of the cache.
 
+use std::cmp::Reverse;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -28,7 +29,7 @@ where
     let jobs = jobs.max(1);
     let mut order: Vec<(u64, &T)> = items.iter().map(|item| (size(item), item)).collect();
     // Stable, so equal sizes keep the caller's order.
-    order.sort_by(|a, b| b.0.cmp(&a.0));
+    order.sort_by_key(|&(size, _)| Reverse(size));
     let split = order.partition_point(|(s, _)| *s >= threshold);
     let (large, small) = order.split_at(split);
 
@@ -51,7 +52,11 @@ where
     };
 
     std::thread::scope(|scope| {
-        let helpers = if large.is_empty() { jobs - 1 } else { (jobs - 1).max(1) };
+        let helpers = if large.is_empty() {
+            jobs - 1
+        } else {
+            (jobs - 1).max(1)
+        };
         for _ in 0..helpers.min(small.len()) {
             scope.spawn(small_lane);
         }
@@ -75,10 +80,16 @@ mod tests {
 
     fn record(items: &[u64], threshold: u64, jobs: usize) -> Vec<(u64, u32)> {
         let seen = Mutex::new(Vec::new());
-        run(items, |&s| s, threshold, jobs, |&s, threads| {
-            seen.lock().unwrap().push((s, threads));
-            Ok::<_, ()>(())
-        })
+        run(
+            items,
+            |&s| s,
+            threshold,
+            jobs,
+            |&s, threads| {
+                seen.lock().unwrap().push((s, threads));
+                Ok::<_, ()>(())
+            },
+        )
         .unwrap();
         let mut seen = seen.into_inner().unwrap();
         seen.sort();
@@ -89,7 +100,10 @@ mod tests {
     fn every_item_runs_once_large_ones_with_every_thread() {
         let items = [5, 100, 1, 300, 7, 200];
         let seen = record(&items, 100, 3);
-        assert_eq!(seen, vec![(1, 1), (5, 1), (7, 1), (100, 3), (200, 3), (300, 3)]);
+        assert_eq!(
+            seen,
+            vec![(1, 1), (5, 1), (7, 1), (100, 3), (200, 3), (300, 3)]
+        );
     }
 
     #[test]
@@ -97,15 +111,25 @@ mod tests {
         let running = AtomicUsize::new(0);
         let order = Mutex::new(Vec::new());
         let items = [10u64, 30, 20, 1, 2];
-        run(&items, |&s| s, 10, 2, |&s, threads| {
-            if threads > 1 {
-                assert_eq!(running.fetch_add(1, Ordering::SeqCst), 0, "two large items at once");
-                order.lock().unwrap().push(s);
-                std::thread::sleep(std::time::Duration::from_millis(5));
-                running.fetch_sub(1, Ordering::SeqCst);
-            }
-            Ok::<_, ()>(())
-        })
+        run(
+            &items,
+            |&s| s,
+            10,
+            2,
+            |&s, threads| {
+                if threads > 1 {
+                    assert_eq!(
+                        running.fetch_add(1, Ordering::SeqCst),
+                        0,
+                        "two large items at once"
+                    );
+                    order.lock().unwrap().push(s);
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                }
+                Ok::<_, ()>(())
+            },
+        )
         .unwrap();
         assert_eq!(order.into_inner().unwrap(), vec![30, 20, 10]);
     }
@@ -119,10 +143,16 @@ mod tests {
     fn stops_at_the_first_error_and_returns_it() {
         let items: Vec<u64> = (0..1000).collect();
         let done = AtomicUsize::new(0);
-        let result = run(&items, |&s| s, u64::MAX, 2, |&s, _| {
-            done.fetch_add(1, Ordering::Relaxed);
-            if s == 990 { Err(s) } else { Ok(()) }
-        });
+        let result = run(
+            &items,
+            |&s| s,
+            u64::MAX,
+            2,
+            |&s, _| {
+                done.fetch_add(1, Ordering::Relaxed);
+                if s == 990 { Err(s) } else { Ok(()) }
+            },
+        );
         assert_eq!(result, Err(990));
         assert!(done.load(Ordering::Relaxed) < 1000);
     }
