@@ -155,12 +155,7 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
         }
         None => {
             let summary = sign_cache::sign_in_place(&args.cache, &keys, jobs)
-                .with_context(|| {
-                    format!(
-                        "signing '{}' in place (for a read-only cache, write a signed copy with --out DIR)",
-                        args.cache.display()
-                    )
-                })?;
+                .with_context(|| format!("signing '{}' in place", args.cache.display()))?;
             (summary, &args.cache)
         }
     };

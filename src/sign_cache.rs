@@ -64,6 +64,10 @@ pub enum SignError {
     },
     #[error("cannot sign '{0}': it is not UTF-8 text")]
     NotText(PathBuf),
+    #[error(
+        "'{0}' is in the Nix store, whose paths must never change: write a signed copy with --out DIR"
+    )]
+    InStore(PathBuf),
     #[error("'{0}' already exists and is not an empty directory")]
     OutputExists(PathBuf),
     #[error("'{0}' is neither a file, a directory nor a symlink: a cache copy cannot hold it")]
@@ -120,8 +124,14 @@ impl fmt::Display for Summary {
 /// Adds the signatures of `keys` to the narinfos of the cache `cache`.
 /// Every narinfo is signed in memory first, so a narinfo that cannot be
 /// signed stops the run before any file is changed.
+///
+/// A cache inside the store directory it is for is refused: a store path
+/// must never change (and root could change it).
 pub fn sign_in_place(cache: &Path, keys: &[SecretKey], jobs: usize) -> Result<Summary, SignError> {
     let source = Source::open(cache, keys)?;
+    if source.root.starts_with(&source.store_dir) {
+        return Err(SignError::InStore(cache.to_owned()));
+    }
     let signed = source.sign_all(keys, jobs)?;
     let summary = source.summary(&signed);
 

@@ -3,4 +3,6 @@
 mod common;
 mod e2e;
 mod nar_reader;
+mod sign_cache;
 mod signing;
+mod verify;
