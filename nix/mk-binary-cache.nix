@@ -105,10 +105,18 @@ in
   pkgs.callPackage ({ mkBinaryCache, hello }: mkBinaryCache { rootPaths = [ hello ]; }) { }
   ```
 
-  Then, with no signing key yet:
+  Then, unsigned:
 
   ```
   nix-build … --option substituters file://$PWD/result --option require-sigs false
+  ```
+
+  or signed, outside the store, so that the secret key never enters it
+  (`signBinaryCache` in ./sign-binary-cache.nix makes a script of this):
+
+  ```
+  mk-binary-cache sign --key-file /run/keys/cache.secret --out /srv/cache result
+  nix-build … --option substituters file:///srv/cache --option trusted-public-keys "$(cat cache.public)"
   ```
   :::
 */

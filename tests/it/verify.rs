@@ -653,3 +653,78 @@ fn the_report_does_not_depend_on_the_number_of_jobs() {
     let (_, four) = verify_json(&cache, &["--jobs", "4"]);
     assert_eq!(one, four);
 }
+
+/// Writes a cache of one store path whose NAR is a single file of `len`
+/// zero bytes, zstd-compressed, as our builder would describe it.
+fn cache_of_zeros(dir: &Path, len: u64) {
+    use mk_binary_cache::compression::Compression;
+    use mk_binary_cache::hash::HashingWriter;
+    use mk_binary_cache::nar::writer;
+    use std::io::{Read, Write};
+
+    fs::create_dir_all(dir.join("nar")).unwrap();
+    fs::write(dir.join("nix-cache-info"), "StoreDir: /nix/store\n").unwrap();
+    let temp = dir.join("nar/tmp");
+    let file = HashingWriter::new(fs::File::create(&temp).unwrap());
+    let mut encoder = Compression::Zstd.encoder(file, 1, len, 1).unwrap();
+    let mut nar = HashingWriter::new(&mut encoder);
+    writer::open(&mut nar)
+        .unwrap()
+        .regular(false, len, &mut std::io::repeat(0).take(len))
+        .unwrap();
+    let (_, nar_hash, nar_size) = nar.finish();
+    let (_, file_hash, file_size) = encoder.finish().unwrap().finish();
+    let url = format!("nar/{}.nar.zst", file_hash.to_nix32());
+    fs::rename(&temp, dir.join(&url)).unwrap();
+    let mut narinfo =
+        fs::File::create(dir.join("0123456789abcdfghijklmnpqrsvwxyz.narinfo")).unwrap();
+    write!(
+        narinfo,
+        "StorePath: /nix/store/0123456789abcdfghijklmnpqrsvwxyz-zeros\nURL: {url}\n\
+         Compression: zstd\nFileHash: {file_hash}\nFileSize: {file_size}\n\
+         NarHash: {nar_hash}\nNarSize: {nar_size}\nReferences: \n"
+    )
+    .unwrap();
+}
+
+#[test]
+fn verifying_a_1_gib_nar_takes_a_small_fixed_amount_of_memory() {
+    let tmp = tempdir();
+    cache_of_zeros(tmp.path(), 1 << 30);
+    #[expect(
+        clippy::zombie_processes,
+        reason = "reaped by wait4 below, which also tells its peak memory"
+    )]
+    let child = mkbc()
+        .args(["verify", "--json"])
+        .arg(tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // wait4, not Child::wait: it tells this one child's peak memory.
+    let pid = child.id() as libc::pid_t;
+    let mut stdout = child.stdout.unwrap();
+    let mut report = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut report).unwrap();
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our child, not yet waited for; both pointers are valid.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{report}"
+    );
+    let report: Value = serde_json::from_str(&report).unwrap();
+    let narinfo = narinfo(&tmp.path().join("0123456789abcdfghijklmnpqrsvwxyz.narinfo"));
+    let nar_size: u64 = narinfo["NarSize"].parse().unwrap();
+    assert!(nar_size > 1 << 30);
+    assert_eq!(
+        report["counts"]["nar_bytes"], nar_size,
+        "the NAR was read whole"
+    );
+    let peak_mib = usage.ru_maxrss / 1024; // ru_maxrss is in KiB on Linux
+    eprintln!("verify of a 1 GiB NAR: peak RSS {peak_mib} MiB");
+    assert!(peak_mib < 64, "verify used {peak_mib} MiB for a 1 GiB NAR");
+}
