@@ -125,11 +125,13 @@ impl fmt::Display for Summary {
 /// Every narinfo is signed in memory first, so a narinfo that cannot be
 /// signed stops the run before any file is changed.
 ///
-/// A cache inside the store directory it is for is refused: a store path
-/// must never change (and root could change it).
+/// A cache inside a store directory is refused, be it the one the cache is
+/// for or the local one (`NIX_STORE_DIR`, default `/nix/store`): a store
+/// path must never change, and root could change it.
 pub fn sign_in_place(cache: &Path, keys: &[SecretKey], jobs: usize) -> Result<Summary, SignError> {
     let source = Source::open(cache, keys)?;
-    if source.root.starts_with(&source.store_dir) {
+    let local_store = std::env::var_os("NIX_STORE_DIR").unwrap_or_else(|| DEFAULT_STORE_DIR.into());
+    if source.root.starts_with(&source.store_dir) || source.root.starts_with(local_store) {
         return Err(SignError::InStore(cache.to_owned()));
     }
     let signed = source.sign_all(keys, jobs)?;

@@ -50,7 +50,8 @@ use crate::store_path::StorePath;
 
 /// How many symlinks a file name may go through, as Linux allows.
 const MAX_SYMLINKS: usize = 40;
-/// A narinfo is a few hundred bytes; a larger file is not read whole.
+/// A narinfo (or `nix-cache-info`) is a few hundred bytes; a larger file is
+/// not read whole.
 const MAX_NARINFO_SIZE: u64 = 1 << 20;
 /// Buffer size of each stage of the NAR pipeline.
 const BUFFER: usize = 64 * 1024;
@@ -344,19 +345,27 @@ pub fn verify(cache: &Path, opts: &Options, progress: &Progress) -> Result<Repor
 fn check_cache_info(root: &Path, store_dir: &str) -> Vec<Problem> {
     let name = cache_info::FILE_NAME;
     let problem = |kind, message: String| vec![Problem::new(name, kind, message)];
-    let text = match resolve(root, name).map_err(Unreachable::into_io) {
-        Ok(path) => fs::read(&path),
-        Err(e) => Err(e),
-    };
-    let text = match text {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+    let path = match resolve(root, name) {
+        Ok(path) => path,
+        Err(Unreachable::Missing(_)) => {
             return problem(
                 ProblemKind::MissingCacheInfo,
                 "the cache has no nix-cache-info: Nix would try to create one, and fail on a read-only cache".into(),
             );
         }
-        Err(e) => return problem(ProblemKind::CacheInfo, format!("cannot read it: {e}")),
+        Err(e @ Unreachable::Escapes { .. }) => {
+            return problem(ProblemKind::OutsideCache, e.to_string());
+        }
+        Err(e) => return problem(ProblemKind::CacheInfo, e.to_string()),
+    };
+    let text = match open_no_follow(&path).and_then(|f| {
+        let mut bytes = Vec::new();
+        f.take(MAX_NARINFO_SIZE)
+            .read_to_end(&mut bytes)
+            .map(|_| bytes)
+    }) {
+        Ok(bytes) => bytes,
+        Err(e) => return problem(ProblemKind::Io, format!("cannot read it: {e}")),
     };
     let info: CacheInfo = match String::from_utf8(text) {
         Ok(text) => match text.parse() {
@@ -803,17 +812,6 @@ enum Unreachable {
     Io { path: String, source: io::Error },
 }
 
-impl Unreachable {
-    /// As an I/O error, for callers that only tell "missing" from the rest.
-    fn into_io(self) -> io::Error {
-        match self {
-            Unreachable::Missing(_) => io::Error::new(io::ErrorKind::NotFound, self.to_string()),
-            Unreachable::Io { source, .. } => source,
-            other => io::Error::other(other.to_string()),
-        }
-    }
-}
-
 /// Finds the regular file that `name`, a path relative to the canonical
 /// directory `root`, leads to, without ever leaving `root`.
 ///
@@ -1077,6 +1075,28 @@ mod tests {
         setup(&root);
         let root = fs::canonicalize(root).unwrap();
         (tmp, root)
+    }
+
+    fn cache_info_kinds(root: &Path) -> Vec<ProblemKind> {
+        check_cache_info(root, "/nix/store")
+            .into_iter()
+            .map(|p| p.kind)
+            .collect()
+    }
+
+    #[test]
+    fn checks_nix_cache_info_where_it_is_and_where_it_leads() {
+        let (tmp, root) = cache_dir(|_| {});
+        assert_eq!(cache_info_kinds(&root), [ProblemKind::MissingCacheInfo]);
+        fs::write(root.join("nix-cache-info"), "StoreDir: /nix/store\n").unwrap();
+        assert_eq!(cache_info_kinds(&root), []);
+        fs::write(root.join("nix-cache-info"), "WantMassQuery: 1\n").unwrap();
+        assert_eq!(cache_info_kinds(&root), [ProblemKind::StoreDir]);
+        fs::write(root.join("nix-cache-info"), "Priority: first\n").unwrap();
+        assert_eq!(cache_info_kinds(&root), [ProblemKind::CacheInfo]);
+        fs::remove_file(root.join("nix-cache-info")).unwrap();
+        symlink(tmp.path().join("secret"), root.join("nix-cache-info")).unwrap();
+        assert_eq!(cache_info_kinds(&root), [ProblemKind::OutsideCache]);
     }
 
     #[test]
