@@ -49,9 +49,6 @@ pub const DIRECTORIES: [&str; 5] = ["nar", "log", "realisations", "build-trace-v
 /// The file listing the cache's root paths, one per line.
 pub const STORE_PATHS: &str = "store-paths";
 
-/// Temporary files start with this, then `<pid>.<n>.`; see [`TempFiles`].
-const TEMP_PREFIX: &str = ".tmp.";
-
 /// How to write a cache.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -284,7 +281,7 @@ fn check_cache_info(path: &Path, text: &str, opts: &Options) -> Result<(), Cache
 fn is_empty_but_for_temp_files(dir: &Path) -> Result<bool, CacheError> {
     for entry in fs::read_dir(dir).map_err(read_error(dir))? {
         let name = entry.map_err(read_error(dir))?.file_name();
-        if !name.to_string_lossy().starts_with(TEMP_PREFIX) {
+        if TempFiles::owner(&name.to_string_lossy()).is_none() {
             return Ok(false);
         }
     }
@@ -591,9 +588,10 @@ impl<'a> Cache<'a> {
     }
 }
 
-/// Names for temporary files: `.tmp.<pid>.<n>.<final name>`, in the
-/// directory of the file they become. The process ID keeps concurrent runs
-/// apart and tells a later run which files are stale.
+/// Names for temporary files: `.<final name>.tmp.<pid>.<n>`, in the
+/// directory of the file they become. Hidden, and with a suffix of their own,
+/// they are never taken for a narinfo or a NAR; the process ID keeps
+/// concurrent runs apart and tells a later run which files are stale.
 #[derive(Default)]
 struct TempFiles {
     next: AtomicU64,
@@ -605,16 +603,18 @@ impl TempFiles {
         let name = dest
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        dest.with_file_name(format!("{TEMP_PREFIX}{}.{n}.{name}", std::process::id()))
+        dest.with_file_name(format!(".{name}.tmp.{}.{n}", std::process::id()))
     }
 
-    /// The process that made a temporary file of this name.
+    /// The process that made a temporary file of this name, if it is one.
     fn owner(name: &str) -> Option<u32> {
-        name.strip_prefix(TEMP_PREFIX)?
-            .split('.')
-            .next()?
-            .parse()
-            .ok()
+        let mut parts = name.strip_prefix('.')?.rsplitn(4, '.');
+        let (_n, pid, tmp) = (
+            parts.next()?.parse::<u64>().ok()?,
+            parts.next()?.parse().ok()?,
+            parts.next()?,
+        );
+        (tmp == "tmp" && parts.next().is_some()).then_some(pid)
     }
 }
 
@@ -769,9 +769,17 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.parent(), Some(Path::new("/c/nar")));
         let name = a.file_name().unwrap().to_str().unwrap();
-        assert!(name.ends_with(".x.narinfo"), "{name}");
+        assert!(name.starts_with(".x.narinfo.tmp."), "{name}");
         assert_eq!(TempFiles::owner(name), Some(std::process::id()));
-        assert_eq!(TempFiles::owner("abc.narinfo"), None);
+        for not_temporary in [
+            "x.narinfo",
+            ".x.narinfo",
+            ".tmp.1.2",
+            "x.tmp.1.2",
+            ".x.tmp.a.2",
+        ] {
+            assert_eq!(TempFiles::owner(not_temporary), None, "{not_temporary}");
+        }
     }
 
     #[test]

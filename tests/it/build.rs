@@ -1,0 +1,457 @@
+//! `mk-binary-cache build --to DIR PATHS…`: writing and updating a cache
+//! outside a Nix build, from the local store or a closure file.
+//!
+//! What is specified here: the cache equals what `nix copy` writes; a second
+//! run only adds what is missing; a run killed part-way leaves a cache that
+//! Nix can use and the next run completes; runs at once do not corrupt the
+//! cache; an existing cache of another kind is refused; progress in a log is
+//! one line per path and a summary.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mk_binary_cache::narinfo::NarInfo;
+
+use crate::common::*;
+use crate::e2e::{assert_store_holds_fixture, substitute_fixture};
+
+/// The `mk-binary-cache` program of this build.
+pub(crate) fn mk_binary_cache() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mk-binary-cache"));
+    cmd.env_remove("NIX_STORE_DIR");
+    cmd
+}
+
+/// `mk-binary-cache build --to <cache> <args…>`.
+pub(crate) fn build_into<S: AsRef<std::ffi::OsStr>>(cache: &Path, args: &[S]) -> Command {
+    let mut cmd = mk_binary_cache();
+    cmd.args(["build", "--to"]).arg(cache).args(args);
+    cmd
+}
+
+/// What `nix copy --to file://<dir>?<params>` writes for `paths`, in a new
+/// temporary directory.
+pub(crate) fn nix_copy_to(params: &str, paths: &[String]) -> tempfile::TempDir {
+    let dir = tempdir();
+    let url = format!("file://{}?{params}", dir.path().display());
+    run(nix_new(&["copy", "--option", "substituters", "", "--to", &url]).args(paths));
+    dir
+}
+
+/// Temporary files a run leaves behind only when it is killed.
+fn temp_files(cache: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for dir in [
+        cache.to_path_buf(),
+        cache.join("nar"),
+        cache.join("debuginfo"),
+    ] {
+        for entry in fs::read_dir(&dir).into_iter().flatten() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".tmp.") {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// Checks what Nix relies on, for every narinfo in `cache`: its NAR file
+/// exists, has the FileHash and FileSize recorded (as `nix-hash` computes
+/// them; Nix itself never checks them), and unpacks to the NAR of the store
+/// path (NarHash and NarSize as in Nix's database); every reference has a
+/// narinfo. Returns the store paths the cache holds.
+pub(crate) fn assert_cache_consistent(cache: &Path) -> BTreeSet<String> {
+    assert_eq!(
+        fs::read_to_string(cache.join("nix-cache-info"))
+            .unwrap()
+            .lines()
+            .next(),
+        Some("StoreDir: /nix/store")
+    );
+    let mut held = BTreeSet::new();
+    let mut referenced = BTreeSet::new();
+    for hash in narinfo_hash_parts(cache) {
+        let file = cache.join(format!("{hash}.narinfo"));
+        let text = fs::read_to_string(&file).unwrap();
+        let info = NarInfo::parse(&text, "/nix/store")
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let path = info.store_path.to_string();
+        let nar = cache.join(&info.url);
+        let bytes = fs::read(&nar).unwrap_or_else(|e| panic!("{path}: {}: {e}", nar.display()));
+        assert_eq!(
+            Some(bytes.len() as u64),
+            info.file_size,
+            "FileSize of {path}"
+        );
+        assert_eq!(
+            info.file_hash.map(|h| h.to_string()),
+            Some(file_hash(&nar)),
+            "FileHash of {path}"
+        );
+        let unpacked = decompress(&info.compression, &bytes);
+        assert!(unpacked == dump(&path), "the NAR of {path} is not its dump");
+        let db_hash = run(nix_cmd("nix-store").args(["-q", "--hash", &path]));
+        assert_eq!(
+            info.nar_hash.to_string(),
+            db_hash.trim(),
+            "NarHash of {path}"
+        );
+        assert_eq!(info.nar_size, unpacked.len() as u64, "NarSize of {path}");
+        referenced.extend(info.references.iter().map(|r| r.to_string()));
+        held.insert(path);
+    }
+    let dangling: Vec<_> = referenced.difference(&held).collect();
+    assert!(
+        dangling.is_empty(),
+        "references without a narinfo: {dangling:?}"
+    );
+    held
+}
+
+fn store_paths_file(cache: &Path) -> Vec<String> {
+    fs::read_to_string(cache.join("store-paths"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn closure_of(paths: &[&str]) -> BTreeSet<String> {
+    run(nix_cmd("nix-store").arg("-qR").args(paths))
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn fixture_closure() -> BTreeSet<String> {
+    fixture().closure.iter().cloned().collect()
+}
+
+#[test]
+fn uncompressed_cache_equals_nix_copy_file_for_file() {
+    // Outside a build the deriver is known too, so every narinfo is Nix's text.
+    let roots = &fixture().roots;
+    let reference = nix_copy_to("compression=none", roots);
+    let ours = tempdir();
+    run(build_into(ours.path(), &["--compression", "none"]).args(roots));
+    for path in &fixture().closure {
+        let name = format!("{}.narinfo", hash_part(path));
+        assert_eq!(
+            fs::read_to_string(ours.path().join(&name)).unwrap(),
+            fs::read_to_string(reference.path().join(&name)).unwrap(),
+            "narinfo of {path}"
+        );
+    }
+    let files = |dir: &Path| -> BTreeSet<String> {
+        fs::read_dir(dir.join("nar"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(files(ours.path()), files(reference.path()));
+    assert_eq!(
+        fs::read_to_string(ours.path().join("nix-cache-info")).unwrap(),
+        "StoreDir: /nix/store\n"
+    );
+    assert_eq!(store_paths_file(ours.path()), *roots);
+}
+
+#[test]
+fn cache_substitutes_every_path_into_a_fresh_store() {
+    let cache = tempdir();
+    run(&mut build_into(cache.path(), &fixture().roots));
+    assert_eq!(assert_cache_consistent(cache.path()), fixture_closure());
+    let store = substitute_fixture(cache.path());
+    assert_store_holds_fixture(store.path());
+}
+
+#[test]
+fn a_second_run_adds_only_the_missing_paths_and_unions_store_paths() {
+    let fixture = fixture();
+    let (top, file) = (&fixture.roots[0], &fixture.roots[1]);
+    let cache = tempdir();
+    run(&mut build_into(cache.path(), &[file]));
+    let first: BTreeSet<String> = closure_of(&[file]);
+    assert_eq!(assert_cache_consistent(cache.path()), first);
+    let narinfo = cache.path().join(format!("{}.narinfo", hash_part(file)));
+    let before = fs::metadata(&narinfo).unwrap().modified().unwrap();
+
+    let out = mk_output(build_into(cache.path(), &[top, file]).stderr(Stdio::piped()));
+    let expected = format!(
+        "{} of {} paths are already in the cache",
+        first.len(),
+        fixture.closure.len()
+    );
+    assert!(out.contains(&expected), "{out}");
+    let written = fixture.closure.len() - first.len();
+    assert!(
+        out.contains(&format!("cached {written} paths in ")),
+        "{out}"
+    );
+    assert_eq!(
+        fs::metadata(&narinfo).unwrap().modified().unwrap(),
+        before,
+        "a cached path was written again"
+    );
+    assert_eq!(assert_cache_consistent(cache.path()), fixture_closure());
+    assert_eq!(store_paths_file(cache.path()), [file.clone(), top.clone()]);
+    assert!(temp_files(cache.path()).is_empty());
+}
+
+/// Runs a command that must succeed; returns its standard error.
+fn mk_output(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "`{}` failed:\n{stderr}", show(cmd));
+    stderr
+}
+
+#[test]
+fn progress_in_a_log_is_one_line_per_path_and_a_summary() {
+    let cache = tempdir();
+    let stderr = mk_output(build_into(cache.path(), &fixture().roots).stderr(Stdio::piped()));
+    let lines: Vec<&str> = stderr.lines().collect();
+    let (summary, per_path) = lines.split_last().unwrap();
+    let mut named: Vec<&str> = per_path
+        .iter()
+        .map(|line| {
+            let rest = line
+                .strip_prefix("cached ")
+                .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+            let (name, sizes) = rest.split_once(": NAR ").unwrap();
+            let (nar, file) = sizes.split_once(" -> zstd ").unwrap();
+            for size in [nar, file] {
+                assert!(size.ends_with('B'), "{line:?}");
+            }
+            name
+        })
+        .collect();
+    named.sort();
+    let mut expected: Vec<&str> = fixture()
+        .closure
+        .iter()
+        .map(|p| &basename(p)[33..])
+        .collect();
+    expected.sort();
+    assert_eq!(named, expected);
+    let n = fixture().closure.len();
+    assert!(
+        summary.starts_with(&format!("cached {n} paths in "))
+            && summary.contains(" s: NAR ")
+            && summary.ends_with("/s)"),
+        "{summary:?}"
+    );
+}
+
+/// Starts a build of the fixture with xz on one thread (slow enough to be
+/// caught part-way) and kills it with SIGKILL once `ready` holds.
+fn kill_build_when(cache: &Path, ready: impl Fn(&Path) -> bool) {
+    let mut child = build_into(cache, &["--compression", "xz", "--jobs", "1"])
+        .args(&fixture().roots)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ready(cache) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build ended before it could be killed"
+        );
+        assert!(Instant::now() < deadline, "the build made no progress");
+        thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+fn narinfo_count(cache: &Path) -> usize {
+    fs::read_dir(cache)
+        .map(|d| {
+            d.filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().ends_with(".narinfo")
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_run_killed_part_way_leaves_a_usable_cache_that_the_next_run_completes() {
+    let total = fixture().closure.len();
+    let cache = tempdir();
+    // Killed while the first (largest) NAR is being compressed …
+    kill_build_when(cache.path(), |c| {
+        fs::read_dir(c.join("nar")).is_ok_and(|mut d| d.next().is_some())
+    });
+    assert_eq!(narinfo_count(cache.path()), 0);
+    assert!(
+        !temp_files(cache.path()).is_empty(),
+        "no NAR was in progress"
+    );
+    assert!(assert_cache_consistent(cache.path()).is_empty());
+
+    // … then, in a second run, right after its first narinfo.
+    kill_build_when(cache.path(), |c| narinfo_count(c) >= 1);
+    let held = assert_cache_consistent(cache.path());
+    assert!(
+        !held.is_empty() && held.len() < total,
+        "killed with {} of {total} paths",
+        held.len()
+    );
+    // Nix can already copy what the cache holds.
+    let store = tempdir();
+    run(nix_new(&["copy", "--no-check-sigs"])
+        .arg("--from")
+        .arg(format!("file://{}", cache.path().display()))
+        .arg("--to")
+        .arg(store.path())
+        .args(&held));
+
+    run(build_into(cache.path(), &["--compression", "xz"]).args(&fixture().roots));
+    assert_eq!(assert_cache_consistent(cache.path()), fixture_closure());
+    assert_eq!(
+        temp_files(cache.path()),
+        Vec::<PathBuf>::new(),
+        "stale temporary files were left"
+    );
+    assert_eq!(store_paths_file(cache.path()), fixture().roots);
+    let store = substitute_fixture(cache.path());
+    assert_store_holds_fixture(store.path());
+}
+
+#[test]
+fn two_runs_into_one_cache_at_once_do_not_corrupt_it() {
+    let fixture = fixture();
+    let cache = tempdir();
+    // Both closures hold leaf and busybox: the runs race on them.
+    let children: Vec<_> = fixture
+        .roots
+        .iter()
+        .map(|root| {
+            build_into(cache.path(), &["--jobs", "1", root])
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(assert_cache_consistent(cache.path()), fixture_closure());
+    let listed: BTreeSet<String> = store_paths_file(cache.path()).into_iter().collect();
+    assert_eq!(listed, fixture.roots.iter().cloned().collect());
+    assert!(temp_files(cache.path()).is_empty());
+}
+
+#[test]
+fn closure_json_from_nix_path_info_gives_the_same_cache() {
+    let fixture = fixture();
+    let file = tempdir();
+    let closure_json = file.path().join("closure.json");
+    let json = run(nix_new(&["path-info", "--json", "--recursive"]).args(&fixture.roots));
+    fs::write(&closure_json, json).unwrap();
+
+    let from_file = tempdir();
+    run(build_into(from_file.path(), &["--compression", "none"])
+        .arg("--closure-json")
+        .arg(&closure_json));
+    let from_store = tempdir();
+    run(build_into(from_store.path(), &["--compression", "none"]).args(&fixture.roots));
+    assert_eq!(tree(from_file.path()), tree(from_store.path()));
+}
+
+/// An empty closure file: a cache without Nix.
+fn empty_closure(dir: &Path) -> PathBuf {
+    let file = dir.join("empty.json");
+    fs::write(&file, "[]").unwrap();
+    file
+}
+
+#[test]
+fn a_new_cache_gets_the_settings_and_every_directory() {
+    let work = tempdir();
+    let cache = work.path().join("new/cache");
+    run(
+        build_into(&cache, &["--priority", "30", "--want-mass-query", "true"])
+            .arg("--closure-json")
+            .arg(empty_closure(work.path())),
+    );
+    assert_eq!(
+        fs::read_to_string(cache.join("nix-cache-info")).unwrap(),
+        "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n"
+    );
+    for dir in ["nar", "log", "realisations", "build-trace-v2", "debuginfo"] {
+        assert!(cache.join(dir).is_dir(), "{dir}/");
+    }
+    assert_eq!(fs::read_to_string(cache.join("store-paths")).unwrap(), "");
+}
+
+#[test]
+fn an_existing_cache_with_other_settings_is_refused_and_left_alone() {
+    let work = tempdir();
+    let empty = empty_closure(work.path());
+    let cases = [
+        (
+            "StoreDir: /gnu/store\n",
+            vec![],
+            "says StoreDir: /gnu/store, but this run asks for StoreDir: /nix/store",
+        ),
+        (
+            "StoreDir: /nix/store\nPriority: 40\n",
+            vec!["--priority", "30"],
+            "says Priority: 40, but this run asks for Priority: 30",
+        ),
+        (
+            "StoreDir: /nix/store\nWantMassQuery: 1\n",
+            vec!["--want-mass-query", "false"],
+            "says WantMassQuery: 1, but this run asks for WantMassQuery: 0",
+        ),
+    ];
+    for (info, flags, message) in cases {
+        let cache = tempdir();
+        fs::write(cache.path().join("nix-cache-info"), info).unwrap();
+        let stderr = run_failing(
+            build_into(cache.path(), &flags)
+                .arg("--closure-json")
+                .arg(&empty),
+        );
+        assert!(stderr.contains(message), "{stderr}");
+        let left: Vec<_> = fs::read_dir(cache.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "the cache was changed");
+    }
+}
+
+#[test]
+fn a_directory_that_is_not_a_cache_is_refused() {
+    let work = tempdir();
+    let dir = tempdir();
+    fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    let stderr =
+        run_failing(build_into(dir.path(), &["--closure-json"]).arg(empty_closure(work.path())));
+    assert!(
+        stderr.contains("is not empty and has no nix-cache-info"),
+        "{stderr}"
+    );
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn a_path_not_in_the_store_is_refused_before_anything_is_written() {
+    let work = tempdir();
+    let cache = work.path().join("cache");
+    let stderr = run_failing(&mut build_into(&cache, &[work.path()]));
+    assert!(stderr.contains("is not in the store"), "{stderr}");
+    assert!(!cache.exists());
+}
