@@ -259,3 +259,48 @@ fn an_existing_debug_info_entry_is_not_overwritten() {
     let ours = files(cache.path(), "debuginfo");
     assert_eq!(ours[1], theirs[1], "the other entry is written");
 }
+
+/// Adds a store path holding the build ID `ID` (and `padding` bytes more, to
+/// make its NAR the larger), named after `i` so that retries differ.
+fn add_debug_twin(work: &Path, i: usize, padding: usize) -> String {
+    let root = work.join(format!("debug-twin-{i}"));
+    write(
+        &root.join(format!("lib/debug/.build-id/ab/{ID}.debug")),
+        "the same build",
+    );
+    write(&root.join("padding"), &"p".repeat(padding));
+    run(nix_cmd("nix-store").arg("--add").arg(&root))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn between_two_paths_with_one_build_id_the_smaller_store_path_wins() {
+    // With one job, the larger NAR is written first. The entry must name the
+    // smaller store path's NAR both when that path comes second (and replaces
+    // the entry) and when it comes first (and keeps it): the cache must not
+    // depend on the order paths are written in, hence on the number of cores.
+    let work = tempdir();
+    let small = add_debug_twin(work.path(), 0, 0);
+    for large_sorts_first in [false, true] {
+        let large = (1..)
+            .map(|i| add_debug_twin(work.path(), i, 100_000))
+            .find(|p| (*p < small) == large_sorts_first)
+            .unwrap();
+        let winner = if large_sorts_first { &large } else { &small };
+        for jobs in ["1", "2"] {
+            let cache = tempdir();
+            run(
+                build_into(cache.path(), &["--index-debug-info", "--jobs", jobs])
+                    .args([&small, &large]),
+            );
+            let entry =
+                fs::read_to_string(cache.path().join(format!("debuginfo/ab{ID}.debug"))).unwrap();
+            let url = &narinfo_of(cache.path(), winner)["URL"];
+            assert!(
+                entry.contains(&format!("\"../{url}\"")),
+                "jobs {jobs}: {entry} does not name {winner}'s NAR {url}"
+            );
+        }
+    }
+}
