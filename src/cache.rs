@@ -4,7 +4,8 @@
 //! NarSize), the compressor and a second hasher (FileHash, FileSize) into a
 //! temporary file, which is renamed to `nar/<FileHash>.nar<ext>` once
 //! complete; the listing and debug-info entries (recorded during the same
-//! pass) follow, and the narinfo comes last. [`schedule`] decides which path
+//! pass) follow, and the narinfo comes last, once the narinfos of the path's
+//! references are written too ([`Publication`]). [`schedule`] decides which path
 //! is written when, and with how many threads.
 //!
 //! Two entry points:
@@ -13,14 +14,15 @@
 //! - [`update_cache`] adds to a cache that may exist, as `mk-binary-cache
 //!   build` does. It is crash-safe: every file is written under a temporary
 //!   name unique to the process, fsynced and renamed, and a path's narinfo is
-//!   renamed into place only once its NAR (and listing) are durable. A run
-//!   killed at any moment leaves every narinfo pointing at a complete NAR, at
+//!   renamed into place only once its NAR (and listing) and the narinfos of
+//!   its references are durable. A run killed at any moment leaves every
+//!   narinfo pointing at a complete NAR and at references the cache holds, at
 //!   worst with an unreferenced NAR or a stale temporary file, which the next
 //!   run replaces or removes; paths with a narinfo are skipped, so the next
 //!   run completes the cache. Runs into the same directory at once do not
 //!   clash: they write the same bytes under different temporary names.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::os::fd::AsRawFd;
@@ -360,6 +362,10 @@ impl<'a> Cache<'a> {
     }
 
     /// Writes every path of `closure`; returns the totals.
+    ///
+    /// NARs are written in the order [`schedule`] picks, but a narinfo is
+    /// published only once the narinfos of all its references are: at any
+    /// moment, the cache is closed under references.
     fn write_paths(
         &self,
         closure: &[PathInfo],
@@ -368,7 +374,19 @@ impl<'a> Cache<'a> {
     ) -> Result<Totals, CacheError> {
         let plan = plan(closure)?;
         progress.begin(plan.len(), plan.iter().map(|(size, _)| size).sum());
-        let infos = Mutex::new(Vec::with_capacity(closure.len()));
+        let publication = Publication::new(closure);
+        let totals = Mutex::new(Totals::default());
+        let publish = |info: &NarInfo| {
+            self.write_file(
+                &self.narinfo_path(&info.store_path),
+                info.to_string().as_bytes(),
+            )?;
+            // A dependent's narinfo must not outlive this one in a crash.
+            self.sync_dir(self.root)?;
+            progress.path_done(info);
+            totals.lock().unwrap().add(info);
+            Ok(())
+        };
         let threshold = opts.compression.multithread_threshold();
         schedule::run(
             &plan,
@@ -377,20 +395,15 @@ impl<'a> Cache<'a> {
             opts.jobs,
             |(_, path), threads| {
                 let info = self.write_path(path, opts, threads, progress)?;
-                progress.path_done(&info);
-                infos.lock().unwrap().push(info);
-                Ok::<_, CacheError>(())
+                publication.ready(info, publish)
             },
         )?;
-        let mut totals = Totals::default();
-        for info in infos.into_inner().unwrap().iter() {
-            totals.add(info);
-        }
-        Ok(totals)
+        Ok(totals.into_inner().unwrap())
     }
 
-    /// Writes the NAR, listing, debug-info entries and narinfo of `path`,
-    /// in that order.
+    /// Writes the NAR, listing and debug-info entries of `path`, in that
+    /// order, and makes them durable; returns its narinfo, still to be
+    /// written.
     fn write_path(
         &self,
         path: &PathInfo,
@@ -413,7 +426,6 @@ impl<'a> Cache<'a> {
         if opts.index_debug_info {
             self.sync_dir(&self.root.join("debuginfo"))?;
         }
-        self.write_file(&self.narinfo_path(&path.path), info.to_string().as_bytes())?;
         Ok(info)
     }
 
@@ -581,6 +593,90 @@ impl<'a> Cache<'a> {
                         }
                         _ => {}
                     }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Publishes narinfos references first: a path's narinfo is written once
+/// its NAR is ready and the narinfos of all its references are written, so
+/// that a consumer, or a run killed part-way, never sees a path whose
+/// references the cache lacks. References outside the paths being written
+/// are taken to be in the cache already.
+struct Publication {
+    state: Mutex<PublicationState>,
+}
+
+struct PublicationState {
+    /// For each path being written, how many of its references (itself
+    /// aside) have no narinfo yet.
+    waiting_for: HashMap<StorePath, usize>,
+    /// For each path, the paths that refer to it.
+    dependents: HashMap<StorePath, Vec<StorePath>>,
+    /// Narinfos whose NAR is written, waiting for their references.
+    ready: HashMap<StorePath, NarInfo>,
+}
+
+impl Publication {
+    fn new(closure: &[PathInfo]) -> Self {
+        let writing: HashSet<&StorePath> = closure.iter().map(|p| &p.path).collect();
+        let mut waiting_for = HashMap::with_capacity(closure.len());
+        let mut dependents: HashMap<StorePath, Vec<StorePath>> = HashMap::new();
+        for info in closure {
+            let references: HashSet<&StorePath> = info
+                .references
+                .iter()
+                .filter(|r| **r != info.path && writing.contains(r))
+                .collect();
+            for reference in &references {
+                dependents
+                    .entry((*reference).clone())
+                    .or_default()
+                    .push(info.path.clone());
+            }
+            waiting_for.insert(info.path.clone(), references.len());
+        }
+        Publication {
+            state: Mutex::new(PublicationState {
+                waiting_for,
+                dependents,
+                ready: HashMap::new(),
+            }),
+        }
+    }
+
+    /// `info`'s NAR is written: publishes it with `publish` if its references
+    /// are published, and then every ready path that was waiting only for it.
+    /// Narinfos are written outside the lock, by the thread that completes
+    /// the last reference.
+    fn ready(
+        &self,
+        info: NarInfo,
+        publish: impl Fn(&NarInfo) -> Result<(), CacheError>,
+    ) -> Result<(), CacheError> {
+        let mut publishable = Vec::new();
+        {
+            let mut state = self.state.lock().unwrap();
+            if state.waiting_for[&info.store_path] == 0 {
+                publishable.push(info);
+            } else {
+                state.ready.insert(info.store_path.clone(), info);
+            }
+        }
+        while let Some(info) = publishable.pop() {
+            publish(&info)?;
+            let mut state = self.state.lock().unwrap();
+            for dependent in state
+                .dependents
+                .remove(&info.store_path)
+                .unwrap_or_default()
+            {
+                let waiting = state.waiting_for.get_mut(&dependent).unwrap();
+                *waiting -= 1;
+                if *waiting == 0 {
+                    publishable.extend(state.ready.remove(&dependent));
                 }
             }
         }
@@ -789,6 +885,77 @@ mod tests {
         let pid = child.id();
         child.wait().unwrap();
         assert!(!process_is_running(pid));
+    }
+
+    fn path(name: &str) -> StorePath {
+        let hash = format!("{:0<32}", name.len());
+        StorePath::from_base_name(&format!("{hash}-{name}"), "/nix/store").unwrap()
+    }
+
+    fn info(name: &str, references: &[&str]) -> PathInfo {
+        PathInfo {
+            path: path(name),
+            nar_hash: None,
+            nar_size: Some(1),
+            references: references.iter().map(|r| path(r)).collect(),
+            deriver: None,
+            ca: None,
+        }
+    }
+
+    fn narinfo(p: &PathInfo) -> NarInfo {
+        NarInfo {
+            store_path: p.path.clone(),
+            nar_hash: NarHash::digest(b""),
+            nar_size: 1,
+            references: p.references.clone(),
+            url: String::new(),
+            compression: "none".to_owned(),
+            file_hash: None,
+            file_size: None,
+            deriver: None,
+            signatures: Vec::new(),
+            ca: None,
+        }
+    }
+
+    #[test]
+    fn narinfos_are_published_after_those_of_their_references() {
+        // top -> {left, right, top}, left -> leaf, right -> {leaf, cached};
+        // `cached` is already in the cache, so nobody waits for it.
+        let closure = [
+            info("top", &["left", "right", "top"]),
+            info("left", &["leaf"]),
+            info("right", &["leaf", "cached"]),
+            info("leaf", &[]),
+        ];
+        let publication = Publication::new(&closure);
+        let published = Mutex::new(Vec::new());
+        let publish = |i: &NarInfo| {
+            published
+                .lock()
+                .unwrap()
+                .push(i.store_path.name().to_owned());
+            Ok(())
+        };
+        // NARs finish in the worst order: every dependent before its references.
+        for p in &closure {
+            publication.ready(narinfo(p), publish).unwrap();
+            if p.path.name() != "leaf" {
+                assert!(published.lock().unwrap().is_empty());
+            }
+        }
+        let published = published.into_inner().unwrap();
+        assert_eq!(published.len(), 4);
+        let at = |name: &str| published.iter().position(|n| n == name).unwrap();
+        assert!(
+            at("leaf") < at("left") && at("leaf") < at("right"),
+            "{published:?}"
+        );
+        assert!(
+            at("left") < at("top") && at("right") < at("top"),
+            "{published:?}"
+        );
     }
 
     #[test]

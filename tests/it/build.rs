@@ -3,7 +3,7 @@
 //!
 //! What is specified here: the cache equals what `nix copy` writes; a second
 //! run only adds what is missing; a run killed part-way leaves a cache that
-//! Nix can use and the next run completes; runs at once do not corrupt the
+//! Nix can use and `verify` accepts, and the next run completes; runs at once do not corrupt the
 //! cache; an existing cache of another kind is refused; progress in a log is
 //! one line per path and a summary.
 
@@ -114,6 +114,20 @@ pub(crate) fn assert_cache_consistent(cache: &Path) -> BTreeSet<String> {
     held
 }
 
+/// `mk-binary-cache verify` finds no problem in `cache`.
+fn assert_verify_accepts(cache: &Path) {
+    let mut cmd = mk_binary_cache();
+    cmd.arg("verify").arg(cache);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "verify rejects {}:\n{}{}",
+        cache.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn store_paths_file(cache: &Path) -> Vec<String> {
     fs::read_to_string(cache.join("store-paths"))
         .unwrap()
@@ -167,6 +181,7 @@ fn cache_substitutes_every_path_into_a_fresh_store() {
     let cache = tempdir();
     run(&mut build_into(cache.path(), &fixture().roots));
     assert_eq!(assert_cache_consistent(cache.path()), fixture_closure());
+    assert_verify_accepts(cache.path());
     let store = substitute_fixture(cache.path());
     assert_store_holds_fixture(store.path());
 }
@@ -296,15 +311,17 @@ fn a_run_killed_part_way_leaves_a_usable_cache_that_the_next_run_completes() {
         "no NAR was in progress"
     );
     assert!(assert_cache_consistent(cache.path()).is_empty());
+    assert_verify_accepts(cache.path());
 
-    // … then, in a second run, right after its first narinfo.
-    kill_build_when(cache.path(), |c| narinfo_count(c) >= 1);
-    let held = assert_cache_consistent(cache.path());
-    assert!(
-        !held.is_empty() && held.len() < total,
-        "killed with {} of {total} paths",
-        held.len()
-    );
+    // … then by later runs, each right after it published a narinfo.
+    let mut held = BTreeSet::new();
+    for published in [1, 1, 2] {
+        let before = narinfo_count(cache.path());
+        kill_build_when(cache.path(), |c| narinfo_count(c) >= before + published);
+        held = assert_cache_consistent(cache.path());
+        assert!(held.len() < total, "the run ended before it was killed");
+        assert_verify_accepts(cache.path());
+    }
     // Nix can already copy what the cache holds.
     let store = tempdir();
     run(nix_new(&["copy", "--no-check-sigs"])
@@ -316,6 +333,7 @@ fn a_run_killed_part_way_leaves_a_usable_cache_that_the_next_run_completes() {
 
     run(build_into(cache.path(), &["--compression", "xz"]).args(&fixture().roots));
     assert_eq!(assert_cache_consistent(cache.path()), fixture_closure());
+    assert_verify_accepts(cache.path());
     assert_eq!(
         temp_files(cache.path()),
         Vec::<PathBuf>::new(),
@@ -350,6 +368,7 @@ fn two_runs_into_one_cache_at_once_do_not_corrupt_it() {
         );
     }
     assert_eq!(assert_cache_consistent(cache.path()), fixture_closure());
+    assert_verify_accepts(cache.path());
     let listed: BTreeSet<String> = store_paths_file(cache.path()).into_iter().collect();
     assert_eq!(listed, fixture.roots.iter().cloned().collect());
     assert!(temp_files(cache.path()).is_empty());
