@@ -261,33 +261,7 @@ pub fn verify(cache: &Path, opts: &Options, progress: &Progress) -> Result<Repor
     let names = narinfo_names(&root)?;
     let mut checked: Vec<Checked> = names.iter().map(|n| read_narinfo(&root, n, opts)).collect();
 
-    // The cache is closed if every reference has a narinfo that describes it.
-    let described: HashMap<String, Option<StorePath>> = checked
-        .iter()
-        .map(|c| {
-            let path = c.info.as_ref().map(|i| i.store_path.clone());
-            (c.hash_part().to_owned(), path)
-        })
-        .collect();
-    for c in &mut checked {
-        let Some(info) = &c.info else { continue };
-        for reference in info.references.iter().filter(|r| **r != info.store_path) {
-            let message = match described.get(reference.hash_part()) {
-                None => format!("refers to {reference}, which has no narinfo in the cache"),
-                Some(Some(other)) if other != reference => format!(
-                    "refers to {reference}, but {}.narinfo describes {other}",
-                    reference.hash_part()
-                ),
-                // Present; or present but unreadable, which is reported already.
-                Some(_) => continue,
-            };
-            c.problems.push(Problem::new(
-                &c.subject,
-                ProblemKind::MissingReference,
-                message,
-            ));
-        }
-    }
+    check_references(&mut checked);
 
     let file_bytes = AtomicU64::new(0);
     let nar_bytes = AtomicU64::new(0);
@@ -339,6 +313,37 @@ pub fn verify(cache: &Path, opts: &Options, progress: &Progress) -> Result<Repor
         counts,
         problems,
     })
+}
+
+/// Reports every reference that has no narinfo describing it: a cache must
+/// be closed under references.
+fn check_references(checked: &mut [Checked]) {
+    let described: HashMap<String, Option<StorePath>> = checked
+        .iter()
+        .map(|c| {
+            let path = c.info.as_ref().map(|i| i.store_path.clone());
+            (c.hash_part().to_owned(), path)
+        })
+        .collect();
+    for c in checked.iter_mut() {
+        let Some(info) = &c.info else { continue };
+        for reference in info.references.iter().filter(|r| **r != info.store_path) {
+            let message = match described.get(reference.hash_part()) {
+                None => format!("refers to {reference}, which has no narinfo in the cache"),
+                Some(Some(other)) if other != reference => format!(
+                    "refers to {reference}, but {}.narinfo describes {other}",
+                    reference.hash_part()
+                ),
+                // Present; or present but unreadable, which is reported already.
+                Some(_) => continue,
+            };
+            c.problems.push(Problem::new(
+                &c.subject,
+                ProblemKind::MissingReference,
+                message,
+            ));
+        }
+    }
 }
 
 /// The problems with `nix-cache-info`.
