@@ -264,6 +264,41 @@ fn progress_in_a_log_is_one_line_per_path_and_a_summary() {
     );
 }
 
+#[test]
+fn progress_on_a_terminal_is_a_bar_redrawn_in_place_then_the_summary() {
+    // `script` (util-linux) runs the build on a pseudo-terminal.
+    let cache = tempdir();
+    let command = format!(
+        "{} build --to {} {}",
+        env!("CARGO_BIN_EXE_mk-binary-cache"),
+        cache.path().display(),
+        fixture().roots.join(" ")
+    );
+    let shown = run(Command::new("script")
+        .args(["--quiet", "--flush", "--return", "--command", &command])
+        .arg("/dev/null")
+        .env_remove("NIX_STORE_DIR"));
+    let frames: Vec<&str> = shown.split("\r\x1b[2K").collect();
+    let bars: Vec<&&str> = frames.iter().filter(|f| f.starts_with('[')).collect();
+    assert!(!bars.is_empty(), "no bar was drawn: {shown:?}");
+    for bar in &bars {
+        assert!(
+            bar.contains(" paths  ") && bar.ends_with(" left"),
+            "{bar:?}"
+        );
+    }
+    assert!(
+        !shown.contains("cached leaf:"),
+        "per-path lines on a terminal: {shown:?}"
+    );
+    let n = fixture().closure.len();
+    let last = frames.last().unwrap();
+    assert!(
+        last.starts_with(&format!("cached {n} paths in ")),
+        "the summary does not replace the bar: {last:?}"
+    );
+}
+
 /// Starts a build of the fixture with xz on one thread (slow enough to be
 /// caught part-way) and kills it with SIGKILL once `ready` holds.
 fn kill_build_when(cache: &Path, ready: impl Fn(&Path) -> bool) {
