@@ -622,14 +622,11 @@ fn reports_a_signature_that_no_longer_matches_an_altered_narinfo() {
         assert_ne!(fewer.len(), references.split(' ').count());
         set_field(&cache, left, "References", &fewer.join(" "));
         let key_file = public.to_str().unwrap();
-        // Reported as bad even when signatures are not required.
-        assert_reported(
-            which,
-            &cache,
-            &["--trusted-key-file", key_file],
-            left,
-            &["bad-signature"],
-        );
+        // Reported as bad whether signatures are required or not, once.
+        for required in [&["--require-sigs"][..], &[]] {
+            let args = [required, &["--trusted-key-file", key_file]].concat();
+            assert_reported(which, &cache, &args, left, &["bad-signature"]);
+        }
     }
 }
 
