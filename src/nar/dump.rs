@@ -26,6 +26,9 @@ pub enum DumpError {
     Io { path: PathBuf, source: io::Error },
     #[error("'{path}' is a {kind}, which a NAR cannot hold")]
     Unsupported { path: PathBuf, kind: &'static str },
+    /// Writing the NAR failed, while at `path`: the sink's fault, not the file's.
+    #[error("cannot write the NAR of '{path}': {source}")]
+    Output { path: PathBuf, source: io::Error },
     #[error("'{path}': {source}")]
     Write { path: PathBuf, source: WriteError },
 }
@@ -102,7 +105,11 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> DumpError + '_ {
 
 fn write_error(path: &Path, source: WriteError) -> DumpError {
     match source {
-        WriteError::Io(source) => DumpError::Io {
+        WriteError::Io(source) => DumpError::Output {
+            path: path.to_owned(),
+            source,
+        },
+        WriteError::Read(source) => DumpError::Io {
             path: path.to_owned(),
             source,
         },
@@ -336,5 +343,39 @@ mod tests {
         let missing = dir.path().join("gone");
         let err = dump(&missing, &mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("gone"), "{err}");
+    }
+
+    /// Takes `room` bytes, then fails as a full disk does.
+    struct Full {
+        room: usize,
+    }
+
+    impl Write for Full {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::StorageFull.into());
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_sink_is_a_write_error_not_a_read_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("big");
+        fs::write(&file, vec![1u8; 100_000]).unwrap();
+        let err = dump(dir.path(), &mut Full { room: 50_000 }).unwrap_err();
+        assert!(matches!(err, DumpError::Output { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot write the NAR of '{}': ", file.display())),
+            "{err}"
+        );
     }
 }

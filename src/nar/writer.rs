@@ -15,8 +15,12 @@ use super::{MAGIC, is_valid_entry_name, padding, token};
 
 #[derive(Debug, Error)]
 pub enum WriteError {
+    /// Writing the archive failed: the sink's fault (a full disk, say).
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// Reading a file's contents failed: the file's fault.
+    #[error("reading the contents: {0}")]
+    Read(io::Error),
     #[error("invalid directory entry name {0:?}")]
     InvalidName(String),
     #[error("directory entry {name:?} does not sort after {previous:?}")]
@@ -125,18 +129,30 @@ impl<W: Write> Contents<'_, W> {
     }
 
     /// Copies the contents from `source`, which must hold exactly the size
-    /// announced: a short read, or a byte more, is an error.
+    /// announced: a short read, or a byte more, is an error. A failure to
+    /// read `source` is a [`WriteError::Read`], one to write the archive a
+    /// [`WriteError::Io`].
     pub fn copy_from(self, source: &mut impl Read) -> Result<(), WriteError> {
         let size = self.size;
-        let copied = io::copy(&mut source.by_ref().take(size), self.node.w)?;
-        if copied != size {
-            return Err(WriteError::SizeMismatch {
-                expected: size,
-                actual: copied,
-            });
+        let mut buf =
+            vec![0; usize::try_from(size).map_or(COPY_BUFFER, |s| s.clamp(1, COPY_BUFFER))];
+        let mut copied = 0;
+        while copied < size {
+            let want = buf
+                .len()
+                .min(usize::try_from(size - copied).unwrap_or(usize::MAX));
+            let n = read(source, &mut buf[..want])?;
+            if n == 0 {
+                return Err(WriteError::SizeMismatch {
+                    expected: size,
+                    actual: copied,
+                });
+            }
+            self.node.w.write_all(&buf[..n])?;
+            copied += n as u64;
         }
         // One more byte means the file grew after its size was taken.
-        if source.read(&mut [0u8])? != 0 {
+        if read(source, &mut buf[..1])? != 0 {
             return Err(WriteError::SizeMismatch {
                 expected: size,
                 actual: size + 1,
@@ -144,6 +160,19 @@ impl<W: Write> Contents<'_, W> {
         }
         self.node.w.write_all(&[0; 8][..padding(size)])?;
         Ok(self.node.finish()?)
+    }
+}
+
+/// Largest piece of a file's contents read at once.
+const COPY_BUFFER: usize = 64 * 1024;
+
+/// One read, retried if interrupted.
+fn read(source: &mut impl Read, buf: &mut [u8]) -> Result<usize, WriteError> {
+    loop {
+        match source.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            result => return result.map_err(WriteError::Read),
+        }
     }
 }
 
@@ -278,5 +307,43 @@ mod tests {
             long,
             Err(WriteError::SizeMismatch { expected: 2, .. })
         ));
+    }
+
+    /// Fails every read, or every write, with `kind`.
+    struct Failing(io::ErrorKind);
+
+    impl Read for Failing {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(self.0.into())
+        }
+    }
+
+    impl Write for Failing {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(self.0.into())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn tells_a_failed_read_from_a_failed_write() {
+        let mut out = Vec::new();
+        let contents = open(&mut out).unwrap().file(false, 5).unwrap();
+        let read = contents.copy_from(&mut Failing(io::ErrorKind::PermissionDenied));
+        assert!(
+            matches!(&read, Err(WriteError::Read(e)) if e.kind() == io::ErrorKind::PermissionDenied),
+            "{read:?}"
+        );
+        // The header fits in the buffer; the contents do not.
+        let mut full = io::BufWriter::with_capacity(128, Failing(io::ErrorKind::StorageFull));
+        let contents = open(&mut full).unwrap().file(false, 1000).unwrap();
+        let write = contents.copy_from(&mut &[7u8; 1000][..]);
+        assert!(
+            matches!(&write, Err(WriteError::Io(e)) if e.kind() == io::ErrorKind::StorageFull),
+            "{write:?}"
+        );
     }
 }
