@@ -136,8 +136,13 @@ impl NarInfo {
         }
         Ok(NarInfo {
             store_path: store_path.ok_or(ParseError::Missing("StorePath"))?,
-            url: url.ok_or(ParseError::Missing("URL"))?,
-            compression: compression.unwrap_or_else(|| "bzip2".to_owned()),
+            // Nix reads an empty URL as none, an empty Compression as bzip2.
+            url: url
+                .filter(|u| !u.is_empty())
+                .ok_or(ParseError::Missing("URL"))?,
+            compression: compression
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "bzip2".to_owned()),
             file_hash,
             file_size,
             nar_hash: nar_hash.ok_or(ParseError::Missing("NarHash"))?,
@@ -285,5 +290,30 @@ Deriver: sbi569kby1xympi1rxrny9nv9vr9151n-appa.drv
                 ..
             })
         ));
+    }
+
+    // Checked with Nix 2.8: `nix store cat --store file://…` decompresses
+    // the NAR of such a narinfo as bzip2.
+    #[test]
+    fn an_empty_compression_means_bzip2() {
+        let text = FROM_NIX.replace("Compression: xz\n", "Compression: \n");
+        assert_eq!(
+            NarInfo::parse(&text, "/nix/store").unwrap().compression,
+            "bzip2"
+        );
+    }
+
+    // Checked with Nix 2.8: `nix path-info --store file://…` says "NAR info
+    // file '….narinfo' is corrupt".
+    #[test]
+    fn refuses_an_empty_url() {
+        let text = FROM_NIX.replace(
+            "URL: nar/0wspvgvn8qfh2yv4h92wc3xp18s9yx1kszn3a3lc9ynikzr7bvci.nar.xz\n",
+            "URL: \n",
+        );
+        assert_eq!(
+            NarInfo::parse(&text, "/nix/store"),
+            Err(ParseError::Missing("URL"))
+        );
     }
 }
