@@ -3,9 +3,13 @@
 mod build;
 mod common;
 mod e2e;
+mod faults;
+mod hostile;
 mod http;
 mod listing;
 mod nar_reader;
+mod peak_alloc;
+mod props;
 mod sign_cache;
 mod signing;
 mod verify;
