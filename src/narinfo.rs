@@ -2,9 +2,12 @@
 //!
 //! [`NarInfo`]'s `Display` writes the fields in the order `nix copy` does,
 //! every line ending in `\n`, and `References:` even when empty. Parsing
-//! follows what Nix accepts: unknown keys and lines without `": "` are
-//! ignored; `StorePath`, `URL`, `NarHash` and a non-zero `NarSize` are
-//! required; `References` and `CA` may appear only once.
+//! accepts what Nix accepts: it cuts the text into fields as Nix does (the
+//! key up to the first `:` of a line, the value from two bytes after it to
+//! the end of the line), so a line without `:`, or a last line without its
+//! `\n`, is an error; unknown keys are ignored; `StorePath`, `URL`,
+//! `NarHash` and a non-zero `NarSize` are required; `CA` may appear only
+//! once, `References` again only after an empty one.
 
 use std::fmt;
 
@@ -35,6 +38,8 @@ pub struct NarInfo {
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ParseError {
+    #[error("narinfo is not made of lines 'Key: value', each ending in a newline")]
+    Malformed,
     #[error("narinfo lacks the required field {0}")]
     Missing(&'static str),
     #[error("narinfo has the field {0} more than once")]
@@ -76,11 +81,16 @@ impl NarInfo {
         let mut signatures = Vec::new();
         let mut ca = None;
 
-        for line in text.lines() {
-            let Some((key, value)) = line.split_once(": ") else {
-                continue;
-            };
-            match key {
+        let mut rest = text.as_bytes();
+        while !rest.is_empty() {
+            let colon = position(rest, b':').ok_or(ParseError::Malformed)?;
+            let key = String::from_utf8_lossy(&rest[..colon]);
+            let after = rest.get(colon + 2..).ok_or(ParseError::Malformed)?;
+            let eol = position(after, b'\n').ok_or(ParseError::Malformed)?;
+            let value = String::from_utf8_lossy(&after[..eol]);
+            let value = value.as_ref();
+            rest = &after[eol + 1..];
+            match key.as_ref() {
                 "StorePath" => {
                     let p = StorePath::parse(value, store_dir).map_err(|source| {
                         ParseError::StorePath {
@@ -97,7 +107,7 @@ impl NarInfo {
                 "NarHash" => nar_hash = Some(parse_hash("NarHash", value)?),
                 "NarSize" => nar_size = Some(parse_size("NarSize", value)?),
                 "References" => {
-                    if references.is_some() {
+                    if references.as_ref().is_some_and(|r: &Vec<_>| !r.is_empty()) {
                         return Err(ParseError::Repeated("References"));
                     }
                     let refs = value
@@ -153,6 +163,10 @@ impl NarInfo {
             ca,
         })
     }
+}
+
+fn position(bytes: &[u8], byte: u8) -> Option<usize> {
+    bytes.iter().position(|&b| b == byte)
 }
 
 fn parse_hash(field: &'static str, value: &str) -> Result<NarHash, ParseError> {
@@ -276,8 +290,8 @@ Deriver: sbi569kby1xympi1rxrny9nv9vr9151n-appa.drv
     }
 
     #[test]
-    fn ignores_unknown_keys_and_lines_without_a_colon() {
-        let text = format!("{FROM_NIX}System: x86_64-linux\ngarbage\n");
+    fn ignores_unknown_keys() {
+        let text = format!("{FROM_NIX}System: x86_64-linux\n");
         assert!(NarInfo::parse(&text, "/nix/store").is_ok());
     }
 
@@ -315,5 +329,45 @@ Deriver: sbi569kby1xympi1rxrny9nv9vr9151n-appa.drv
             NarInfo::parse(&text, "/nix/store"),
             Err(ParseError::Missing("URL"))
         );
+    }
+
+    // Each checked with Nix 2.8 (`nix path-info --store file://…`), found by
+    // tests/it/props.rs comparing the two on mutated narinfos.
+    #[test]
+    fn cuts_fields_as_nix_does() {
+        let parse = |text: &str| NarInfo::parse(text, "/nix/store");
+        // A line without a colon, no final newline.
+        for bad in [
+            format!("{FROM_NIX}garbage\n"),
+            FROM_NIX.trim_end().to_owned(),
+        ] {
+            assert_eq!(parse(&bad), Err(ParseError::Malformed), "{bad:?}");
+        }
+        // A blank line becomes part of the next key, which is then unknown.
+        assert_eq!(
+            parse(&format!("\n{FROM_NIX}")),
+            Err(ParseError::Missing("StorePath"))
+        );
+        // With CRLF, values end in "\r".
+        assert!(matches!(
+            parse(&FROM_NIX.replace('\n', "\r\n")),
+            Err(ParseError::StorePath {
+                field: "StorePath",
+                ..
+            })
+        ));
+        // The value starts two bytes after the colon, space or not.
+        let info = parse(&FROM_NIX.replace("URL: nar/", "URL:nar/")).unwrap();
+        assert_eq!(
+            info.url,
+            "ar/0wspvgvn8qfh2yv4h92wc3xp18s9yx1kszn3a3lc9ynikzr7bvci.nar.xz"
+        );
+    }
+
+    #[test]
+    fn references_may_follow_an_empty_references_line() {
+        let text = FROM_NIX.replace("References: ", "References: \nReferences: ");
+        let info = NarInfo::parse(&text, "/nix/store").unwrap();
+        assert_eq!(info.references.len(), 1);
     }
 }
