@@ -834,6 +834,62 @@ proptest! {
     }
 }
 
+/// Lines and words that change how a narinfo is cut into fields. Not content
+/// addresses or base64 hashes: Nix checks those more closely than we do.
+const NARINFO_STRUCTURE: &[&str] = &[
+    "\n",
+    "",
+    ":",
+    ": ",
+    " ",
+    "\r",
+    "garbage",
+    "System: x86_64-linux",
+    "References: ",
+    "References: ipsh9v6k9mlsb5lw4amy6gjn9bpdww97-libb",
+    "URL:nar/x.nar",
+    "URL: ",
+    "NarSize: +504",
+    "NarSize: 0",
+    "Compression: ",
+    "Sig: k:abc=",
+    "Deriver: unknown-deriver",
+];
+
+/// Whether Nix reads `text` as the narinfo of [`A`], from a cache holding it.
+fn nix_reads_narinfo(text: &str) -> bool {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    fs::create_dir(&cache).unwrap();
+    fs::write(cache.join("nix-cache-info"), "StoreDir: /nix/store\n").unwrap();
+    let hash_part = &A["/nix/store/".len()..][..32];
+    fs::write(cache.join(format!("{hash_part}.narinfo")), text).unwrap();
+    let mut cmd = common::nix_new(&["path-info", "--store"]);
+    cmd.arg(format!("file://{}", cache.display()))
+        .arg(A)
+        // Nix keeps what it learns of caches in ~/.cache; not of this one.
+        .env("XDG_CACHE_HOME", tmp.path().join("xdg"));
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running `{}`: {e}", common::show(&cmd)))
+        .status
+        .success()
+}
+
+proptest! {
+    #![proptest_config(config(64))]
+
+    #[test]
+    fn narinfo_parse_accepts_exactly_what_nix_accepts(
+        text in text_input(vec![NARINFOS[0].to_owned()], NARINFO_STRUCTURE)
+    ) {
+        let ours = NarInfo::parse(&text, STORE);
+        let ours_ok = ours.as_ref().is_ok_and(|info| info.store_path.to_string() == A);
+        let nix_ok = nix_reads_narinfo(&text);
+        prop_assert_eq!(ours_ok, nix_ok, "Nix {} it; we say {:?}",
+            if nix_ok { "reads" } else { "refuses" }, ours);
+    }
+}
+
 fn path_info_texts() -> Vec<String> {
     let sri = HASH.parse::<NarHash>().unwrap().to_sri();
     vec![
