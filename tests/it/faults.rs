@@ -3,8 +3,8 @@
 //! inputs large enough to show whether memory stays bounded.
 //!
 //! Each fault must end in an error naming the path at fault, a failing exit
-//! in builder mode, and no output at all: never a narinfo whose NAR is
-//! missing or partial. Store paths live in a fake store in a temporary
+//! in builder mode, and no output at all (when updating a cache, only whole
+//! paths): never a narinfo whose NAR is missing or partial. Store paths live in a fake store in a temporary
 //! directory (`NIX_STORE` points there), so nothing touches `/nix/store`.
 //!
 //! Some tests mount a small tmpfs or bind-mount a file, and one runs the
@@ -228,22 +228,32 @@ fn assert_every_narinfo_has_its_nar(cache: &Path) {
 
 struct Mount(PathBuf);
 
+/// Runs `mount ARGS AT`, panicking with what it said if it fails.
+fn mount(args: &[&str], at: &Path) {
+    let out = Command::new("mount")
+        .args(args)
+        .arg(at)
+        .output()
+        .unwrap_or_else(|e| panic!("running mount: {e}"));
+    assert!(
+        out.status.success(),
+        "`mount {} {}` failed; the fault tests need root (as Nix builders have) \
+         and mount(8): {}",
+        args.join(" "),
+        at.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 impl Mount {
     fn new(args: &[&str], at: &Path) -> Mount {
-        let out = Command::new("mount")
-            .args(args)
-            .arg(at)
-            .output()
-            .unwrap_or_else(|e| panic!("running mount: {e}"));
-        assert!(
-            out.status.success(),
-            "`mount {} {}` failed; the fault tests need root (as Nix builders have) \
-             and mount(8): {}",
-            args.join(" "),
-            at.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        mount(args, at);
         Mount(at.to_owned())
+    }
+
+    /// Gives the tmpfs mounted here a new size.
+    fn resize(&self, size: &str) {
+        mount(&["-o", &format!("remount,size={size}")], &self.0);
     }
 
     /// A tmpfs with `options` (size=…, nr_inodes=…) at the directory `at`.
@@ -345,6 +355,45 @@ fn running_out_of_space_at_any_point_leaves_no_output() {
             "no failure named {what:?}: {failures:#?}"
         );
     }
+}
+
+#[test]
+fn an_update_cut_short_by_a_full_disk_leaves_only_whole_paths_and_resumes() {
+    // `update_cache` (the `build --to` mode) keeps what it wrote: every
+    // narinfo it leaves must have its whole NAR, and a second run with room
+    // enough must finish the cache.
+    let store = FakeStore::new();
+    let closure: Vec<Value> = [("small", 1000), ("medium", 30_000), ("large", 70_000)]
+        .iter()
+        .map(|&(name, len)| entry(&store.add_data(name, len)))
+        .collect();
+    let mnt = store.tmp().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let out = mnt.join("cache");
+    let job = attrs::from_json(&attrs_json(&out, closure, "none"), store.dir(), 2).unwrap();
+    let quiet = Progress::new(true);
+
+    let mut failures = 0;
+    for pages in 1..=32 {
+        let tmpfs = Mount::tmpfs(&mnt, &format!("size={}k", 4 * pages));
+        if let Err(e) = cache::update_cache(&out, &job.closure, &job.options, &quiet) {
+            let message = e.to_string();
+            assert!(
+                message.contains("No space left on device"),
+                "{pages} pages: {message}"
+            );
+            if out.exists() {
+                assert_every_narinfo_has_its_nar(&out);
+            }
+            failures += 1;
+        }
+        tmpfs.resize("1m");
+        cache::update_cache(&out, &job.closure, &job.options, &quiet)
+            .unwrap_or_else(|e| panic!("{pages} pages, then resumed: {e}"));
+        assert_eq!(common::narinfo_hash_parts(&out).len(), 3, "{pages} pages");
+        assert_every_narinfo_has_its_nar(&out);
+    }
+    assert!(failures > 0, "the disk never filled");
 }
 
 #[test]
