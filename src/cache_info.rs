@@ -62,8 +62,10 @@ impl FromStr for CacheInfo {
                     set_once(&mut info.want_mass_query, "WantMassQuery", want)?;
                 }
                 "Priority" => {
+                    // Nix reads it with std::stoi: an int, or no cache at all.
                     let priority = value
-                        .parse()
+                        .parse::<i32>()
+                        .map(i64::from)
                         .map_err(|_| CacheInfoError::Priority(value.to_owned()))?;
                     set_once(&mut info.priority, "Priority", priority)?;
                 }
@@ -137,6 +139,18 @@ mod tests {
         assert_eq!(
             "StoreDir: /a\nStoreDir: /b\n".parse::<CacheInfo>(),
             Err(CacheInfoError::Repeated { key: "StoreDir" })
+        );
+    }
+
+    // Nix 2.8 fails to open a cache whose Priority is beyond an int
+    // ("error: stoi"), checked with `nix path-info --store file://…`.
+    #[test]
+    fn refuses_a_priority_nix_cannot_read() {
+        let info: CacheInfo = "Priority: 2147483647\n".parse().unwrap();
+        assert_eq!(info.priority, Some(2147483647));
+        assert_eq!(
+            "Priority: 2147483648\n".parse::<CacheInfo>(),
+            Err(CacheInfoError::Priority("2147483648".into()))
         );
     }
 }
