@@ -94,29 +94,51 @@ impl fmt::Debug for NarHash {
     }
 }
 
+/// A running SHA-256 and byte count: what both hashing adapters keep.
+struct Running {
+    hasher: Sha256,
+    len: u64,
+}
+
+impl Running {
+    fn new() -> Self {
+        Running {
+            hasher: Sha256::new(),
+            len: 0,
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
+    }
+
+    fn finish(self) -> (NarHash, u64) {
+        (NarHash(self.hasher.finalize().into()), self.len)
+    }
+}
+
 /// Passes writes on to `inner` while hashing them and counting their length.
 pub struct HashingWriter<W> {
     inner: W,
-    hasher: Sha256,
-    len: u64,
+    running: Running,
 }
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
         HashingWriter {
             inner,
-            hasher: Sha256::new(),
-            len: 0,
+            running: Running::new(),
         }
     }
 
     /// Bytes written so far.
     pub fn len(&self) -> u64 {
-        self.len
+        self.running.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     pub fn get_mut(&mut self) -> &mut W {
@@ -125,15 +147,15 @@ impl<W: Write> HashingWriter<W> {
 
     /// The inner writer, and the hash and length of everything written.
     pub fn finish(self) -> (W, NarHash, u64) {
-        (self.inner, NarHash(self.hasher.finalize().into()), self.len)
+        let (hash, len) = self.running.finish();
+        (self.inner, hash, len)
     }
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
+        self.running.update(&buf[..n]);
         Ok(n)
     }
 
@@ -146,26 +168,24 @@ impl<W: Write> Write for HashingWriter<W> {
 /// the reading side of [`HashingWriter`].
 pub struct HashingReader<R> {
     inner: R,
-    hasher: Sha256,
-    len: u64,
+    running: Running,
 }
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
         HashingReader {
             inner,
-            hasher: Sha256::new(),
-            len: 0,
+            running: Running::new(),
         }
     }
 
     /// Bytes read so far.
     pub fn len(&self) -> u64 {
-        self.len
+        self.running.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     pub fn get_ref(&self) -> &R {
@@ -174,15 +194,15 @@ impl<R: Read> HashingReader<R> {
 
     /// The hash and length of everything read so far.
     pub fn finish(self) -> (R, NarHash, u64) {
-        (self.inner, NarHash(self.hasher.finalize().into()), self.len)
+        let (hash, len) = self.running.finish();
+        (self.inner, hash, len)
     }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
+        self.running.update(&buf[..n]);
         Ok(n)
     }
 }

@@ -60,7 +60,7 @@ fn xz_cache() -> &'static Path {
 }
 
 /// An uncompressed cache with NAR listings and the debug-info index.
-fn none_cache() -> &'static Path {
+pub(crate) fn none_cache() -> &'static Path {
     static CACHE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     once_path(&CACHE, || {
         build_cache(&[

@@ -22,28 +22,6 @@ fn our_cache() -> &'static Path {
     CACHE.get_or_init(|| build_cache(&[]))
 }
 
-/// An uncompressed cache of the fixture with NAR listings and the debug-info
-/// index, in the store.
-fn cache_with_listings() -> &'static Path {
-    static CACHE: OnceLock<PathBuf> = OnceLock::new();
-    CACHE.get_or_init(|| {
-        build_cache(&[
-            "--argstr",
-            "name",
-            "fixture-cache-none",
-            "--argstr",
-            "compression",
-            "none",
-            "--arg",
-            "writeNarListing",
-            "true",
-            "--arg",
-            "indexDebugInfo",
-            "true",
-        ])
-    })
-}
-
 fn mkbc() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mk-binary-cache"))
 }
@@ -258,7 +236,8 @@ fn signing_a_cache_in_the_store_in_place_is_refused_and_points_to_out() {
 fn a_signed_copy_holds_everything_the_cache_holds() {
     let tmp = tempdir();
     let key = generate_key(tmp.path(), "sign-test-copy");
-    let source = cache_with_listings();
+    // The end-to-end tests' uncompressed cache, with listings and debug info.
+    let source = crate::e2e::none_cache();
     let copy = tmp.path().join("signed");
     sign_copy(source, &copy, &key);
     assert_eq!(entries(&copy), entries(source));
