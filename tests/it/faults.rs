@@ -514,7 +514,10 @@ fn a_file_that_grows_while_it_is_read_is_an_error_naming_it() {
     let message = e.to_string();
     let file = path.join("file");
     assert!(message.contains(file.to_str().unwrap()), "{message}");
-    assert!(message.contains("not the 0 announced"), "{message}");
+    assert!(
+        message.contains("grew past the 0 bytes announced"),
+        "{message}"
+    );
     assert!(out.symlink_metadata().is_err());
 }
 
