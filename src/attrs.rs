@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use crate::cache::Options;
+use crate::cache::{MAX_PRIORITY, Options};
 use crate::closure::{self, ClosureError};
 use crate::compression::{Compression, CompressionError};
 use crate::store_path::{PathInfo, StorePath, StorePathError};
@@ -127,7 +127,9 @@ pub fn from_json(attrs: &Value, store_dir: &str, jobs: usize) -> Result<Job, Att
         level: 0,
         jobs,
         store_dir: store_dir.to_owned(),
-        priority: uint_attr(attrs, "priority")?,
+        priority: uint_attr(attrs, "priority")?
+            .map(check_priority)
+            .transpose()?,
         want_mass_query: bool_attr(attrs, "wantMassQuery")?,
         root_paths: root_paths(attrs.get("rootPaths"), store_dir)?,
         write_nar_listing: bool_attr(attrs, "writeNarListing")?.unwrap_or(false),
@@ -162,11 +164,13 @@ fn from_legacy_environment(
     };
     let priority = match env_attr("priority") {
         None => None,
-        Some(p) => Some(p.parse().map_err(|_| AttrsError::Type {
-            field: "priority",
-            expected: "a non-negative integer",
-            found: p,
-        })?),
+        Some(p) => Some(check_priority(p.parse().map_err(|_| {
+            AttrsError::Type {
+                field: "priority",
+                expected: "a non-negative integer",
+                found: p,
+            }
+        })?)?),
     };
     // Nix passes booleans to the environment as "1" and "".
     let want_mass_query = env::var("wantMassQuery").ok().map(|v| v == "1");
@@ -245,6 +249,20 @@ fn int_attr(attrs: &Map<String, Value>, field: &'static str) -> Result<Option<i6
                 .ok_or_else(|| type_error(field, "an integer", Some(v)))
         })
         .transpose()
+}
+
+/// Nix reads `Priority:` as a C `int` and cannot open a cache whose
+/// priority does not fit one.
+fn check_priority(priority: u64) -> Result<u64, AttrsError> {
+    if priority <= MAX_PRIORITY {
+        Ok(priority)
+    } else {
+        Err(AttrsError::Type {
+            field: "priority",
+            expected: "an integer from 0 to 2147483647",
+            found: priority.to_string(),
+        })
+    }
 }
 
 fn uint_attr(attrs: &Map<String, Value>, field: &'static str) -> Result<Option<u64>, AttrsError> {
@@ -365,6 +383,7 @@ mod tests {
             ("compressionLevel", json!(42), "compressionLevel"),
             ("compressionLevel", json!("high"), "compressionLevel"),
             ("priority", json!(-1), "priority"),
+            ("priority", json!(2_147_483_648u64), "priority"),
             ("wantMassQuery", json!("yes"), "wantMassQuery"),
             ("writeNarListing", json!(1), "writeNarListing"),
             ("indexDebugInfo", json!("true"), "indexDebugInfo"),

@@ -51,6 +51,9 @@ pub const DIRECTORIES: [&str; 5] = ["nar", "log", "realisations", "build-trace-v
 /// The file listing the cache's root paths, one per line.
 pub const STORE_PATHS: &str = "store-paths";
 
+/// The largest `Priority:` Nix can read: it parses the value as a C `int`.
+pub const MAX_PRIORITY: u64 = i32::MAX as u64;
+
 /// How to write a cache.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -495,14 +498,20 @@ impl<'a> Cache<'a> {
         let file = File::create(&tmp).map_err(write_error(&tmp))?;
         let result = match opts.compression {
             // The file is the NAR itself: hashing it again would be wasted work.
-            Compression::None => compress_nar(path, file, opts, threads, progress)
+            Compression::None => compress_nar(path, file, &tmp, opts, threads, progress)
                 .map(|(file, nar)| (file, nar.hash, nar.size, nar)),
-            _ => compress_nar(path, HashingWriter::new(file), opts, threads, progress).map(
-                |(sink, nar)| {
-                    let (file, file_hash, file_size) = sink.finish();
-                    (file, file_hash, file_size, nar)
-                },
-            ),
+            _ => compress_nar(
+                path,
+                HashingWriter::new(file),
+                &tmp,
+                opts,
+                threads,
+                progress,
+            )
+            .map(|(sink, nar)| {
+                let (file, file_hash, file_size) = sink.finish();
+                (file, file_hash, file_size, nar)
+            }),
         };
         let checked = result.and_then(|(file, file_hash, file_size, nar)| {
             check(path, nar.hash, nar.size)?;
@@ -775,6 +784,7 @@ struct Nar {
 fn compress_nar<S: Write>(
     path: &PathInfo,
     sink: S,
+    sink_path: &Path,
     opts: &Options,
     threads: u32,
     progress: &Progress,
@@ -784,7 +794,7 @@ fn compress_nar<S: Write>(
     let encoder = opts
         .compression
         .encoder(sink, opts.level, expected_size, threads)
-        .map_err(write_error(&source))?;
+        .map_err(write_error(sink_path))?;
     // The NAR comes in many small tokens; batch them before hashing.
     let mut nar = BufWriter::with_capacity(
         256 << 10,
@@ -802,10 +812,10 @@ fn compress_nar<S: Write>(
     let (encoder, hash, size) = nar
         .into_inner()
         .map_err(|e| e.into_error())
-        .map_err(write_error(&source))?
+        .map_err(write_error(sink_path))?
         .inner
         .finish();
-    let sink = encoder.finish().map_err(write_error(&source))?;
+    let sink = encoder.finish().map_err(write_error(sink_path))?;
     Ok((
         sink,
         Nar {

@@ -25,7 +25,7 @@ pub enum ParseHashError {
     #[error("unsupported hash algorithm in {0:?}: only sha256 is used for NARs")]
     Algorithm(String),
     #[error(
-        "malformed sha256 hash {0:?}: expected sha256:<nix32>, sha256:<hex> or sha256-<base64>"
+        "malformed sha256 hash {0:?}: expected sha256:<nix32>, sha256:<hex>, sha256:<base64> or sha256-<base64>"
     )]
     Malformed(String),
 }
@@ -58,6 +58,8 @@ impl FromStr for NarHash {
             match rest.len() {
                 52 => nixbase32::decode(rest, 32).map_err(|_| malformed())?,
                 64 => decode_hex(rest).ok_or_else(malformed)?,
+                // Nix also takes base64 after the colon, as it does in SRI.
+                44 => STANDARD.decode(rest).map_err(|_| malformed())?,
                 _ => return Err(malformed()),
             }
         } else if let Some(rest) = s.strip_prefix("sha256-") {
@@ -219,7 +221,8 @@ mod tests {
     #[test]
     fn parses_every_notation_nix_has_used() {
         let expected = NarHash::digest(b"");
-        for s in [NIX32, HEX, SRI] {
+        let colon_base64 = SRI.replacen('-', ":", 1);
+        for s in [NIX32, HEX, SRI, &colon_base64] {
             assert_eq!(s.parse::<NarHash>().unwrap(), expected, "{s}");
         }
     }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use mk_binary_cache::cache::MAX_PRIORITY;
 use mk_binary_cache::compression::Compression;
 use mk_binary_cache::progress::{Progress, Style};
 use mk_binary_cache::signing::{PublicKey, SecretKey};
@@ -72,7 +73,7 @@ struct BuildArgs {
     #[arg(long)]
     index_debug_info: bool,
     /// `Priority:` in a new cache's nix-cache-info (an existing one must agree).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(..=MAX_PRIORITY))]
     priority: Option<u64>,
     /// `WantMassQuery:` in a new cache's nix-cache-info (an existing one must agree).
     #[arg(long, value_name = "BOOL")]
@@ -271,12 +272,46 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The error and its causes on one line. The library's errors name their
+/// cause in their own message (so they read well alone), so a cause that
+/// the line already ends with is not repeated.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.ends_with(&cause) {
+            line = format!("{line}: {cause}");
+        }
+    }
+    line
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("mk-binary-cache: error: {e:#}");
+            eprintln!("mk-binary-cache: error: {}", error_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    #[test]
+    fn error_line_names_each_cause_once() {
+        let io = io::Error::other("No space left on device");
+        let dump = mk_binary_cache::nar::dump::DumpError::Output {
+            path: "/nix/store/x/data".into(),
+            source: io,
+        };
+        let e = anyhow::Error::new(dump).context("writing the cache to '/out'");
+        assert_eq!(
+            error_line(&e),
+            "writing the cache to '/out': cannot write the NAR of '/nix/store/x/data': No space left on device"
+        );
     }
 }
