@@ -3,7 +3,8 @@
 //!
 //! Nix has written a NAR hash as `sha256:<nix32>` (narinfo, exportReferencesGraph),
 //! `sha256:<hex>` (old caches) and SRI `sha256-<base64>` (`nix path-info --json`
-//! since 2.4). We read all three and always write `sha256:<nix32>`.
+//! since 2.4); Nix also reads `sha256:<base64>`. We read all four and always
+//! write `sha256:<nix32>`.
 
 use std::fmt;
 use std::io::{self, Read, Write};
