@@ -215,7 +215,11 @@ def main():
         log("no usable mk-binary-cache binary: skipping 'ours'")
         methods_wanted = [m for m in methods_wanted if m != "ours"]
     os.makedirs(args.work, exist_ok=True)
-    run_dir = os.path.join(args.work, "run")
+    # one run directory per process: several runs may share the work directory (and the machine)
+    for d in os.listdir(args.work):
+        if d.startswith("run-") and d[4:].isdigit() and not os.path.exists(f"/proc/{d[4:]}"):
+            shutil.rmtree(os.path.join(args.work, d), ignore_errors=True)
+    run_dir = os.path.join(args.work, f"run-{os.getpid()}")
     shutil.rmtree(run_dir, ignore_errors=True)
     os.makedirs(run_dir)
 
@@ -281,6 +285,7 @@ def main():
                 shutil.rmtree(build_top, ignore_errors=True)
                 os.sync()
 
+    shutil.rmtree(run_dir, ignore_errors=True)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     full_set = (mode == "full" and comps == COMPRESSIONS and set(closures) == {"mixed", "bigfile"})
     tag = mode if full_set or mode == "quick" else f"{mode}-partial"
