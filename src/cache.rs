@@ -98,6 +98,12 @@ pub enum CacheError {
     Dump(#[from] DumpError),
     #[error("cannot write '{path}': {source}")]
     Write { path: PathBuf, source: io::Error },
+    #[error("cannot write the NAR of '{path}' to '{file}': {source}")]
+    WriteNar {
+        path: StorePath,
+        file: PathBuf,
+        source: io::Error,
+    },
     #[error("cannot read '{path}': {source}")]
     Read { path: PathBuf, source: io::Error },
     #[error(
@@ -791,10 +797,15 @@ fn compress_nar<S: Write>(
 ) -> Result<(S, Nar), CacheError> {
     let source = PathBuf::from(path.path.to_absolute());
     let expected_size = nar_size_of(path)?;
+    let nar_error = |source| CacheError::WriteNar {
+        path: path.path.clone(),
+        file: sink_path.to_owned(),
+        source,
+    };
     let encoder = opts
         .compression
         .encoder(sink, opts.level, expected_size, threads)
-        .map_err(write_error(sink_path))?;
+        .map_err(nar_error)?;
     // The NAR comes in many small tokens; batch them before hashing.
     let mut nar = BufWriter::with_capacity(
         256 << 10,
@@ -812,10 +823,10 @@ fn compress_nar<S: Write>(
     let (encoder, hash, size) = nar
         .into_inner()
         .map_err(|e| e.into_error())
-        .map_err(write_error(sink_path))?
+        .map_err(nar_error)?
         .inner
         .finish();
-    let sink = encoder.finish().map_err(write_error(sink_path))?;
+    let sink = encoder.finish().map_err(nar_error)?;
     Ok((
         sink,
         Nar {

@@ -437,3 +437,28 @@ pub fn tempdir() -> tempfile::TempDir {
 pub fn in_store(root: &Path, store_path: &str) -> PathBuf {
     root.join(store_path.trim_start_matches('/'))
 }
+
+/// Waits for `child`; returns its status and the peak of its own resident
+/// memory in KiB: `VmHWM` of the image it exec'd, sampled every 10 ms.
+/// (wait4's ru_maxrss would not do: it also counts the memory of the test
+/// process, which the child shared until its exec, and which other tests
+/// running at the same time inflate.)
+pub fn wait_with_peak_rss(child: &mut std::process::Child) -> (std::process::ExitStatus, u64) {
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0u64;
+    loop {
+        if let Ok(text) = fs::read_to_string(&status_file)
+            && let Some(kib) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().strip_suffix(" kB"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            peak_kib = peak_kib.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, peak_kib);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

@@ -14,7 +14,7 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
@@ -157,33 +157,15 @@ fn run_builder(store: &FakeStore, attrs: &Value, as_user: Option<u32>) -> Run {
         // Run as root, std also drops the supplementary groups.
         cmd.uid(uid).gid(uid);
     }
-    #[allow(clippy::zombie_processes, reason = "reaped by wait4, for its rusage")]
-    let child = cmd
+    let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("running `{}`: {e}", common::show(&cmd)));
-    let (status, max_rss_kib) = wait_measured(child.id());
+    let (status, max_rss_kib) = common::wait_with_peak_rss(&mut child);
     Run {
         status,
         stderr: fs::read_to_string(&stderr_file).unwrap(),
         max_rss_kib,
     }
-}
-
-/// Waits for a child; returns its status and peak resident memory in KiB.
-fn wait_measured(pid: u32) -> (ExitStatus, u64) {
-    let mut status = 0;
-    // SAFETY: rusage is plain data; wait4 fills it in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: pid is our own child, not yet waited for.
-        let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
-        if r == pid as libc::pid_t {
-            break;
-        }
-        let e = io::Error::last_os_error();
-        assert_eq!(e.kind(), io::ErrorKind::Interrupted, "wait4: {e}");
-    }
-    (ExitStatus::from_raw(status), usage.ru_maxrss as u64)
 }
 
 /// Checks a failed builder run: a failing exit, an error naming `names`,
