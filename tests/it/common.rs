@@ -438,14 +438,14 @@ pub fn in_store(root: &Path, store_path: &str) -> PathBuf {
     root.join(store_path.trim_start_matches('/'))
 }
 
-/// Waits for `child`; returns its status and the peak of its own resident
-/// memory in KiB: `VmHWM` of the image it exec'd, sampled every 10 ms.
-/// (wait4's ru_maxrss would not do: it also counts the memory of the test
-/// process, which the child shared until its exec, and which other tests
-/// running at the same time inflate.)
-pub fn wait_with_peak_rss(child: &mut std::process::Child) -> (std::process::ExitStatus, u64) {
+/// Waits for `child`; returns its status, the peak of its own resident
+/// memory in KiB (`VmHWM` of the image it exec'd, sampled every 10 ms), and
+/// how many samples were taken. (wait4's ru_maxrss would not do: it also
+/// counts the memory of the test process, which the child shared until its
+/// exec, and which other tests running at the same time inflate.)
+pub fn wait_with_peak_rss(child: &mut std::process::Child) -> (std::process::ExitStatus, u64, u32) {
     let status_file = format!("/proc/{}/status", child.id());
-    let mut peak_kib = 0u64;
+    let (mut peak_kib, mut samples) = (0u64, 0u32);
     loop {
         if let Ok(text) = fs::read_to_string(&status_file)
             && let Some(kib) = text
@@ -455,9 +455,10 @@ pub fn wait_with_peak_rss(child: &mut std::process::Child) -> (std::process::Exi
                 .and_then(|v| v.trim().parse::<u64>().ok())
         {
             peak_kib = peak_kib.max(kib);
+            samples += 1;
         }
         if let Some(status) = child.try_wait().unwrap() {
-            return (status, peak_kib);
+            return (status, peak_kib, samples);
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }

@@ -160,7 +160,7 @@ fn run_builder(store: &FakeStore, attrs: &Value, as_user: Option<u32>) -> Run {
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("running `{}`: {e}", common::show(&cmd)));
-    let (status, max_rss_kib) = common::wait_with_peak_rss(&mut child);
+    let (status, max_rss_kib, _) = common::wait_with_peak_rss(&mut child);
     Run {
         status,
         stderr: fs::read_to_string(&stderr_file).unwrap(),

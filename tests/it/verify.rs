@@ -694,27 +694,7 @@ fn verifying_a_1_gib_nar_takes_a_small_fixed_amount_of_memory() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // The peak of the child's own memory: VmHWM of the process image it
-    // exec'd. (wait4's ru_maxrss would not do: it also counts the memory of
-    // this test process, which the child shared until its exec.)
-    let status_file = format!("/proc/{}/status", child.id());
-    let (mut peak_kib, mut samples) = (0u64, 0);
-    let status = loop {
-        if let Ok(text) = fs::read_to_string(&status_file)
-            && let Some(kib) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().strip_suffix(" kB"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        {
-            peak_kib = peak_kib.max(kib);
-            samples += 1;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let (status, peak_kib, samples) = wait_with_peak_rss(&mut child);
     let mut report = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut report).unwrap();
     assert!(status.success(), "{report}");
