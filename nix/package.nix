@@ -20,6 +20,8 @@ rustPlatform.buildRustPackage (finalAttrs: {
     fileset = lib.fileset.unions [
       ../Cargo.toml
       ../Cargo.lock
+      # Build settings for the bundled liblzma (see the file).
+      ../.cargo/config.toml
       ../src
       # Cargo.toml names the integration-test target, so its sources must exist.
       ../tests
