@@ -4,26 +4,91 @@
 //! paths left for the end are the small ones and no core idles long while
 //! another finishes. A worker normally gives its path one encoder thread:
 //! with several paths in flight that keeps every core busy without any
-//! thread waiting on another. A path is *wide*, and gets an encoder of
-//! `jobs` threads, when it is at least `threshold` bytes (big enough for a
-//! multithreaded encoder) and more than a `jobs`-th of the bytes still
-//! outstanding: the other workers could not keep their cores busy until it
-//! is done, as with one 1 GiB file. At most one path is wide at a time,
-//! which bounds the threads, and so the memory, whatever the closure.
+//! thread waiting on another.
+//!
+//! A *large* path (at least `threshold` bytes, big enough for a
+//! multithreaded encoder) is *wide*, and gets an encoder of `jobs` threads,
+//! when it is more than a `jobs`-th of the bytes still outstanding: the
+//! other workers could not keep their cores busy until it is done, as with
+//! one 1 GiB file. A path only becomes wide when no other large path is in
+//! progress, and while it is, the other workers take only small paths (or
+//! wait). So at any moment there is either one wide encoder beside small
+//! ones, or one single-threaded encoder per worker, which bounds memory
+//! whatever the closure.
 //!
 //! Encoders' output does not depend on their thread count, so none of this
 //! changes a byte of the cache.
 
 use std::cmp::Reverse;
-use std::sync::Mutex;
+use std::slice;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
 
-/// What the workers share: the queue and the bytes not yet done.
+/// One path's turn: its size, the item and its encoder threads.
+struct Turn<'a, T> {
+    size: u64,
+    item: &'a T,
+    large: bool,
+    threads: u32,
+}
+
+/// What the workers share.
 struct Queue<'a, T> {
-    order: std::slice::Iter<'a, (u64, &'a T)>,
+    /// Paths of at least the threshold, then the others; each largest first.
+    large: slice::Iter<'a, (u64, &'a T)>,
+    small: slice::Iter<'a, (u64, &'a T)>,
     /// Bytes of the paths not yet finished, including those in progress.
     outstanding: u128,
+    large_in_progress: usize,
     wide_in_progress: bool,
+}
+
+enum Next<'a, T> {
+    Run(Turn<'a, T>),
+    /// Only large paths are left and one is wide: wait for it to finish.
+    Wait,
+    Done,
+}
+
+impl<'a, T> Queue<'a, T> {
+    fn next(&mut self, jobs: usize) -> Next<'a, T> {
+        if !self.wide_in_progress
+            && let Some(&(size, item)) = self.large.next()
+        {
+            let wide = jobs > 1
+                && self.large_in_progress == 0
+                && u128::from(size) * jobs as u128 > self.outstanding;
+            self.large_in_progress += 1;
+            self.wide_in_progress = wide;
+            let threads = if wide { jobs as u32 } else { 1 };
+            return Next::Run(Turn {
+                size,
+                item,
+                large: true,
+                threads,
+            });
+        }
+        match self.small.next() {
+            Some(&(size, item)) => Next::Run(Turn {
+                size,
+                item,
+                large: false,
+                threads: 1,
+            }),
+            None if self.large.len() > 0 => Next::Wait,
+            None => Next::Done,
+        }
+    }
+
+    fn finish(&mut self, turn: &Turn<'a, T>) {
+        self.outstanding -= u128::from(turn.size);
+        if turn.large {
+            self.large_in_progress -= 1;
+        }
+        if turn.threads > 1 {
+            self.wide_in_progress = false;
+        }
+    }
 }
 
 /// Runs `work(item, threads)` on every item, sized by `size`, as described
@@ -39,38 +104,40 @@ where
     let mut order: Vec<(u64, &T)> = items.iter().map(|item| (size(item), item)).collect();
     // Stable, so equal sizes keep the caller's order.
     order.sort_by_key(|&(size, _)| Reverse(size));
+    let (large, small) = order.split_at(order.partition_point(|&(size, _)| size >= threshold));
     let queue = Mutex::new(Queue {
-        order: order.iter(),
+        large: large.iter(),
+        small: small.iter(),
         outstanding: order.iter().map(|&(size, _)| u128::from(size)).sum(),
+        large_in_progress: 0,
         wide_in_progress: false,
     });
+    let turn_done = Condvar::new();
     let failed = AtomicBool::new(false);
     let first_error = Mutex::new(None);
 
     let worker = || {
-        while !failed.load(Ordering::Relaxed) {
-            let (size, item, wide) = {
+        loop {
+            let turn = {
                 let mut q = queue.lock().unwrap();
-                let Some(&(size, item)) = q.order.next() else {
-                    break;
-                };
-                let wide = jobs > 1
-                    && size >= threshold
-                    && !q.wide_in_progress
-                    && u128::from(size) * jobs as u128 > q.outstanding;
-                q.wide_in_progress |= wide;
-                (size, item, wide)
+                loop {
+                    if failed.load(Ordering::Relaxed) {
+                        break None;
+                    }
+                    match q.next(jobs) {
+                        Next::Run(turn) => break Some(turn),
+                        Next::Wait => q = turn_done.wait(q).unwrap(),
+                        Next::Done => break None,
+                    }
+                }
             };
-            let threads = if wide { jobs as u32 } else { 1 };
-            if let Err(e) = work(item, threads) {
+            let Some(turn) = turn else { break };
+            if let Err(e) = work(turn.item, turn.threads) {
                 failed.store(true, Ordering::Relaxed);
                 first_error.lock().unwrap().get_or_insert(e);
             }
-            let mut q = queue.lock().unwrap();
-            q.outstanding -= u128::from(size);
-            if wide {
-                q.wide_in_progress = false;
-            }
+            queue.lock().unwrap().finish(&turn);
+            turn_done.notify_all();
         }
     };
 
@@ -192,13 +259,59 @@ mod tests {
     }
 
     #[test]
-    fn only_one_path_is_wide_at_a_time() {
-        // With three workers both big paths are more than a third of the
-        // bytes outstanding, but the second starts while the first is wide.
-        assert_eq!(
-            record_together(&[1000, 900, 10], &[1000, 900], 3),
-            vec![(10, 1), (900, 1), (1000, 3)]
+    fn no_other_large_path_runs_beside_a_wide_one() {
+        let large_running = AtomicUsize::new(0);
+        let wide_running = AtomicBool::new(false);
+        let seen = Mutex::new(Vec::new());
+        run(
+            &[1000u64, 900, 5, 6, 7],
+            |&s| s,
+            10,
+            3,
+            |&s, threads| {
+                seen.lock().unwrap().push((s, threads));
+                if s >= 10 {
+                    let others = large_running.fetch_add(1, Ordering::SeqCst);
+                    if threads > 1 {
+                        assert_eq!(others, 0, "a wide path beside another large one");
+                        wide_running.store(true, Ordering::SeqCst);
+                    } else {
+                        assert!(
+                            !wide_running.load(Ordering::SeqCst),
+                            "a large path beside a wide one"
+                        );
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    wide_running.store(false, Ordering::SeqCst);
+                    large_running.fetch_sub(1, Ordering::SeqCst);
+                }
+                Ok::<_, ()>(())
+            },
+        )
+        .unwrap();
+        let mut seen = seen.into_inner().unwrap();
+        seen.sort();
+        // 900 waits for 1000, and is then most of what is left: wide too.
+        assert_eq!(seen, vec![(5, 1), (6, 1), (7, 1), (900, 3), (1000, 3)]);
+    }
+
+    #[test]
+    fn an_error_in_a_wide_path_releases_the_workers_waiting_for_it() {
+        let result = run(
+            &[1000u64, 900, 1],
+            |&s| s,
+            10,
+            2,
+            |&s, _| {
+                if s == 1000 {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    Err(s)
+                } else {
+                    Ok(())
+                }
+            },
         );
+        assert_eq!(result, Err(1000));
     }
 
     #[test]
