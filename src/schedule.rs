@@ -159,6 +159,19 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     fn record(items: &[u64], threshold: u64, jobs: usize) -> Vec<(u64, u32)> {
+        record_together(items, &[], threshold, jobs)
+    }
+
+    /// Runs `items` with `jobs` workers and returns (size, threads) of each,
+    /// sorted; the items in `together` wait for each other, so they are
+    /// surely in progress at the same time.
+    fn record_together(
+        items: &[u64],
+        together: &[u64],
+        threshold: u64,
+        jobs: usize,
+    ) -> Vec<(u64, u32)> {
+        let barrier = std::sync::Barrier::new(together.len());
         let seen = Mutex::new(Vec::new());
         run(
             items,
@@ -167,6 +180,9 @@ mod tests {
             jobs,
             |&s, threads| {
                 seen.lock().unwrap().push((s, threads));
+                if together.contains(&s) {
+                    barrier.wait();
+                }
                 Ok::<_, ()>(())
             },
         )
@@ -226,34 +242,10 @@ mod tests {
         assert_eq!(record(&[50, 1], 100, 2), vec![(1, 1), (50, 1)]);
     }
 
-    /// Runs `items` with `jobs` workers; the items in `together` wait for
-    /// each other, so they are surely in progress at the same time.
-    fn record_together(items: &[u64], together: &[u64], jobs: usize) -> Vec<(u64, u32)> {
-        let barrier = std::sync::Barrier::new(together.len());
-        let seen = Mutex::new(Vec::new());
-        run(
-            items,
-            |&s| s,
-            10,
-            jobs,
-            |&s, threads| {
-                seen.lock().unwrap().push((s, threads));
-                if together.contains(&s) {
-                    barrier.wait();
-                }
-                Ok::<_, ()>(())
-            },
-        )
-        .unwrap();
-        let mut seen = seen.into_inner().unwrap();
-        seen.sort();
-        seen
-    }
-
     #[test]
     fn paths_the_other_workers_can_balance_get_one_thread_each() {
         assert_eq!(
-            record_together(&[300, 300, 10, 10], &[300, 300], 2),
+            record_together(&[300, 300, 10, 10], &[300, 300], 10, 2),
             vec![(10, 1), (10, 1), (300, 1), (300, 1)]
         );
     }
