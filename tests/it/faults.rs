@@ -331,12 +331,7 @@ fn running_out_of_space_at_any_point_leaves_no_output() {
     }
     assert!(successes > 0, "never enough space: {failures:#?}");
     // The disk filled while writing each kind of file.
-    for what in [".narinfo", "-small", "-medium", "-large"] {
-        assert!(
-            failures.iter().any(|m| m.contains(what)),
-            "no failure named {what:?}: {failures:#?}"
-        );
-    }
+    assert_each_named(&failures, &[".narinfo", "-small", "-medium", "-large"]);
 }
 
 #[test]
@@ -415,7 +410,13 @@ fn running_out_of_inodes_at_any_point_leaves_no_output() {
             }
         }
     }
-    for what in ["nix-cache-info", "/nar/", ".narinfo"] {
+    assert_each_named(&failures, &["nix-cache-info", "/nar/", ".narinfo"]);
+}
+
+/// Every one of `names` appears in some failure message: the fill points
+/// covered every kind of file.
+fn assert_each_named(failures: &[String], names: &[&str]) {
+    for what in names {
         assert!(
             failures.iter().any(|m| m.contains(what)),
             "no failure named {what:?}: {failures:#?}"
