@@ -141,6 +141,30 @@ pub fn nix_cmd(tool: &str) -> Command {
     cmd
 }
 
+/// A signing key pair made by Nix itself.
+pub struct NixKey {
+    pub secret: PathBuf,
+    pub public: PathBuf,
+    /// `name:base64`, as Nix's `trusted-public-keys` takes it.
+    pub public_text: String,
+}
+
+/// `nix-store --generate-binary-cache-key NAME` into `dir`.
+pub fn generate_key(dir: &Path, name: &str) -> NixKey {
+    let secret = dir.join(format!("{name}.sec"));
+    let public = dir.join(format!("{name}.pub"));
+    run(nix_cmd("nix-store")
+        .args(["--generate-binary-cache-key", name])
+        .arg(&secret)
+        .arg(&public));
+    let public_text = fs::read_to_string(&public).unwrap().trim().to_owned();
+    NixKey {
+        secret,
+        public,
+        public_text,
+    }
+}
+
 /// `nix` with the `nix-command` feature on.
 pub fn nix_new(sub: &[&str]) -> Command {
     let mut cmd = nix_cmd("nix");

@@ -27,26 +27,6 @@ fn mkbc() -> Command {
 }
 
 /// A key pair made by Nix: (secret file, public file, public key text).
-struct Key {
-    secret: PathBuf,
-    public_text: String,
-}
-
-fn generate_key(dir: &Path, name: &str) -> Key {
-    let (secret, public) = (
-        dir.join(format!("{name}.sec")),
-        dir.join(format!("{name}.pub")),
-    );
-    run(nix_cmd("nix-store")
-        .args(["--generate-binary-cache-key", name])
-        .arg(&secret)
-        .arg(&public));
-    Key {
-        secret,
-        public_text: fs::read_to_string(public).unwrap().trim().to_owned(),
-    }
-}
-
 /// `mk-binary-cache sign ARGS…`, which must succeed.
 fn sign(args: &[&Path]) {
     let mut cmd = mkbc();
@@ -55,7 +35,7 @@ fn sign(args: &[&Path]) {
 }
 
 /// Writes a signed copy of `cache` to `out` with `key`.
-fn sign_copy(cache: &Path, out: &Path, key: &Key) {
+fn sign_copy(cache: &Path, out: &Path, key: &NixKey) {
     sign(&[
         Path::new("--key-file"),
         &key.secret,
@@ -490,7 +470,7 @@ fn store_files_containing(needle: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn secret_base64(key: &Key) -> String {
+fn secret_base64(key: &NixKey) -> String {
     let text = fs::read_to_string(&key.secret).unwrap();
     text.trim().split_once(':').unwrap().1.to_owned()
 }

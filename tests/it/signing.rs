@@ -11,6 +11,7 @@ use std::io::ErrorKind;
 use std::path::Path;
 use std::process::Command;
 
+use crate::common::{NixKey, generate_key};
 use mk_binary_cache::hash::NarHash;
 use mk_binary_cache::signing::{PublicKey, SecretKey, Signature, fingerprint};
 
@@ -52,18 +53,6 @@ fn nix_copy(args: &[&str]) -> String {
     ];
     all.extend_from_slice(args);
     nix("nix", &all)
-}
-
-/// Generates a key pair with Nix; returns (secret file, public key text).
-fn generate_key(dir: &Path, name: &str) -> (String, String) {
-    let secret = dir.join(format!("{name}.secret")).display().to_string();
-    let public = dir.join(format!("{name}.public")).display().to_string();
-    nix(
-        "nix-store",
-        &["--generate-binary-cache-key", name, &secret, &public],
-    );
-    let public = fs::read_to_string(&public).unwrap();
-    (secret, public)
 }
 
 /// Adds three text files to the store, the third referring to the first two,
@@ -127,11 +116,16 @@ fn our_fingerprint(f: &BTreeMap<String, String>) -> String {
 fn signatures_equal_nix_on_a_fresh_key() {
     let tmp = tempfile::tempdir().unwrap();
     let unique = tmp.path().file_name().unwrap().to_str().unwrap().to_owned();
-    let (secret_file, public_text) = generate_key(tmp.path(), &format!("live-{unique}"));
+    let NixKey {
+        secret: secret_file,
+        public_text,
+        ..
+    } = generate_key(tmp.path(), &format!("live-{unique}"));
+    let secret_file = secret_file.display().to_string();
     let secret = SecretKey::from_file(&secret_file).unwrap();
     let public: PublicKey = public_text.parse().unwrap();
     assert_eq!(secret.public(), public);
-    assert_eq!(public.to_string(), public_text.trim());
+    assert_eq!(public.to_string(), public_text);
 
     let top = fresh_paths(&unique);
     let cache = tmp.path().join("cache");
@@ -166,7 +160,12 @@ fn signatures_equal_nix_on_a_fresh_key() {
 fn nix_accepts_our_signatures_and_rejects_bad_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let unique = tmp.path().file_name().unwrap().to_str().unwrap().to_owned();
-    let (secret_file, public_text) = generate_key(tmp.path(), &format!("ours-{unique}"));
+    let NixKey {
+        secret: secret_file,
+        public_text,
+        ..
+    } = generate_key(tmp.path(), &format!("ours-{unique}"));
+    let secret_file = secret_file.display().to_string();
     let secret = SecretKey::from_file(&secret_file).unwrap();
     let top = fresh_paths(&format!("accept {unique}"));
 
@@ -196,7 +195,7 @@ fn nix_accepts_our_signatures_and_rejects_bad_ones() {
             .args(["--extra-experimental-features", "nix-command", "copy"])
             .args(["--option", "substituters", ""])
             .args(["--option", "require-sigs", "true"])
-            .args(["--option", "trusted-public-keys", public_text.trim()])
+            .args(["--option", "trusted-public-keys", &public_text])
             .arg("--from")
             .arg(format!("file://{}", cache.display()))
             .arg("--to")

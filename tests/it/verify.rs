@@ -169,18 +169,6 @@ fn assert_reported(which: &str, cache: &Path, args: &[&str], path: &str, kinds: 
     );
 }
 
-fn generate_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let (secret, public) = (
-        dir.join(format!("{name}.sec")),
-        dir.join(format!("{name}.pub")),
-    );
-    run(nix_cmd("nix-store")
-        .args(["--generate-binary-cache-key", name])
-        .arg(&secret)
-        .arg(&public));
-    (secret, public)
-}
-
 #[test]
 fn clean_caches_verify_with_no_problems() {
     for (which, cache) in caches() {
@@ -538,7 +526,7 @@ fn reports_a_narinfo_whose_name_is_not_its_hash_part() {
 /// directory, with the key's files.
 fn signed_copy(base: &Path) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     let tmp = tempdir();
-    let (secret, public) = generate_key(tmp.path(), "verify-test-1");
+    let NixKey { secret, public, .. } = generate_key(tmp.path(), "verify-test-1");
     let cache = tmp.path().join("signed");
     // Our copy shares the NARs by hard links: these tests change narinfos only.
     run(mkbc()
@@ -566,10 +554,8 @@ fn signatures_by_a_trusted_key_verify_with_require_sigs() {
 fn require_sigs_reports_every_path_signed_by_another_key_only() {
     for (which, base) in caches() {
         let (tmp, cache, _, _) = signed_copy(base);
-        let (_, other) = generate_key(tmp.path(), "verify-test-2");
-        let other = fs::read_to_string(other).unwrap();
-        let (code, report) =
-            verify_json(&cache, &["--require-sigs", "--trusted-key", other.trim()]);
+        let other = generate_key(tmp.path(), "verify-test-2").public_text;
+        let (code, report) = verify_json(&cache, &["--require-sigs", "--trusted-key", &other]);
         assert_eq!(code, 1);
         for path in &fixture().closure {
             assert_eq!(
