@@ -307,6 +307,16 @@ pub fn fixture() -> &'static Fixture {
     }
 }
 
+/// The fixture path whose name ends in `-<name>`.
+pub fn fixture_path(name: &str) -> &'static str {
+    let suffix = format!("-{name}");
+    fixture()
+        .closure
+        .iter()
+        .find(|p| p.ends_with(&suffix))
+        .unwrap_or_else(|| panic!("no {name} in the fixture closure"))
+}
+
 /// Builds a cache of the fixture (tests/fixtures/cache.nix) with extra
 /// `nix-build` arguments; returns its output path.
 pub fn build_cache(extra: &[&str]) -> PathBuf {

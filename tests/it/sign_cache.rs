@@ -73,16 +73,6 @@ fn without_sig_lines(text: &str) -> String {
         .collect()
 }
 
-/// The fixture path whose name ends in `-<name>`.
-fn fixture_path(name: &str) -> &'static str {
-    let suffix = format!("-{name}");
-    fixture()
-        .closure
-        .iter()
-        .find(|p| p.ends_with(&suffix))
-        .unwrap_or_else(|| panic!("no {name} in the fixture closure"))
-}
-
 /// Every file, directory and symlink under `root`, relative, sorted.
 fn entries(root: &Path) -> Vec<PathBuf> {
     tree(root).into_keys().collect()

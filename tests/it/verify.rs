@@ -58,16 +58,6 @@ fn writable_copy(cache: &Path) -> (tempfile::TempDir, PathBuf) {
     (tmp, copy)
 }
 
-/// The fixture path whose name ends in `-<name>`.
-fn fixture_path(name: &str) -> &'static str {
-    let suffix = format!("-{name}");
-    fixture()
-        .closure
-        .iter()
-        .find(|p| p.ends_with(&suffix))
-        .unwrap_or_else(|| panic!("no {name} in the fixture closure"))
-}
-
 fn narinfo_file(cache: &Path, store_path: &str) -> PathBuf {
     cache.join(format!("{}.narinfo", hash_part(store_path)))
 }
