@@ -285,16 +285,23 @@ fn a_full_disk_fails_the_builder_naming_the_output_and_leaves_nothing() {
     assert!(fs::read_dir(&mnt).unwrap().next().is_none());
 }
 
-#[test]
-fn running_out_of_space_at_any_point_leaves_no_output() {
-    let store = FakeStore::new();
-    let closure: Vec<Value> = [("small", 1000), ("medium", 30_000), ("large", 70_000)]
+/// Paths of 1, 30 and 70 kB in `store`, and the mount point and output
+/// directory for a cache of them: (closure, mount point, output).
+fn three_paths_for_a_small_disk(store: &FakeStore) -> (Vec<Value>, PathBuf, PathBuf) {
+    let closure = [("small", 1000), ("medium", 30_000), ("large", 70_000)]
         .iter()
         .map(|&(name, len)| entry(&store.add_data(name, len)))
         .collect();
     let mnt = store.tmp().join("mnt");
     fs::create_dir(&mnt).unwrap();
     let out = mnt.join("cache");
+    (closure, mnt, out)
+}
+
+#[test]
+fn running_out_of_space_at_any_point_leaves_no_output() {
+    let store = FakeStore::new();
+    let (closure, mnt, out) = three_paths_for_a_small_disk(&store);
     let attrs = attrs_json(&out, closure, "none");
 
     // The cache takes about 30 pages of 4 KiB: fill the disk at each of
@@ -340,13 +347,7 @@ fn an_update_cut_short_by_a_full_disk_leaves_only_whole_paths_and_resumes() {
     // narinfo it leaves must have its whole NAR, and a second run with room
     // enough must finish the cache.
     let store = FakeStore::new();
-    let closure: Vec<Value> = [("small", 1000), ("medium", 30_000), ("large", 70_000)]
-        .iter()
-        .map(|&(name, len)| entry(&store.add_data(name, len)))
-        .collect();
-    let mnt = store.tmp().join("mnt");
-    fs::create_dir(&mnt).unwrap();
-    let out = mnt.join("cache");
+    let (closure, mnt, out) = three_paths_for_a_small_disk(&store);
     let job = attrs::from_json(&attrs_json(&out, closure, "none"), store.dir(), 2).unwrap();
     let quiet = Progress::new(true);
 
