@@ -245,15 +245,24 @@ def nix_str(s):
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${") + '"'
 
 
-def build_mixed(work, mode):
-    params = MIXED_PARAMS[mode]
-    key = hashlib.sha256(json.dumps([FIXTURE_VERSION, "mixed", params], sort_keys=True).encode()).hexdigest()[:16]
-    state_file = os.path.join(work, f"fixture-mixed-{mode}.json")
+def cached_fixture(work, kind, mode, params):
+    """(key, state file, root or None): the root a previous run built from the same parameters,
+    if it is still valid in the store."""
+    key = hashlib.sha256(json.dumps([FIXTURE_VERSION, kind, params], sort_keys=True).encode()).hexdigest()[:16]
+    state_file = os.path.join(work, f"fixture-{kind}-{mode}.json")
     if os.path.exists(state_file):
         st = json.load(open(state_file))
         if st.get("key") == key and is_valid(st["root"]):
-            log(f"mixed/{mode}: cached {st['root']}")
-            return st["root"]
+            log(f"{kind}/{mode}: cached {st['root']}")
+            return key, state_file, st["root"]
+    return key, state_file, None
+
+
+def build_mixed(work, mode):
+    params = MIXED_PARAMS[mode]
+    key, state_file, root = cached_fixture(work, "mixed", mode, params)
+    if root:
+        return root
     log(f"mixed/{mode}: planning selection from /usr")
     plan = plan_mixed(params)
     stage = os.path.join(work, f"stage-mixed-{mode}")
@@ -374,13 +383,9 @@ def generate_blocks(size, seed):
 
 def build_bigfile(work, mode):
     params = BIGFILE_PARAMS[mode]
-    key = hashlib.sha256(json.dumps([FIXTURE_VERSION, "bigfile", params], sort_keys=True).encode()).hexdigest()[:16]
-    state_file = os.path.join(work, f"fixture-bigfile-{mode}.json")
-    if os.path.exists(state_file):
-        st = json.load(open(state_file))
-        if st.get("key") == key and is_valid(st["root"]):
-            log(f"bigfile/{mode}: cached {st['root']}")
-            return st["root"]
+    key, state_file, root = cached_fixture(work, "bigfile", mode, params)
+    if root:
+        return root
     name = f"bench-bigfile-{params['size'] // MiB}M.dat"
     tmp = os.path.join(work, name)
     log(f"bigfile/{mode}: generating {params['size'] / MiB:.0f} MiB")

@@ -217,16 +217,7 @@ mod tests {
     use super::*;
 
     /// Written by `nix copy --to file://…?compression=xz` (Nix 2.8).
-    const FROM_NIX: &str = "StorePath: /nix/store/dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz-appa
-URL: nar/0wspvgvn8qfh2yv4h92wc3xp18s9yx1kszn3a3lc9ynikzr7bvci.nar.xz
-Compression: xz
-FileHash: sha256:0wspvgvn8qfh2yv4h92wc3xp18s9yx1kszn3a3lc9ynikzr7bvci
-FileSize: 216
-NarHash: sha256:039zdycyhk9ddiyy1wgslp1drv7g4xyv5z7z92iacy6ncw832rvq
-NarSize: 504
-References: ipsh9v6k9mlsb5lw4amy6gjn9bpdww97-libb
-Deriver: sbi569kby1xympi1rxrny9nv9vr9151n-appa.drv
-";
+    const FROM_NIX: &str = include_str!("../tests/fixtures/nix-copy-xz.narinfo");
 
     #[test]
     fn reads_and_writes_nixs_text_unchanged() {

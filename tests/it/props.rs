@@ -661,16 +661,7 @@ const HASH: &str = "sha256:039zdycyhk9ddiyy1wgslp1drv7g4xyv5z7z92iacy6ncw832rvq"
 
 /// Written by `nix copy` (Nix 2.8), and the signed fixture with `CA:`.
 const NARINFOS: [&str; 2] = [
-    "StorePath: /nix/store/dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz-appa
-URL: nar/0wspvgvn8qfh2yv4h92wc3xp18s9yx1kszn3a3lc9ynikzr7bvci.nar.xz
-Compression: xz
-FileHash: sha256:0wspvgvn8qfh2yv4h92wc3xp18s9yx1kszn3a3lc9ynikzr7bvci
-FileSize: 216
-NarHash: sha256:039zdycyhk9ddiyy1wgslp1drv7g4xyv5z7z92iacy6ncw832rvq
-NarSize: 504
-References: ipsh9v6k9mlsb5lw4amy6gjn9bpdww97-libb
-Deriver: sbi569kby1xympi1rxrny9nv9vr9151n-appa.drv
-",
+    include_str!("../fixtures/nix-copy-xz.narinfo"),
     include_str!("../fixtures/keys/signed-with-references.narinfo"),
 ];
 
