@@ -23,7 +23,8 @@ use crate::e2e::{assert_store_holds_fixture, substitute_fixture};
 /// The `mk-binary-cache` program of this build.
 pub(crate) fn mk_binary_cache() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mk-binary-cache"));
-    cmd.env_remove("NIX_STORE_DIR");
+    // `build` runs `nix path-info`: it must see the project's Nix settings.
+    hermetic_nix(&mut cmd).env_remove("NIX_STORE_DIR");
     cmd
 }
 
@@ -275,10 +276,12 @@ fn progress_on_a_terminal_is_a_bar_redrawn_in_place_then_the_summary() {
         cache.path().display(),
         fixture().roots.join(" ")
     );
-    let shown = run(Command::new("script")
-        .args(["--quiet", "--flush", "--return", "--command", &command])
-        .arg("/dev/null")
-        .env_remove("NIX_STORE_DIR"));
+    let shown = run(hermetic_nix(
+        Command::new("script")
+            .args(["--quiet", "--flush", "--return", "--command", &command])
+            .arg("/dev/null"),
+    )
+    .env_remove("NIX_STORE_DIR"));
     let frames: Vec<&str> = shown.split("\r\x1b[2K").collect();
     let bars: Vec<&&str> = frames.iter().filter(|f| f.starts_with('[')).collect();
     assert!(!bars.is_empty(), "no bar was drawn: {shown:?}");

@@ -132,12 +132,27 @@ pub fn require_nix() {
     }
 }
 
-/// A `Command` for a Nix tool, with Nix's own environment made predictable.
+/// The directory of the project's own `nix.conf` (scripts/nix/nix.conf).
+pub fn nix_conf_dir() -> PathBuf {
+    repo().join("scripts/nix")
+}
+
+/// Gives `cmd` the project's Nix settings and nothing else: its own
+/// `nix.conf` instead of `/etc/nix/nix.conf`, no user config files, no
+/// `NIX_CONFIG` and no `NIX_PATH`. A machine with another `/etc/nix/nix.conf`,
+/// or none, gives the same results.
+pub fn hermetic_nix(cmd: &mut Command) -> &mut Command {
+    cmd.env("NIX_CONF_DIR", nix_conf_dir())
+        .env("NIX_USER_CONF_FILES", "")
+        .env_remove("NIX_CONFIG")
+        .env_remove("NIX_PATH")
+}
+
+/// A `Command` for a Nix tool, with the project's Nix settings.
 pub fn nix_cmd(tool: &str) -> Command {
     require_nix();
     let mut cmd = Command::new(tool);
-    // The tests say every option they rely on; a user's config must not leak in.
-    cmd.env_remove("NIX_CONFIG").env_remove("NIX_PATH");
+    hermetic_nix(&mut cmd);
     cmd
 }
 

@@ -19,10 +19,7 @@ use proptest::prelude::*;
 
 /// `nix-store --dump PATH`, panicking with a clear message if Nix is missing.
 fn nix_dump(path: &Path) -> Vec<u8> {
-    let out = Command::new("nix-store")
-        .arg("--dump")
-        .arg(path)
-        .env_remove("NIX_CONFIG")
+    let out = crate::common::hermetic_nix(Command::new("nix-store").arg("--dump").arg(path))
         .output()
         .unwrap_or_else(|e| {
             if e.kind() == ErrorKind::NotFound {
@@ -112,11 +109,13 @@ fn reads_and_restores_store_paths() {
         .collect();
     paths.sort();
     paths.truncate(40);
-    let invalid = Command::new("nix-store")
-        .args(["--check-validity", "--print-invalid"])
-        .args(&paths)
-        .output()
-        .expect("running nix-store --check-validity");
+    let invalid = crate::common::hermetic_nix(
+        Command::new("nix-store")
+            .args(["--check-validity", "--print-invalid"])
+            .args(&paths),
+    )
+    .output()
+    .expect("running nix-store --check-validity");
     assert!(
         invalid.status.success(),
         "{}",

@@ -11,17 +11,14 @@ use std::io::ErrorKind;
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::{NixKey, generate_key};
+use crate::common::{NixKey, generate_key, hermetic_nix};
 use mk_binary_cache::hash::NarHash;
 use mk_binary_cache::signing::{PublicKey, SecretKey, Signature, fingerprint};
 
 /// Runs a Nix tool; returns its standard output, panicking with a clear
 /// message if Nix is missing or the command fails.
 fn nix(tool: &str, args: &[&str]) -> String {
-    let out = Command::new(tool)
-        .args(args)
-        .env_remove("NIX_CONFIG")
-        .env_remove("NIX_PATH")
+    let out = hermetic_nix(Command::new(tool).args(args))
         .output()
         .unwrap_or_else(|e| {
             if e.kind() == ErrorKind::NotFound {
@@ -191,8 +188,8 @@ fn nix_accepts_our_signatures_and_rejects_bad_ones() {
         }
     };
     let copy_out = |store: &str| {
-        Command::new("nix")
-            .args(["--extra-experimental-features", "nix-command", "copy"])
+        let mut cmd = Command::new("nix");
+        cmd.args(["--extra-experimental-features", "nix-command", "copy"])
             .args(["--option", "substituters", ""])
             .args(["--option", "require-sigs", "true"])
             .args(["--option", "trusted-public-keys", &public_text])
@@ -200,10 +197,8 @@ fn nix_accepts_our_signatures_and_rejects_bad_ones() {
             .arg(format!("file://{}", cache.display()))
             .arg("--to")
             .arg(tmp.path().join(store))
-            .arg(&top)
-            .env_remove("NIX_CONFIG")
-            .output()
-            .expect("running nix copy")
+            .arg(&top);
+        hermetic_nix(&mut cmd).output().expect("running nix copy")
     };
 
     // Signed over basenames, a known bug elsewhere: Nix must refuse.
