@@ -7,6 +7,10 @@
 # a plain function call) supplies the program, the caller supplies the roots.
 # It needs nothing from nixpkgs: `lib` is optional, and `mk-binary-cache` may
 # be a derivation or any store path that holds `bin/mk-binary-cache`.
+#
+# nixpkgs' function returns a `stdenv.mkDerivation` result, so the result here
+# has `overrideAttrs` with the same meaning, built on a small fixed point of
+# its own instead of on stdenv.
 {
   lib ? null,
   mk-binary-cache,
@@ -30,11 +34,165 @@ let
   # bare store path (as the tests pass) is taken to run on this machine.
   system = mk-binary-cache.system or builtins.currentSystem;
 
+  # Every argument but `rootPaths`, with its default. `overrideAttrs` shows
+  # these to its function as the previous attributes, given or not, as
+  # mkDerivation shows its own.
+  defaults = {
+    name = "binary-cache";
+    compression = "zstd";
+    compressionLevel = null;
+    priority = null;
+    wantMassQuery = null;
+    writeNarListing = false;
+    indexDebugInfo = false;
+    # Writing a cache is cheaper than fetching one.
+    preferLocalBuild = true;
+    allowSubstitutes = false;
+    passthru = { };
+    meta = { };
+  };
+
   # `meta` and `passthru` describe the result; they are not build inputs.
   notDerivationAttrs = [
     "meta"
     "passthru"
   ];
+
+  # "a string", "an int", "an attribute set", for error messages.
+  aTypeOf =
+    v:
+    let
+      type = builtins.typeOf v;
+    in
+    if type == "set" then
+      "an attribute set"
+    else if type == "int" then
+      "an int"
+    else
+      "a ${type}";
+
+  storePrefix = builtins.storeDir + "/";
+  prefixLength = builtins.stringLength storePrefix;
+  inStore = s: builtins.substring 0 prefixLength s == storePrefix;
+
+  # The store path that holds `s`: "${hello}/bin/hello" gives "${hello}".
+  # `substring` keeps the string's context, so Nix still knows the path as
+  # an input. `split` does not, so it only measures the name.
+  containingStorePath =
+    s:
+    let
+      rest = builtins.substring prefixLength (builtins.stringLength s) s;
+      base = builtins.head (builtins.split "/" rest);
+    in
+    builtins.substring 0 (prefixLength + builtins.stringLength base) s;
+
+  # What `exportReferencesGraph` gets for a root. Nix before 2.22 refuses a
+  # path inside a store path there, so it gets the store path that holds it,
+  # whose closure is the same; `rootPaths` keeps the path as it was given and
+  # the builder lists its store path in `store-paths`.
+  exported = root: if builtins.isString root then containingStorePath root else root;
+
+  # Throws the reason `root` cannot be a root, or gives true.
+  checkRoot =
+    root:
+    if builtins.isAttrs root then
+      root ? outPath
+      || throw "mkBinaryCache: rootPaths must hold derivations or store paths, got an attribute set without outPath (attributes: ${builtins.concatStringsSep ", " (builtins.attrNames root)})"
+    else if builtins.isPath root then
+      # Copied into the store when the derivation is written.
+      true
+    else if !builtins.isString root then
+      throw "mkBinaryCache: rootPaths must hold derivations or store paths, got ${aTypeOf root}"
+    else if !inStore root then
+      throw "mkBinaryCache: the root \"${root}\" is not in the Nix store (${builtins.storeDir})"
+    else if !builtins.hasContext root then
+      throw "mkBinaryCache: the root \"${root}\" is a string without context, so Nix would not make it an input of the cache; give the derivation itself, or builtins.storePath \"${root}\""
+    else
+      true;
+
+  # Throws the first thing wrong with the final attributes, or gives true.
+  check =
+    attrs:
+    let
+      inherit (attrs)
+        rootPaths
+        compression
+        compressionLevel
+        priority
+        wantMassQuery
+        ;
+      notA = what: name: "mkBinaryCache: ${name} must be ${what}, got ${aTypeOf attrs.${name}}";
+    in
+    if !builtins.isList rootPaths then
+      throw "mkBinaryCache: rootPaths must be a list of store paths, got ${aTypeOf rootPaths}"
+    else if !builtins.elem compression compressions then
+      throw "mkBinaryCache: unknown compression \"${toString compression}\"; expected one of: ${builtins.concatStringsSep ", " compressions}"
+    else if compressionLevel != null && !builtins.isInt compressionLevel then
+      throw (notA "an integer or null" "compressionLevel")
+    else if priority != null && !builtins.isInt priority then
+      throw (notA "an integer or null" "priority")
+    else if wantMassQuery != null && !builtins.isBool wantMassQuery then
+      throw (notA "a bool or null" "wantMassQuery")
+    else if !builtins.isBool attrs.writeNarListing then
+      throw (notA "a bool" "writeNarListing")
+    else if !builtins.isBool attrs.indexDebugInfo then
+      throw (notA "a bool" "indexDebugInfo")
+    else if !builtins.isAttrs attrs.passthru then
+      throw (notA "an attribute set" "passthru")
+    else if !builtins.isAttrs attrs.meta then
+      throw (notA "an attribute set" "meta")
+    else
+      builtins.all checkRoot rootPaths;
+
+  # What `overrideAttrs` accepts, as mkDerivation's does: the new attributes,
+  # a function of the previous ones (`old: { … }`), or a function of the
+  # final and the previous ones (`final: prev: { … }`). A function whose
+  # result is again a function is the two-argument form.
+  toExtension =
+    f:
+    if builtins.isFunction f then
+      final: prev:
+      let
+        fromPrev = f prev;
+      in
+      if builtins.isFunction fromPrev then f final prev else fromPrev
+    else
+      _final: _prev: f;
+
+  # `extension` applied on top of the attributes `rattrs` gives.
+  extend =
+    extension: rattrs: final:
+    let
+      prev = rattrs final;
+    in
+    prev // extension final prev;
+
+  # The cache described by `rattrs`, a function from the final attributes
+  # (with `finalPackage`, the result itself) to the attributes.
+  makeCache =
+    rattrs:
+    let
+      attrs = rattrs (attrs // { finalPackage = cache; });
+      drv = derivation (
+        builtins.removeAttrs attrs notDerivationAttrs
+        // {
+          inherit system builder;
+          __structuredAttrs = true;
+          # Nix puts the closure, with hashes, sizes and references, into
+          # the attributes file as `closure`.
+          exportReferencesGraph.closure = map exported attrs.rootPaths;
+        }
+      );
+      cache =
+        assert check attrs;
+        drv
+        // attrs.passthru
+        // {
+          inherit (attrs) meta passthru;
+          overrideAttrs = f: makeCache (extend (toExtension f) rattrs);
+        };
+    in
+    cache;
 in
 
 /**
@@ -44,8 +202,8 @@ in
   (`file:///nix/store/…-binary-cache`): `nix-cache-info`, one
   `<hash>.narinfo` per store path, the compressed NARs under `nar/`, the
   empty `log/`, `realisations/`, `build-trace-v2/` and `debuginfo/`
-  directories a read-only cache needs, and `store-paths`, which lists
-  `rootPaths` one per line.
+  directories a read-only cache needs, and `store-paths`, which lists the
+  store paths of `rootPaths` one per line.
 
   Every store path in the cache appears in the narinfos, so the cache refers
   to the whole closure, as the cache made by nixpkgs' function does.
@@ -56,7 +214,13 @@ in
   : The name of the derivation.
 
   `rootPaths` (list of derivations or store paths)
-  : The paths whose closure goes into the cache. May be empty.
+  : The paths whose closure goes into the cache. May be empty. Each is a
+    derivation (its default output, or the one chosen: `drv.dev`), a store
+    path (a string with context, such as `builtins.toFile …`,
+    `builtins.path { … }` or `builtins.storePath "/nix/store/…"`, or a
+    Nix path, copied into the store) or a path inside a store path
+    (`"${hello}/bin/hello"`), which stands for the store path that holds it.
+    A string without context or outside the store is an evaluation error.
 
   `compression` (`"zstd"`, `"xz"` or `"none"`, default `"zstd"`)
   : How the NARs are compressed. `"zstd"` needs Nix 2.4 or newer to read.
@@ -78,21 +242,37 @@ in
   : Also index the `lib/debug/.build-id` files in `debuginfo/`, as `nix copy`
     does with `index-debug-info=true`.
 
-  Any other attribute is passed on to the derivation; `meta` and `passthru`
-  are attached to the result instead.
+  `passthru`, `meta` (attribute sets, default `{ }`)
+  : Attached to the result, not passed to the derivation; `passthru`'s
+    attributes also appear on the result itself.
+
+  Any other attribute is passed on to the derivation.
+
+  # Result
+
+  A derivation with `overrideAttrs`, which takes what mkDerivation's takes:
+  an attribute set, `old: { … }` or `final: prev: { … }`. The previous
+  attributes are the arguments above, defaults included, with the overrides
+  so far applied (`old.rootPaths`, `old.compression`, `old.passthru`, …); the
+  final ones also hold `finalPackage`. Overrides compose, and are checked as
+  a direct call is: `.overrideAttrs { compression = "xz"; }` gives an xz
+  cache, `.overrideAttrs { compression = "gzip"; }` the same evaluation error
+  as `mkBinaryCache { compression = "gzip"; … }`.
 
   # Type
 
   ```
   mkBinaryCache :: {
     name ? String,
-    rootPaths :: [Derivation | Path],
+    rootPaths :: [Derivation | Path | String],
     compression ? "zstd" | "xz" | "none",
     compressionLevel ? Int | Null,
     priority ? Int | Null,
     wantMassQuery ? Bool | Null,
     writeNarListing ? Bool,
     indexDebugInfo ? Bool,
+    passthru ? AttrSet,
+    meta ? AttrSet,
     ...
   } -> Derivation
   ```
@@ -119,58 +299,17 @@ in
   nix-build … --option substituters file:///srv/cache --option trusted-public-keys "$(cat cache.public)"
   ```
   :::
+
+  :::{.example}
+  ## Changing a cache with `overrideAttrs`
+
+  ```nix
+  (pkgs.mkBinaryCache { rootPaths = [ pkgs.hello ]; }).overrideAttrs (old: {
+    compression = "xz";
+    rootPaths = old.rootPaths ++ [ pkgs.hello.man ];
+  })
+  ```
+  :::
 */
-{
-  name ? "binary-cache",
-  rootPaths,
-  compression ? "zstd",
-  compressionLevel ? null,
-  priority ? null,
-  wantMassQuery ? null,
-  writeNarListing ? false,
-  indexDebugInfo ? false,
-  ...
-}@args:
-
-let
-  checked =
-    if !builtins.isList rootPaths then
-      throw "mkBinaryCache: rootPaths must be a list of store paths, got a ${builtins.typeOf rootPaths}"
-    else if !builtins.elem compression compressions then
-      throw "mkBinaryCache: unknown compression \"${toString compression}\"; expected one of: ${builtins.concatStringsSep ", " compressions}"
-    else if compressionLevel != null && !builtins.isInt compressionLevel then
-      throw "mkBinaryCache: compressionLevel must be an integer or null, got a ${builtins.typeOf compressionLevel}"
-    else if priority != null && !builtins.isInt priority then
-      throw "mkBinaryCache: priority must be an integer or null, got a ${builtins.typeOf priority}"
-    else if wantMassQuery != null && !builtins.isBool wantMassQuery then
-      throw "mkBinaryCache: wantMassQuery must be a bool or null, got a ${builtins.typeOf wantMassQuery}"
-    else
-      true;
-
-  drv = derivation (
-    builtins.removeAttrs args notDerivationAttrs
-    // {
-      inherit
-        name
-        system
-        builder
-        rootPaths
-        compression
-        compressionLevel
-        priority
-        wantMassQuery
-        writeNarListing
-        indexDebugInfo
-        ;
-      __structuredAttrs = true;
-      # Nix puts the closure, with hashes, sizes and references, into the
-      # attributes file as `closure`.
-      exportReferencesGraph.closure = rootPaths;
-      # Writing a cache is cheaper than fetching one.
-      preferLocalBuild = true;
-      allowSubstitutes = false;
-    }
-  );
-in
-assert checked;
-drv // (args.passthru or { }) // { meta = args.meta or { }; }
+{ rootPaths, ... }@args:
+makeCache (_final: defaults // args)
