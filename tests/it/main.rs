@@ -2,6 +2,7 @@
 
 mod build;
 mod common;
+mod dropin;
 mod e2e;
 mod faults;
 mod hostile;

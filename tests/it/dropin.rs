@@ -1,0 +1,449 @@
+//! `mkBinaryCache` as a drop-in for nixpkgs' function: what nixpkgs users do
+//! with it keeps working. Its result takes `overrideAttrs` as a
+//! `stdenv.mkDerivation` result does, and callPackage's `.override` with it;
+//! the overlay leaves nixpkgs' own function where the program cannot run;
+//! `rootPaths` takes every kind of root nixpkgs' function takes.
+//!
+//! Evaluation tests use `nix-instantiate --eval` (any directory stands for
+//! the builder there); build tests use real Nix with the sandbox on and the
+//! caches of tests/fixtures/drop-in.nix.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+/// The value of the Nix expression `expr`, evaluated in the repository with
+/// `mkBinaryCache` (the builder stood for by a directory, since nothing is
+/// built) and `root`, a store path made at evaluation, in scope.
+fn eval(expr: &str) -> Value {
+    let out = run(eval_command(expr).args(["--eval", "--strict", "--json"]));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// The first `error:` line of evaluating `expr` (as [`eval`] does), which
+/// must fail.
+fn eval_error(expr: &str) -> String {
+    let stderr = run_failing(eval_command(expr).args(["--eval", "--strict"]));
+    stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line in: {stderr}"))
+        .to_string()
+}
+
+/// `nix-instantiate -E expr` with what [`eval`] puts in scope: writes the
+/// derivation `expr` gives, or evaluates it with `--eval`.
+fn eval_command(expr: &str) -> std::process::Command {
+    let expr = format!(
+        r#"
+        let
+          mkBinaryCache = import ./nix/mk-binary-cache.nix {{ mk-binary-cache = {builder}; }};
+          root = builtins.toFile "root" "a root\n";
+          cache = mkBinaryCache {{ rootPaths = [ root ]; }};
+        in
+        {expr}
+        "#,
+        builder = nix_path(busybox_dir()),
+    );
+    let mut cmd = nix_cmd("nix-instantiate");
+    cmd.current_dir(repo()).args(["-E", &expr]);
+    cmd
+}
+
+/// The value of `expr` with `pkgs` in scope: the stand-in for nixpkgs
+/// (tests/fixtures/fake-nixpkgs) with this repository's overlay, made with
+/// `args` (such as `localSystem = "x86_64-darwin";`), and `plain`, the same
+/// package set without the overlay.
+fn eval_with_overlay(args: &str, expr: &str) -> Value {
+    eval(&format!(
+        r#"
+        let
+          fake = import ./tests/fixtures/fake-nixpkgs;
+          pkgs = fake {{ {args} overlays = [ (import ./nix/overlay.nix) ]; }};
+          plain = fake {{ {args} }};
+        in
+        {expr}
+        "#
+    ))
+}
+
+/// Builds `attr` of tests/fixtures/drop-in.nix; gives its output paths.
+fn build_drop_in(attrs: &[&str]) -> Vec<String> {
+    let mut args = input_args();
+    for attr in attrs {
+        args.extend(["-A".to_string(), attr.to_string()]);
+    }
+    nix_build(&fixture_file("drop-in.nix"), &args)
+}
+
+fn build_drop_in_cache(attr: &str) -> PathBuf {
+    let out = build_drop_in(&[attr]);
+    assert_eq!(out.len(), 1, "expected one output, got {out:?}");
+    PathBuf::from(&out[0])
+}
+
+/// The store paths of `list`, a Nix list of attributes of `d`, the
+/// attributes of tests/fixtures/drop-in.nix, evaluated without building.
+fn drop_in_paths(list: &str) -> Vec<String> {
+    let v = eval(&format!(
+        "let d = import ./tests/fixtures/drop-in.nix {{ busyboxDir = {bb}; toolDir = {bb}; }}; \
+         in map toString {list}",
+        bb = nix_path(busybox_dir()),
+    ));
+    serde_json::from_value(v).unwrap()
+}
+
+/// The hash parts of the closure of `paths`, sorted, as
+/// [`narinfo_hash_parts`] gives a cache's.
+fn closure_hash_parts(paths: &[String]) -> Vec<String> {
+    let out = run(nix_cmd("nix-store").arg("-qR").args(paths));
+    let mut parts: Vec<String> = out.lines().map(|p| hash_part(p).to_string()).collect();
+    parts.sort();
+    parts
+}
+
+fn store_paths_file(cache: &std::path::Path) -> Vec<String> {
+    fs::read_to_string(cache.join("store-paths"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+// overrideAttrs and override
+
+#[test]
+fn override_attrs_gives_the_derivation_a_direct_call_with_those_arguments_gives() {
+    // The same .drv as a direct call: overriding adds no input, no stdenv,
+    // and changes nothing but what it names, in each form mkDerivation's
+    // overrideAttrs accepts.
+    let v = eval(
+        r#"
+        let
+          direct = (mkBinaryCache { rootPaths = [ root ]; compression = "xz"; }).drvPath;
+        in [
+          ((cache.overrideAttrs (old: { compression = "xz"; })).drvPath == direct)
+          ((cache.overrideAttrs (final: prev: { compression = "xz"; })).drvPath == direct)
+          ((cache.overrideAttrs { compression = "xz"; }).drvPath == direct)
+          ((cache.overrideAttrs { }).drvPath == cache.drvPath)
+          (cache.drvPath != direct)
+        ]
+        "#,
+    );
+    assert_eq!(v, json!([true, true, true, true, true]));
+}
+
+#[test]
+fn overridden_cache_has_no_input_but_the_builder_and_the_roots() {
+    let drv = run(&mut eval_command(
+        r#"cache.overrideAttrs { compression = "xz"; }"#,
+    ));
+    let refs = run(nix_cmd("nix-store")
+        .args(["--query", "--references"])
+        .arg(drv.trim_end()));
+    let names: BTreeSet<&str> = refs.lines().map(|p| &basename(p)[33..]).collect();
+    // busybox is the directory standing for the builder here.
+    assert_eq!(names, BTreeSet::from(["busybox", "root"]));
+}
+
+#[test]
+fn override_attrs_old_holds_the_arguments_with_their_defaults() {
+    let v = eval(
+        r#"
+        let
+          seen = (cache.overrideAttrs (old: {
+            passthru.old = {
+              inherit (old) name compression compressionLevel priority wantMassQuery
+                writeNarListing indexDebugInfo passthru meta;
+              rootPaths = map toString old.rootPaths;
+            };
+          })).old;
+        in seen // { rootsAreTheRoot = seen.rootPaths == [ "${root}" ]; rootPaths = null; }
+        "#,
+    );
+    assert_eq!(
+        v,
+        json!({
+            "name": "binary-cache",
+            "compression": "zstd",
+            "compressionLevel": null,
+            "priority": null,
+            "wantMassQuery": null,
+            "writeNarListing": false,
+            "indexDebugInfo": false,
+            "passthru": {},
+            "meta": {},
+            "rootPaths": null,
+            "rootsAreTheRoot": true,
+        })
+    );
+}
+
+#[test]
+fn repeated_override_attrs_compose() {
+    let v = eval(
+        r#"
+        let
+          twice = (cache.overrideAttrs (old: { compression = "xz"; }))
+            .overrideAttrs (old: { name = "${old.name}-${old.compression}"; });
+          # `final` sees what later overrides set.
+          late = (cache.overrideAttrs (final: prev: { name = "cache-priority-${toString final.priority}"; }))
+            .overrideAttrs { priority = 7; };
+          self = cache.overrideAttrs (final: prev: { passthru.selfName = final.finalPackage.name; });
+        in [ twice.name twice.compression late.name late.priority self.selfName ]
+        "#,
+    );
+    assert_eq!(
+        v,
+        json!([
+            "binary-cache-xz",
+            "xz",
+            "cache-priority-7",
+            7,
+            "binary-cache"
+        ])
+    );
+}
+
+#[test]
+fn passthru_and_meta_survive_overrides_and_can_be_overridden() {
+    let v = eval(
+        r#"
+        let
+          described = mkBinaryCache {
+            rootPaths = [ root ];
+            passthru.tests.cache = "a test";
+            meta.description = "a cache";
+          };
+          xz = described.overrideAttrs { compression = "xz"; };
+          more = xz.overrideAttrs (old: {
+            passthru = old.passthru // { extra = 1; };
+            meta = old.meta // { license = "mit"; };
+          });
+        in [ xz.tests xz.meta more.tests more.extra more.passthru.extra more.meta ]
+        "#,
+    );
+    assert_eq!(
+        v,
+        json!([
+            {"cache": "a test"},
+            {"description": "a cache"},
+            {"cache": "a test"},
+            1,
+            1,
+            {"description": "a cache", "license": "mit"}
+        ])
+    );
+}
+
+#[test]
+fn invalid_values_given_by_override_attrs_fail_as_a_direct_call_does() {
+    for (attr, value) in [
+        ("compression", r#""gzip""#),
+        ("compressionLevel", r#""9""#),
+        ("priority", r#""high""#),
+        ("wantMassQuery", "1"),
+        ("writeNarListing", "null"),
+        ("rootPaths", "root"),
+        (
+            "rootPaths",
+            r#"[ "/nix/store/00000000000000000000000000000000-x" ]"#,
+        ),
+    ] {
+        let direct = eval_error(&format!(
+            "(mkBinaryCache ({{ rootPaths = [ root ]; }} // {{ {attr} = {value}; }})).drvPath"
+        ));
+        let overridden = eval_error(&format!(
+            "(cache.overrideAttrs (old: {{ {attr} = {value}; }})).drvPath"
+        ));
+        assert!(direct.contains("mkBinaryCache: "), "{direct}");
+        assert_eq!(overridden, direct, "{attr} = {value}");
+    }
+}
+
+#[test]
+fn call_package_override_keeps_override_attrs_and_the_other_way_round() {
+    // callPackage's `.override` re-calls the caller's function with other
+    // packages; the overrideAttrs made before it still applies.
+    let v = eval_with_overlay(
+        "",
+        r#"
+        let
+          other = pkgs.writeText "other" "another root\n";
+          cache = pkgs.callPackage ({ mkBinaryCache, hello }: mkBinaryCache { rootPaths = [ hello ]; }) { };
+          xz = cache.overrideAttrs (old: { compression = "xz"; });
+          both = xz.override { hello = other; };
+          expected = pkgs.mkBinaryCache { rootPaths = [ other ]; compression = "xz"; };
+        in [
+          both.compression
+          (both.drvPath == expected.drvPath)
+          ((both.overrideAttrs { compression = "none"; }).compression)
+        ]
+        "#,
+    );
+    assert_eq!(v, json!(["xz", true, "none"]));
+}
+
+#[test]
+fn override_attrs_compression_gives_a_cache_nix_reads_with_that_compression() {
+    let cache = build_drop_in_cache("overridden");
+    let roots = drop_in_paths("[ d.note d.library.out ]");
+    assert_eq!(store_paths_file(&cache), roots);
+    assert_eq!(narinfo_hash_parts(&cache), closure_hash_parts(&roots));
+    for root in &roots {
+        let info = narinfo_of(&cache, root);
+        assert_eq!(info["Compression"], "xz", "{root}");
+        assert!(info["URL"].ends_with(".nar.xz"), "{root}: {}", info["URL"]);
+    }
+    let store = tempdir();
+    run(nix_new(&["copy", "--no-check-sigs"])
+        .arg("--from")
+        .arg(format!("file://{}", cache.display()))
+        .arg("--to")
+        .arg(store.path())
+        .args(&roots));
+    assert_eq!(
+        fs::read_to_string(in_store(store.path(), &roots[0])).unwrap(),
+        "written by builtins.toFile\n"
+    );
+}
+
+// Platforms
+
+#[test]
+fn overlay_keeps_nixpkgs_mk_binary_cache_where_the_build_platform_is_not_linux() {
+    // Natively on macOS, and when building on macOS for Linux: the builder
+    // would have to run on macOS.
+    for args in [
+        r#"localSystem = "x86_64-darwin";"#,
+        r#"localSystem = "aarch64-darwin"; crossSystem = "x86_64-linux";"#,
+    ] {
+        let v = eval_with_overlay(
+            args,
+            r#"
+            let call = set: (set.mkBinaryCache { rootPaths = [ set.hello ]; }).drvPath;
+            in call pkgs == call plain
+            "#,
+        );
+        assert_eq!(v, json!(true), "{args}");
+    }
+}
+
+#[test]
+fn overlay_replaces_mk_binary_cache_where_the_builder_runs() {
+    // Natively on Linux, and when building on Linux for macOS: the builder
+    // runs on the build platform.
+    for args in ["", r#"crossSystem = "aarch64-darwin";"#] {
+        let v = eval_with_overlay(
+            args,
+            r#"
+            let cache = pkgs.mkBinaryCache { rootPaths = [ pkgs.hello ]; };
+            in [
+              (cache.drvPath != (plain.mkBinaryCache { rootPaths = [ pkgs.hello ]; }).drvPath)
+              (builtins.baseNameOf cache.builder)
+            ]
+            "#,
+        );
+        assert_eq!(v, json!([true, "mk-binary-cache"]), "{args}");
+    }
+}
+
+#[test]
+fn sign_binary_cache_says_why_where_the_host_platform_is_not_linux() {
+    for (args, system) in [
+        (r#"localSystem = "x86_64-darwin";"#, "x86_64-darwin"),
+        (r#"crossSystem = "aarch64-darwin";"#, "aarch64-darwin"),
+    ] {
+        let stderr = run_failing(eval_command(&format!(
+            r#"
+            let pkgs = import ./tests/fixtures/fake-nixpkgs {{ {args} overlays = [ (import ./nix/overlay.nix) ]; }};
+            in pkgs.signBinaryCache
+            "#
+        )).arg("--eval"));
+        assert!(
+            stderr.contains(&format!(
+                "signBinaryCache: mk-binary-cache does not run on {system} (its meta.platforms: "
+            )),
+            "{args}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn sign_binary_cache_is_there_where_the_host_platform_is_linux() {
+    // Built on macOS, run on Linux: the script runs the program on Linux.
+    let v = eval_with_overlay(
+        r#"localSystem = "aarch64-darwin"; crossSystem = "x86_64-linux";"#,
+        r#"builtins.isString (pkgs.signBinaryCache { cache = pkgs.hello; }).drvPath"#,
+    );
+    assert_eq!(v, json!(true));
+}
+
+// Roots of every kind
+
+#[test]
+fn both_outputs_of_a_multi_output_derivation_are_roots() {
+    let cache = build_drop_in_cache("multiOutput");
+    let outputs = build_drop_in(&["library.out", "library.dev"]);
+    assert_eq!(store_paths_file(&cache), outputs);
+    assert_eq!(narinfo_hash_parts(&cache), closure_hash_parts(&outputs));
+}
+
+#[test]
+fn store_paths_made_at_evaluation_are_roots() {
+    // builtins.toFile (one referring to another), builtins.path, and a Nix
+    // path, which is copied into the store.
+    let cache = build_drop_in_cache("plainPaths");
+    let paths = drop_in_paths("[ d.refersToNote d.copiedDir d.copiedFile d.note ]");
+    assert_eq!(store_paths_file(&cache), paths[..3]);
+    assert_eq!(narinfo_hash_parts(&cache), closure_hash_parts(&paths[..3]));
+    // The referred-to file is in the cache though it is no root.
+    assert!(narinfo_hash_parts(&cache).contains(&hash_part(&paths[3]).to_string()));
+}
+
+#[test]
+fn a_path_inside_a_store_path_stands_for_the_store_path() {
+    let cache = build_drop_in_cache("insidePath");
+    let dev = build_drop_in(&["library.dev"]);
+    assert_eq!(store_paths_file(&cache), dev);
+    assert_eq!(narinfo_hash_parts(&cache), closure_hash_parts(&dev));
+    let store = tempdir();
+    run(nix_new(&["copy", "--no-check-sigs"])
+        .arg("--from")
+        .arg(format!("file://{}", cache.display()))
+        .arg("--to")
+        .arg(store.path())
+        .args(&dev));
+    assert_eq!(
+        fs::read_to_string(in_store(store.path(), &dev[0]).join("include/library.h")).unwrap(),
+        "int answer(void);\n"
+    );
+}
+
+#[test]
+fn a_root_nix_does_not_know_as_a_store_path_is_an_evaluation_error() {
+    let missing = "/nix/store/00000000000000000000000000000000-x";
+    assert_eq!(
+        eval_error(&format!(
+            r#"(mkBinaryCache {{ rootPaths = [ "{missing}" ]; }}).drvPath"#
+        )),
+        format!(
+            "error: mkBinaryCache: the root \"{missing}\" is a string without context, so Nix \
+             would not make it an input of the cache; give the derivation itself, or \
+             builtins.storePath \"{missing}\""
+        )
+    );
+    assert_eq!(
+        eval_error(r#"(mkBinaryCache { rootPaths = [ "/tmp/x" ]; }).drvPath"#),
+        "error: mkBinaryCache: the root \"/tmp/x\" is not in the Nix store (/nix/store)"
+    );
+    assert_eq!(
+        eval_error(r#"(mkBinaryCache { rootPaths = [ { name = "x"; } ]; }).drvPath"#),
+        "error: mkBinaryCache: rootPaths must hold derivations or store paths, got an \
+         attribute set without outPath (attributes: name)"
+    );
+}
