@@ -75,6 +75,9 @@ rustPlatform.buildRustPackage (finalAttrs: {
     homepage = "https://github.com/mk-binary-cache/mk-binary-cache";
     license = lib.licenses.mit;
     mainProgram = "mk-binary-cache";
+    # Linux only: the program reflinks with the FICLONE ioctl, which only
+    # Linux has, and flushes with syncfs(2); it does not compile elsewhere.
+    # The overlay keeps nixpkgs' own mkBinaryCache where this does not hold.
     platforms = lib.platforms.linux;
   };
 })
