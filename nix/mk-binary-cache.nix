@@ -11,9 +11,20 @@
 # nixpkgs' function returns a `stdenv.mkDerivation` result, so the result here
 # has `overrideAttrs` with the same meaning, built on a small fixed point of
 # its own instead of on stdenv.
+#
+# nixpkgs' function takes `stdenv`, `coreutils`, `jq`, `python3`, `nix`, `xz`
+# and `zstd`, so `pkgs.mkBinaryCache.override { nix = …; }` is written for it;
+# they are taken here too, and ignored, since none of them enters the build.
 {
   lib ? null,
   mk-binary-cache,
+  stdenv ? null,
+  coreutils ? null,
+  jq ? null,
+  python3 ? null,
+  nix ? null,
+  xz ? null,
+  zstd ? null,
 }:
 
 let

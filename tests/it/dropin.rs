@@ -289,6 +289,29 @@ fn call_package_override_keeps_override_attrs_and_the_other_way_round() {
 }
 
 #[test]
+fn function_override_takes_the_program_and_ignores_nixpkgs_own_dependencies() {
+    // `pkgs.mkBinaryCache.override { … }` as written for nixpkgs' function,
+    // whose dependencies (stdenv, python3, nix, …) have no role here.
+    let v = eval_with_overlay(
+        "",
+        r#"
+        let
+          other = pkgs.writeText "another-program" "";
+          cache = f: f { rootPaths = [ pkgs.hello ]; };
+          withOther = cache (pkgs.mkBinaryCache.override { mk-binary-cache = other; });
+          nixpkgsDeps = pkgs.mkBinaryCache.override {
+            stdenv = null; coreutils = null; jq = null; python3 = null; nix = null; xz = null; zstd = null;
+          };
+        in [
+          (withOther.builder == "${other}/bin/mk-binary-cache")
+          ((cache nixpkgsDeps).drvPath == (cache pkgs.mkBinaryCache).drvPath)
+        ]
+        "#,
+    );
+    assert_eq!(v, json!([true, true]));
+}
+
+#[test]
 fn override_attrs_compression_gives_a_cache_nix_reads_with_that_compression() {
     let cache = build_drop_in_cache("overridden");
     let roots = drop_in_paths("[ d.note d.library.out ]");

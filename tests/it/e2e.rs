@@ -681,7 +681,8 @@ fn flake_outputs_evaluate_with_a_stand_in_nixpkgs() {
         f.checks.${s}.version.drvPath
         f.checks.${s}.cache.drvPath
         f.checks.${s}.default-nix.drvPath
-        (builtins.isFunction f.lib.${s}.mkBinaryCache)
+        # A functor with `.override`, as callPackage makes of a function.
+        (f.lib.${s}.mkBinaryCache ? __functor)
         (builtins.isFunction f.overlays.default)
         (e.overlaid.mkBinaryCache { rootPaths = [ ]; }).drvPath
       ]
