@@ -97,10 +97,11 @@ let
     in
     builtins.substring 0 (prefixLength + builtins.stringLength base) s;
 
-  # What `exportReferencesGraph` gets for a root. Nix before 2.22 refuses a
-  # path inside a store path there, so it gets the store path that holds it,
-  # whose closure is the same; `rootPaths` keeps the path as it was given and
-  # the builder lists its store path in `store-paths`.
+  # What `exportReferencesGraph` gets for a root. Older Nix versions (2.8,
+  # for one) refuse a path inside a store path there when they build, newer
+  # ones (2.34) accept it; so it gets the store path that holds it, whose
+  # closure is the same. `rootPaths` keeps the path as it was given, and the
+  # builder lists its store path in `store-paths`.
   exported = root: if builtins.isString root then containingStorePath root else root;
 
   # Throws the reason `root` cannot be a root, or gives true.
