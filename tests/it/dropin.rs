@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
@@ -71,7 +71,8 @@ fn eval_with_overlay(args: &str, expr: &str) -> Value {
     ))
 }
 
-/// Builds `attr` of tests/fixtures/drop-in.nix; gives its output paths.
+/// Builds each of `attrs` of tests/fixtures/drop-in.nix; gives the output
+/// paths, in their order.
 fn build_drop_in(attrs: &[&str]) -> Vec<String> {
     let mut args = input_args();
     for attr in attrs {
@@ -80,6 +81,7 @@ fn build_drop_in(attrs: &[&str]) -> Vec<String> {
     nix_build(&fixture_file("drop-in.nix"), &args)
 }
 
+/// Builds the cache `attr` of tests/fixtures/drop-in.nix.
 fn build_drop_in_cache(attr: &str) -> PathBuf {
     let out = build_drop_in(&[attr]);
     assert_eq!(out.len(), 1, "expected one output, got {out:?}");
@@ -106,7 +108,8 @@ fn closure_hash_parts(paths: &[String]) -> Vec<String> {
     parts
 }
 
-fn store_paths_file(cache: &std::path::Path) -> Vec<String> {
+/// The lines of the cache's `store-paths`.
+fn store_paths_file(cache: &Path) -> Vec<String> {
     fs::read_to_string(cache.join("store-paths"))
         .unwrap()
         .lines()
