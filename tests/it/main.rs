@@ -12,4 +12,5 @@ mod peak_alloc;
 mod props;
 mod sign_cache;
 mod signing;
+mod store_signatures;
 mod verify;
