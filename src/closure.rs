@@ -22,11 +22,14 @@ use crate::store_path::{PathInfo, StorePath, StorePathError};
 pub enum ClosureError {
     #[error("closure is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("closure entry {index}: {source}")]
+    /// `entry` is `#<index>` in a list, `'<key>'` in an object.
+    #[error("closure entry {entry}: {source}")]
     Entry {
-        index: usize,
+        entry: String,
         source: serde_json::Error,
     },
+    #[error("closure entry {entry} is {kind}, not an object")]
+    NotAnObject { entry: String, kind: &'static str },
     #[error("closure entry '{path}': field {field}: {source}")]
     StorePath {
         path: String,
@@ -97,9 +100,7 @@ pub fn from_export_references_graph(
     let entries = items
         .iter()
         .enumerate()
-        .map(|(index, item)| {
-            Entry::deserialize(item).map_err(|source| ClosureError::Entry { index, source })
-        })
+        .map(|(index, item)| entry(format!("#{index}"), item))
         .collect::<Result<Vec<_>, _>>()?;
     entries_to_infos(entries, Naming::Absolute, store_dir)
 }
@@ -164,15 +165,29 @@ fn keyed_entries(
 ) -> Result<Vec<PathInfo>, ClosureError> {
     let entries = map
         .into_iter()
-        .enumerate()
-        .map(|(index, (path, mut item))| {
+        .map(|(path, mut item)| {
+            let name = format!("'{path}'");
             if let Value::Object(fields) = &mut item {
                 fields.insert("path".to_owned(), Value::String(path));
             }
-            Entry::deserialize(item).map_err(|source| ClosureError::Entry { index, source })
+            entry(name, &item)
         })
         .collect::<Result<Vec<_>, _>>()?;
     entries_to_infos(entries, naming, store_dir)
+}
+
+/// Reads one entry; `name` says which in errors.
+fn entry(name: String, item: &Value) -> Result<Entry, ClosureError> {
+    if !item.is_object() {
+        return Err(ClosureError::NotAnObject {
+            entry: name,
+            kind: json_kind(item),
+        });
+    }
+    Entry::deserialize(item).map_err(|source| ClosureError::Entry {
+        entry: name,
+        source,
+    })
 }
 
 fn json_kind(v: &Value) -> &'static str {

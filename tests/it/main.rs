@@ -3,6 +3,7 @@
 mod build;
 mod common;
 mod e2e;
+mod errors;
 mod faults;
 mod hostile;
 mod http;
