@@ -9,6 +9,7 @@ mod hostile;
 mod http;
 mod listing;
 mod nar_reader;
+mod path_info;
 mod peak_alloc;
 mod props;
 mod sign_cache;
