@@ -2,10 +2,12 @@
 //! whose closure the local Nix computes (`nix path-info --json --recursive`),
 //! or a closure file, and the root paths that `store-paths` lists.
 //!
-//! A closure file is `nix path-info --json` output of any Nix version (a list,
-//! or a map keyed by path; SRI or nix32 hashes) or the list that
-//! `exportReferencesGraph` writes with structured attributes; see
-//! [`closure::from_path_info_json`].
+//! A closure file is `nix path-info --json` output of any Nix version and
+//! `--json-format` (a list, a map keyed by path, or formats 2 and 3) or the
+//! list that `exportReferencesGraph` writes with structured attributes; see
+//! [`closure::from_path_info_json`]. What the store says of each path beyond
+//! its contents (signatures, deriver, content address) goes into the
+//! narinfos, as `nix copy` carries it.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;

@@ -55,7 +55,8 @@ struct BuildArgs {
     #[arg(value_name = "PATHS")]
     paths: Vec<PathBuf>,
     /// Read the closure from FILE instead of asking Nix: `nix path-info
-    /// --json --recursive` output, or an `exportReferencesGraph` list.
+    /// --json --recursive` output of any Nix version and --json-format, or an
+    /// `exportReferencesGraph` list.
     #[arg(long, value_name = "FILE")]
     closure_json: Option<PathBuf>,
     /// zstd, xz or none.
