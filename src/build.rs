@@ -2,10 +2,12 @@
 //! whose closure the local Nix computes (`nix path-info --json --recursive`),
 //! or a closure file, and the root paths that `store-paths` lists.
 //!
-//! A closure file is `nix path-info --json` output of any Nix version (a list,
-//! or a map keyed by path; SRI or nix32 hashes) or the list that
-//! `exportReferencesGraph` writes with structured attributes; see
-//! [`closure::from_path_info_json`].
+//! A closure file is `nix path-info --json` output of any Nix version and
+//! `--json-format` (a list, a map keyed by path, or formats 2 and 3) or the
+//! list that `exportReferencesGraph` writes with structured attributes; see
+//! [`closure::from_path_info_json`]. What the store says of each path beyond
+//! its contents (signatures, deriver, content address) goes into the
+//! narinfos, as `nix copy` carries it.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -42,7 +44,7 @@ pub enum BuildError {
     Read { path: PathBuf, source: io::Error },
     #[error("closure file '{path}': {source}")]
     ClosureFile { path: PathBuf, source: ClosureError },
-    #[error("'{path}' is not in the store: {source}")]
+    #[error("root '{path}': {source}")]
     NotInStore {
         path: PathBuf,
         source: StorePathError,
@@ -76,14 +78,46 @@ pub fn from_local_store(paths: &[PathBuf], store_dir: &str) -> Result<Input, Bui
         return Err(BuildError::NoPaths);
     }
     let roots = resolve_roots(paths, store_dir)?;
+    // A Nix we cannot place is asked with the flag, then without it if it
+    // refuses the flag.
+    let with_format = takes_json_format(&nix_version()).unwrap_or(true);
+    let mut result = path_info(&roots, with_format);
+    if with_format
+        && matches!(&result, Err(BuildError::Nix { stderr, .. }) if stderr.contains("json-format"))
+    {
+        result = path_info(&roots, false);
+    }
+    let (command, out) = result?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let closure = closure::from_path_info_json(&text, store_dir)
+        .map_err(|source| BuildError::NixOutput { command, source })?;
+    check_complete(&closure)?;
+    Ok(Input { closure, roots })
+}
+
+/// The JSON format `build` asks `nix path-info` for where Nix has
+/// `--json-format` (2.33 and later, where `--json` alone is deprecated and
+/// announced to become an error). Every format can be read; 2 is the first
+/// with a version number and the one every such Nix prints.
+const PATH_INFO_JSON_FORMAT: &str = "2";
+
+/// Runs `nix path-info --json --recursive` on `roots`, with
+/// `--json-format` when `with_format`, and gives the command and its output.
+fn path_info(
+    roots: &[StorePath],
+    with_format: bool,
+) -> Result<(String, std::process::Output), BuildError> {
     let mut cmd = Command::new("nix");
     cmd.args([
         "--extra-experimental-features",
         "nix-command",
         "path-info",
         "--json",
-        "--recursive",
     ]);
+    if with_format {
+        cmd.args(["--json-format", PATH_INFO_JSON_FORMAT]);
+    }
+    cmd.arg("--recursive");
     cmd.args(roots.iter().map(|r| OsString::from(r.to_absolute())));
     let command = show(&cmd);
     let out = cmd.output().map_err(|source| BuildError::Spawn {
@@ -97,11 +131,37 @@ pub fn from_local_store(paths: &[PathBuf], store_dir: &str) -> Result<Input, Bui
             stderr: String::from_utf8_lossy(&out.stderr).trim_end().to_owned(),
         });
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let closure = closure::from_path_info_json(&text, store_dir)
-        .map_err(|source| BuildError::NixOutput { command, source })?;
-    check_complete(&closure)?;
-    Ok(Input { closure, roots })
+    Ok((command, out))
+}
+
+/// What `nix --version` prints, or nothing if it cannot be run (the
+/// path-info call then says why).
+fn nix_version() -> String {
+    Command::new("nix")
+        .arg("--version")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Whether the Nix that printed `version` (`nix (Nix) 2.34.8`) has
+/// `nix path-info --json-format` (2.33 and later), if that can be told.
+/// Lix numbers its releases 2.90 and up but forked from Nix 2.18: it has no
+/// such flag.
+fn takes_json_format(version: &str) -> Option<bool> {
+    if version.contains("Lix") {
+        return Some(false);
+    }
+    let number = version.split_whitespace().last()?;
+    let mut parts = number.split('.').map(|p| {
+        p.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<u64>()
+    });
+    let major = parts.next()?.ok()?;
+    let minor = parts.next()?.ok()?;
+    Some((major, minor) >= (2, 33))
 }
 
 /// The closure in `file`. The roots are `paths` when given (each must be in
@@ -289,6 +349,25 @@ mod tests {
         );
         let e = resolve_root(dir.path(), "/nix/store").unwrap_err();
         assert!(matches!(e, BuildError::NotInStore { .. }), "{e}");
+    }
+
+    // As `nix --version` prints it for each kind of Nix.
+    #[test]
+    fn json_format_is_asked_of_nix_2_33_and_later_only() {
+        for (version, takes) in [
+            ("nix (Nix) 2.8.0\n", Some(false)),
+            ("nix (Nix) 2.32.4\n", Some(false)),
+            ("nix (Nix) 2.33.0\n", Some(true)),
+            ("nix (Nix) 2.34.8\n", Some(true)),
+            ("nix (Nix) 2.35.0pre20260101_0123abc\n", Some(true)),
+            ("nix (Nix) 3.0\n", Some(true)),
+            ("nix (Determinate Nix 3.6.2) 2.29.0\n", Some(false)),
+            ("nix (Lix, like Nix) 2.91.1\n", Some(false)),
+            ("", None),
+            ("nix (Some Fork) unknown\n", None),
+        ] {
+            assert_eq!(takes_json_format(version), takes, "{version:?}");
+        }
     }
 
     #[test]

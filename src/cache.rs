@@ -548,7 +548,7 @@ impl<'a> Cache<'a> {
             file_hash: Some(file_hash),
             file_size: Some(file_size),
             deriver: path.deriver.clone(),
-            signatures: Vec::new(),
+            signatures: path.signatures.clone(),
             ca: path.ca.clone(),
         };
         Ok((info, nar.listing))
@@ -921,6 +921,7 @@ mod tests {
             references: references.iter().map(|r| path(r)).collect(),
             deriver: None,
             ca: None,
+            signatures: Vec::new(),
         }
     }
 

@@ -55,7 +55,8 @@ struct BuildArgs {
     #[arg(value_name = "PATHS")]
     paths: Vec<PathBuf>,
     /// Read the closure from FILE instead of asking Nix: `nix path-info
-    /// --json --recursive` output, or an `exportReferencesGraph` list.
+    /// --json --recursive` output of any Nix version and --json-format, or an
+    /// `exportReferencesGraph` list.
     #[arg(long, value_name = "FILE")]
     closure_json: Option<PathBuf>,
     /// zstd, xz or none.
@@ -261,14 +262,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Build(args) => build(args).map(|()| ExitCode::SUCCESS),
         Command::Sign(args) => sign(args).map(|()| ExitCode::SUCCESS),
-        Command::Verify(args) => {
-            // Exit 1 says "problems found"; failing to check at all is 2.
-            let code = verify(args).unwrap_or_else(|e| {
-                eprintln!("mk-binary-cache: error: {e:#}");
-                ExitCode::from(2)
-            });
-            Ok(code)
-        }
+        Command::Verify(args) => verify(args),
     }
 }
 
@@ -286,12 +280,19 @@ fn error_line(e: &anyhow::Error) -> String {
     line
 }
 
+/// Every subcommand's error is printed here, by [`error_line`].
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // For verify, exit 1 says "problems found"; failing to check at all is 2.
+    let failure = match cli.command {
+        Some(Command::Verify(_)) => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
+    };
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("mk-binary-cache: error: {}", error_line(&e));
-            ExitCode::FAILURE
+            failure
         }
     }
 }

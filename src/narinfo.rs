@@ -227,6 +227,17 @@ mod tests {
         assert_eq!(info.to_string(), FROM_NIX);
     }
 
+    // `nix copy` of a signed, content-addressed path (Nix 2.8): `Sig:` lines
+    // come before `CA:`.
+    #[test]
+    fn writes_signatures_and_ca_in_nix_copys_order() {
+        let text = include_str!("../tests/fixtures/path-info/nix-2.8-copy-sig-ca.narinfo");
+        let info = NarInfo::parse(text, "/nix/store").unwrap();
+        assert_eq!(info.signatures.len(), 1);
+        assert!(info.ca.is_some());
+        assert_eq!(info.to_string(), text);
+    }
+
     #[test]
     fn writes_an_empty_references_line() {
         let mut info = NarInfo::parse(FROM_NIX, "/nix/store").unwrap();

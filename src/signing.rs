@@ -75,12 +75,12 @@ impl fmt::Display for KeyKind {
 /// A secret key file could not be read or parsed.
 #[derive(Debug, Error)]
 pub enum KeyFileError {
-    #[error("reading secret key file {}: {reason}", path.display())]
+    #[error("reading secret key file '{}': {reason}", path.display())]
     Read {
         path: PathBuf,
         reason: std::io::Error,
     },
-    #[error("secret key file {}: {reason}", path.display())]
+    #[error("secret key file '{}': {reason}", path.display())]
     Parse { path: PathBuf, reason: KeyError },
 }
 
@@ -541,7 +541,7 @@ mod tests {
         assert!(matches!(err, KeyFileError::Read { .. }));
         assert!(
             err.to_string()
-                .starts_with("reading secret key file /nonexistent/secret.key: "),
+                .starts_with("reading secret key file '/nonexistent/secret.key': "),
             "{err}"
         );
 
@@ -549,7 +549,7 @@ mod tests {
         assert!(matches!(err, KeyFileError::Parse { .. }));
         assert!(
             err.to_string()
-                .contains("public.key: secret key \"test-cache-1\" is 32 bytes long, expected 64"),
+                .contains("public.key': secret key \"test-cache-1\" is 32 bytes long, expected 64"),
             "{err}"
         );
     }

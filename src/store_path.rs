@@ -112,6 +112,9 @@ pub struct PathInfo {
     pub deriver: Option<StorePath>,
     /// Content address, for content-addressed paths (`fixed:r:sha256:…`).
     pub ca: Option<String>,
+    /// Signatures the store holds for the path (`<key name>:<base64>`), which
+    /// the narinfo carries over as `Sig:` lines, as `nix copy` does.
+    pub signatures: Vec<String>,
 }
 
 #[cfg(test)]

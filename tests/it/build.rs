@@ -514,6 +514,9 @@ fn a_path_not_in_the_store_is_refused_before_anything_is_written() {
     let work = tempdir();
     let cache = work.path().join("cache");
     let stderr = run_failing(&mut build_into(&cache, &[work.path()]));
-    assert!(stderr.contains("is not in the store"), "{stderr}");
+    assert!(
+        stderr.contains("is not inside the store directory '/nix/store'"),
+        "{stderr}"
+    );
     assert!(!cache.exists());
 }

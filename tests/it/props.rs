@@ -898,6 +898,24 @@ fn path_info_texts() -> Vec<String> {
             B: {"narHash": HASH, "narSize": 456, "references": [], "ca": "fixed:r:sha256:abc"},
         })
         .to_string(),
+        // --json-format 2 (Nix 2.33 on) and 3 (2.35 on): base names, `ca` as
+        // an object, signatures as strings (2) or objects (3).
+        json!({"version": 2, "storeDir": "/nix/store", "info": {
+            &A[11..]: {"narHash": sri, "narSize": 504, "references": [&B[11..], &A[11..]],
+                       "ca": null, "deriver": &DRV[11..], "signatures": ["k-1:c2ln"]},
+            &B[11..]: {"narHash": sri, "narSize": 456, "references": [],
+                       "ca": {"method": "nar", "hash": sri}, "signatures": []},
+        }})
+        .to_string(),
+        json!({"version": 3, "storeDir": "/nix/store", "info": {
+            &A[11..]: {"narHash": {"algorithm": "sha256", "format": "base64", "hash": &sri[7..]},
+                       "narSize": 504, "references": [&B[11..]], "ca": null,
+                       "signatures": [{"keyName": "k-1", "sig": "c2ln"}]},
+            &B[11..]: {"narHash": sri, "narSize": 456, "references": [],
+                       "ca": {"method": "text", "hash": {"algorithm": "sha256",
+                              "format": "nix32", "hash": &HASH[7..]}}},
+        }})
+        .to_string(),
     ]
 }
 
@@ -932,6 +950,16 @@ const JSON_KEYS: &[&str] = &[
     "priority",
     "wantMassQuery",
     "rootPaths",
+    "version",
+    "storeDir",
+    "info",
+    "signatures",
+    "keyName",
+    "sig",
+    "method",
+    "algorithm",
+    "format",
+    "hash",
 ];
 
 const JSON_STRINGS: &[&str] = &[
