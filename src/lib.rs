@@ -19,6 +19,7 @@ pub mod nar;
 pub mod narinfo;
 pub mod nixbase32;
 pub mod progress;
+pub mod prune;
 pub mod schedule;
 pub mod sign_cache;
 pub mod signing;

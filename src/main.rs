@@ -10,7 +10,7 @@ use mk_binary_cache::cache::MAX_PRIORITY;
 use mk_binary_cache::compression::Compression;
 use mk_binary_cache::progress::{Progress, Style};
 use mk_binary_cache::signing::{PublicKey, SecretKey};
-use mk_binary_cache::{attrs, build, cache, sign_cache, verify};
+use mk_binary_cache::{attrs, build, cache, prune, sign_cache, verify};
 
 /// Writes flat-file Nix binary caches.
 ///
@@ -41,6 +41,29 @@ enum Command {
     /// line per problem and a summary; exits with 0 if there is none, 1 if
     /// there are problems, 2 if the cache cannot be checked at all.
     Verify(VerifyArgs),
+    /// Shrink a cache to the closure of its roots: remove every other
+    /// narinfo, its listing, every NAR no kept narinfo names, and stale
+    /// temporary files. Crash-safe: killed at any point, it leaves a valid
+    /// cache; waits for `build --to` runs into the same cache to finish.
+    Prune(PruneArgs),
+}
+
+#[derive(clap::Args)]
+struct PruneArgs {
+    /// The cache to prune.
+    #[arg(value_name = "DIR")]
+    cache: PathBuf,
+    /// Keep the closure of these paths (store paths, paths inside them, or
+    /// symlinks to them) instead of the roots `DIR/store-paths` lists, and
+    /// make them the roots `store-paths` lists. Repeatable.
+    #[arg(long, value_name = "PATH", num_args = 1..)]
+    keep: Vec<PathBuf>,
+    /// Print what would be removed and the bytes it would free; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print only the summary.
+    #[arg(long, short = 'q')]
+    quiet: bool,
 }
 
 #[derive(clap::Args)]
@@ -249,6 +272,25 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn prune(args: PruneArgs) -> anyhow::Result<()> {
+    let options = prune::Options {
+        keep: (!args.keep.is_empty()).then_some(args.keep),
+        dry_run: args.dry_run,
+    };
+    let report = prune::prune(&args.cache, &options)
+        .with_context(|| format!("pruning '{}'", args.cache.display()))?;
+    for root in &report.roots_not_cached {
+        eprintln!("mk-binary-cache: note: root '{root}' has no narinfo in this cache");
+    }
+    if !args.quiet {
+        for line in report.lines() {
+            println!("{line}");
+        }
+    }
+    println!("{report}");
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or(Command::Builder) {
         Command::Builder => {
@@ -261,6 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Build(args) => build(args).map(|()| ExitCode::SUCCESS),
         Command::Sign(args) => sign(args).map(|()| ExitCode::SUCCESS),
+        Command::Prune(args) => prune(args).map(|()| ExitCode::SUCCESS),
         Command::Verify(args) => {
             // Exit 1 says "problems found"; failing to check at all is 2.
             let code = verify(args).unwrap_or_else(|e| {
