@@ -65,8 +65,8 @@ pub enum PruneError {
         line: String,
         store_dir: String,
     },
-    #[error("--keep {0}: {1}")]
-    Keep(PathBuf, BuildError),
+    #[error("--keep: {0}")]
+    Keep(Box<BuildError>),
     #[error("--keep '{path}': the cache has no narinfo for it ('{narinfo}')")]
     KeepNotCached { path: StorePath, narinfo: PathBuf },
     #[error("'{path}' belongs to the kept closure but cannot be read: {reason}")]
@@ -174,9 +174,9 @@ impl fmt::Display for Report {
             |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         let bytes = self.bytes();
         let (remove, free) = if self.dry_run {
-            ("would remove", "would free")
+            ("dry run: would remove", "would free")
         } else {
-            ("removed", "freed")
+            ("pruned: removed", "freed")
         };
         write!(
             f,
@@ -219,7 +219,7 @@ pub fn prune(dir: &Path, opts: &Options) -> Result<Report, PruneError> {
                 .map(|k| {
                     build::resolve_roots(std::slice::from_ref(k), &store_dir)
                         .map(|mut r| r.remove(0))
-                        .map_err(|e| PruneError::Keep(k.clone(), e))
+                        .map_err(|e| PruneError::Keep(Box::new(e)))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             if let Some(path) = roots.iter().find(|r| !narinfos.contains_key(r.hash_part())) {
@@ -760,7 +760,7 @@ mod tests {
         };
         assert_eq!(
             report.to_string(),
-            "would remove 1 path, 1 NAR, 0 listings, 1 debug-info entry, 0 temporary files; \
+            "dry run: would remove 1 path, 1 NAR, 0 listings, 1 debug-info entry, 0 temporary files; \
              would free 2.1 KiB (2150 bytes); kept 3 paths of 0 roots"
         );
     }

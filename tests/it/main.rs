@@ -10,6 +10,7 @@ mod listing;
 mod nar_reader;
 mod peak_alloc;
 mod props;
+mod prune;
 mod sign_cache;
 mod signing;
 mod verify;
