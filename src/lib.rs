@@ -13,6 +13,7 @@ pub mod cache_info;
 pub mod closure;
 pub mod compression;
 pub mod debuginfo;
+pub mod exclude;
 pub mod hash;
 pub mod listing;
 pub mod nar;

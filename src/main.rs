@@ -10,7 +10,7 @@ use mk_binary_cache::cache::MAX_PRIORITY;
 use mk_binary_cache::compression::Compression;
 use mk_binary_cache::progress::{Progress, Style};
 use mk_binary_cache::signing::{PublicKey, SecretKey};
-use mk_binary_cache::{attrs, build, cache, prune, sign_cache, verify};
+use mk_binary_cache::{attrs, build, cache, exclude, prune, sign_cache, verify};
 
 /// Writes flat-file Nix binary caches.
 ///
@@ -81,6 +81,15 @@ struct BuildArgs {
     /// --json --recursive` output, or an `exportReferencesGraph` list.
     #[arg(long, value_name = "FILE")]
     closure_json: Option<PathBuf>,
+    /// Leave out the closure of PATH (from the local store), for consumers
+    /// that already have it: a delta cache. Its narinfos still name every
+    /// reference. Repeatable.
+    #[arg(long, value_name = "PATH")]
+    exclude: Vec<PathBuf>,
+    /// Leave out every path the flat-file cache DIR has a narinfo for.
+    /// Repeatable.
+    #[arg(long, value_name = "DIR")]
+    exclude_cache: Vec<PathBuf>,
     /// zstd, xz or none.
     #[arg(long, default_value = "zstd", value_parser = parse_compression)]
     compression: Compression,
@@ -242,6 +251,13 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         Some(file) => build::from_closure_file(file, &args.paths, &store_dir)?,
         None => build::from_local_store(&args.paths, &store_dir)?,
     };
+    let mut exclusion = exclude::Exclusion::default();
+    exclusion.add_local_closure(&args.exclude, &store_dir)?;
+    for dir in &args.exclude_cache {
+        exclusion.add_cache(dir)?;
+    }
+    let whole = input.closure.len();
+    let closure = exclusion.apply(input.closure);
     let level = match args.compression_level {
         Some(level) => args.compression.check_level(level)?,
         None => args.compression.default_level(),
@@ -266,7 +282,13 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         Style::for_stderr()
     };
     let progress = Progress::with_style(style);
-    let updated = cache::update_cache(&args.to, &input.closure, &options, &progress)
+    if closure.len() < whole {
+        progress.message(&format!(
+            "{} of {whole} paths are excluded",
+            whole - closure.len()
+        ));
+    }
+    let updated = cache::update_cache(&args.to, &closure, &options, &progress)
         .with_context(|| format!("writing the cache to '{}'", args.to.display()))?;
     progress.finish("cached", &updated.written);
     Ok(())
