@@ -58,6 +58,13 @@ in
   `rootPaths` (list of derivations or store paths)
   : The paths whose closure goes into the cache. May be empty.
 
+  `exclude` (list of derivations or store paths, default `[ ]`)
+  : Leave the closure of these paths out of the cache: a delta cache, for
+    machines that already have them (a base system, a previous release).
+    The narinfos still name every reference, so such a machine substitutes
+    the rest from this cache; `store-paths` still lists every root, even
+    one that is excluded (and so has no narinfo here).
+
   `compression` (`"zstd"`, `"xz"` or `"none"`, default `"zstd"`)
   : How the NARs are compressed. `"zstd"` needs Nix 2.4 or newer to read.
 
@@ -87,6 +94,7 @@ in
   mkBinaryCache :: {
     name ? String,
     rootPaths :: [Derivation | Path],
+    exclude ? [Derivation | Path],
     compression ? "zstd" | "xz" | "none",
     compressionLevel ? Int | Null,
     priority ? Int | Null,
@@ -123,6 +131,7 @@ in
 {
   name ? "binary-cache",
   rootPaths,
+  exclude ? [ ],
   compression ? "zstd",
   compressionLevel ? null,
   priority ? null,
@@ -136,6 +145,8 @@ let
   checked =
     if !builtins.isList rootPaths then
       throw "mkBinaryCache: rootPaths must be a list of store paths, got a ${builtins.typeOf rootPaths}"
+    else if !builtins.isList exclude then
+      throw "mkBinaryCache: exclude must be a list of store paths, got a ${builtins.typeOf exclude}"
     else if !builtins.elem compression compressions then
       throw "mkBinaryCache: unknown compression \"${toString compression}\"; expected one of: ${builtins.concatStringsSep ", " compressions}"
     else if compressionLevel != null && !builtins.isInt compressionLevel then
@@ -166,6 +177,9 @@ let
       # Nix puts the closure, with hashes, sizes and references, into the
       # attributes file as `closure`.
       exportReferencesGraph.closure = rootPaths;
+      # And the closure to leave out as `exclude` (replacing the list of
+      # paths of the same name): computed in the build, no IFD.
+      exportReferencesGraph.exclude = exclude;
       # Writing a cache is cheaper than fetching one.
       preferLocalBuild = true;
       allowSubstitutes = false;

@@ -3,6 +3,7 @@
 mod build;
 mod common;
 mod e2e;
+mod exclude;
 mod faults;
 mod hostile;
 mod http;
