@@ -162,3 +162,16 @@ fn mk_binary_cache_exclude_writes_the_delta_and_lists_every_root() {
     run(&mut substitute_attr(store.path(), &url, "roots"));
     assert_store_holds_fixture(store.path());
 }
+
+#[test]
+fn exclude_refuses_a_path_outside_the_store_before_writing() {
+    let work = tempdir();
+    let delta = work.path().join("delta");
+    let outside = work.path().to_str().unwrap();
+    let stderr = run_failing(&mut build_into(&delta, &["--exclude", outside, top()]));
+    assert!(
+        stderr.contains(&format!("--exclude: '{outside}' is not in the store")),
+        "{stderr}"
+    );
+    assert!(!delta.exists());
+}

@@ -384,3 +384,29 @@ fn a_fresh_store_substitutes_the_kept_roots_from_the_pruned_cache() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_delta_cache_keeps_its_narinfos_and_notes_its_excluded_root() {
+    let cache = tempdir();
+    let args = ["-q", "--exclude", left_file(), top(), left_file()];
+    run(&mut build_into(cache.path(), &args));
+    let before = tree(cache.path());
+    let out = prune(cache.path(), &["-q"]).output().unwrap();
+    assert!(out.status.success());
+    // References to excluded paths lead outside the cache: nothing to keep
+    // there, and nothing wrong.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("pruned: removed 0 paths, 0 NARs"),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "root '{}' has no narinfo in this cache",
+            left_file()
+        )),
+        "{stderr}"
+    );
+    assert!(tree(cache.path()) == before);
+}
