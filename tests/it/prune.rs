@@ -410,3 +410,19 @@ fn a_delta_cache_keeps_its_narinfos_and_notes_its_excluded_root() {
     );
     assert!(tree(cache.path()) == before);
 }
+
+#[test]
+fn a_cache_without_roots_is_refused_unless_keep_names_them() {
+    // `nix copy` writes no store-paths.
+    let cache = crate::build::nix_copy_to("compression=zstd", &[left_file().to_owned()]);
+    let before = tree(cache.path());
+    let stderr = run_failing(&mut prune(cache.path(), &[]));
+    assert!(
+        stderr.contains("store-paths' is missing or empty: give the paths to keep with --keep"),
+        "{stderr}"
+    );
+    assert!(tree(cache.path()) == before);
+    run(&mut prune(cache.path(), &["-q", "--keep", left_file()]));
+    assert_eq!(store_paths_file(cache.path()), [left_file()]);
+    assert_verify_accepts(cache.path());
+}
