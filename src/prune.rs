@@ -214,21 +214,15 @@ pub fn prune(dir: &Path, opts: &Options) -> Result<Report, PruneError> {
     let narinfos = read_narinfos(dir, &store_dir)?;
     let roots = match &opts.keep {
         Some(keep) => {
-            let roots = keep
-                .iter()
-                .map(|k| {
-                    build::resolve_roots(std::slice::from_ref(k), &store_dir)
-                        .map(|mut r| r.remove(0))
-                        .map_err(|e| PruneError::Keep(Box::new(e)))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let roots = build::resolve_roots(keep, &store_dir)
+                .map_err(|e| PruneError::Keep(Box::new(e)))?;
             if let Some(path) = roots.iter().find(|r| !narinfos.contains_key(r.hash_part())) {
                 return Err(PruneError::KeepNotCached {
                     path: path.clone(),
                     narinfo: dir.join(narinfo_name(path.hash_part())),
                 });
             }
-            dedup(roots)
+            roots
         }
         None => read_store_paths(dir, &store_dir)?,
     };
