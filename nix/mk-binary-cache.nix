@@ -50,6 +50,7 @@ let
   # mkDerivation shows its own.
   defaults = {
     name = "binary-cache";
+    exclude = [ ];
     compression = "zstd";
     compressionLevel = null;
     priority = null;
@@ -104,21 +105,25 @@ let
   # builder lists its store path in `store-paths`.
   exported = root: if builtins.isString root then containingStorePath root else root;
 
-  # Throws the reason `root` cannot be a root, or gives true.
+  # Throws the reason `root`, an element of the list attribute `list`
+  # (`rootPaths` or `exclude`), cannot be one, or gives true.
   checkRoot =
-    root:
+    list: root:
+    let
+      the = if list == "rootPaths" then "the root" else "the ${list} path";
+    in
     if builtins.isAttrs root then
       root ? outPath
-      || throw "mkBinaryCache: rootPaths must hold derivations or store paths, got an attribute set without outPath (attributes: ${builtins.concatStringsSep ", " (builtins.attrNames root)})"
+      || throw "mkBinaryCache: ${list} must hold derivations or store paths, got an attribute set without outPath (attributes: ${builtins.concatStringsSep ", " (builtins.attrNames root)})"
     else if builtins.isPath root then
       # Copied into the store when the derivation is written.
       true
     else if !builtins.isString root then
-      throw "mkBinaryCache: rootPaths must hold derivations or store paths, got ${aTypeOf root}"
+      throw "mkBinaryCache: ${list} must hold derivations or store paths, got ${aTypeOf root}"
     else if !inStore root then
-      throw "mkBinaryCache: the root \"${root}\" is not in the Nix store (${builtins.storeDir})"
+      throw "mkBinaryCache: ${the} \"${root}\" is not in the Nix store (${builtins.storeDir})"
     else if !builtins.hasContext root then
-      throw "mkBinaryCache: the root \"${root}\" is a string without context, so Nix would not make it an input of the cache; give the derivation itself, or builtins.storePath \"${root}\""
+      throw "mkBinaryCache: ${the} \"${root}\" is a string without context, so Nix would not make it an input of the cache; give the derivation itself, or builtins.storePath \"${root}\""
     else
       true;
 
@@ -137,6 +142,8 @@ let
     in
     if !builtins.isList rootPaths then
       throw "mkBinaryCache: rootPaths must be a list of store paths, got ${aTypeOf rootPaths}"
+    else if !builtins.isList attrs.exclude then
+      throw "mkBinaryCache: exclude must be a list of store paths, got ${aTypeOf attrs.exclude}"
     else if !builtins.elem compression compressions then
       throw "mkBinaryCache: unknown compression \"${toString compression}\"; expected one of: ${builtins.concatStringsSep ", " compressions}"
     else if compressionLevel != null && !builtins.isInt compressionLevel then
@@ -154,7 +161,7 @@ let
     else if !builtins.isAttrs attrs.meta then
       throw (notA "an attribute set" "meta")
     else
-      builtins.all checkRoot rootPaths;
+      builtins.all (checkRoot "rootPaths") rootPaths && builtins.all (checkRoot "exclude") attrs.exclude;
 
   # What `overrideAttrs` accepts, as mkDerivation's does: the new attributes,
   # a function of the previous ones (`old: { … }`), or a function of the
@@ -193,6 +200,9 @@ let
           # Nix puts the closure, with hashes, sizes and references, into
           # the attributes file as `closure`.
           exportReferencesGraph.closure = map exported attrs.rootPaths;
+          # And the closure of `exclude` as `exclude`: the builder leaves
+          # it out (a delta cache). Empty by default.
+          exportReferencesGraph.exclude = map exported attrs.exclude;
         }
       );
       cache =
@@ -233,6 +243,14 @@ in
     Nix path, copied into the store) or a path inside a store path
     (`"${hello}/bin/hello"`), which stands for the store path that holds it.
     A string without context or outside the store is an evaluation error.
+
+  `exclude` (list of derivations or store paths, default `[ ]`)
+  : Leave the closure of these paths out of the cache: a delta cache, for
+    machines that already have them (a base system, a previous release).
+    The narinfos still name every reference, so such a machine substitutes
+    the rest from this cache; `store-paths` still lists every root, even
+    one that is excluded (and so has no narinfo here). Each may be of any
+    kind `rootPaths` takes.
 
   `compression` (`"zstd"`, `"xz"` or `"none"`, default `"zstd"`)
   : How the NARs are compressed. `"zstd"` needs Nix 2.4 or newer to read.
@@ -277,6 +295,7 @@ in
   mkBinaryCache :: {
     name ? String,
     rootPaths :: [Derivation | Path | String],
+    exclude ? [Derivation | Path | String],
     compression ? "zstd" | "xz" | "none",
     compressionLevel ? Int | Null,
     priority ? Int | Null,

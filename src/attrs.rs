@@ -18,10 +18,15 @@ use thiserror::Error;
 use crate::cache::{MAX_PRIORITY, Options};
 use crate::closure::{self, ClosureError};
 use crate::compression::{Compression, CompressionError};
+use crate::exclude::Exclusion;
 use crate::store_path::{PathInfo, StorePath, StorePathError};
 
 /// The name `exportReferencesGraph` gives the closure.
 pub const CLOSURE_KEY: &str = "closure";
+
+/// The key of the closure to leave out (`exportReferencesGraph.exclude`),
+/// when `mkBinaryCache` is given `exclude`; see [`crate::exclude`].
+pub const EXCLUDE_KEY: &str = "exclude";
 
 #[derive(Debug, Error)]
 pub enum AttrsError {
@@ -121,7 +126,10 @@ pub fn from_json(attrs: &Value, store_dir: &str, jobs: usize) -> Result<Job, Att
     let graph = attrs
         .get(CLOSURE_KEY)
         .ok_or(AttrsError::Missing("closure"))?;
-    let closure = closure::from_export_references_graph(graph, store_dir)?;
+    let mut closure = closure::from_export_references_graph(graph, store_dir)?;
+    if let Some(excluded) = attrs.get(EXCLUDE_KEY) {
+        closure = Exclusion::from_export_references_graph(excluded, store_dir)?.apply(closure);
+    }
     let options = Options {
         compression: compression(str_attr(attrs, "compression")?)?,
         level: 0,
@@ -399,6 +407,19 @@ mod tests {
             let e = from_json(&a, "/nix/store", 2).unwrap_err().to_string();
             assert!(e.contains(named), "{field}: {e}");
         }
+    }
+
+    #[test]
+    fn the_exclude_graph_leaves_its_paths_out_but_not_the_roots() {
+        let mut attrs = attrs();
+        let excluded = json!([{"path": A, "narHash": HASH, "narSize": 504, "references": []}]);
+        attrs["exclude"] = excluded;
+        let job = from_json(&attrs, "/nix/store", 1).unwrap();
+        assert!(job.closure.is_empty());
+        assert_eq!(job.options.root_paths[0].to_string(), A);
+        // An empty `exclude` (the default) leaves the closure whole.
+        attrs["exclude"] = json!([]);
+        assert_eq!(from_json(&attrs, "/nix/store", 1).unwrap().closure.len(), 1);
     }
 
     #[test]

@@ -227,7 +227,10 @@ fn tops(closure: &[PathInfo]) -> Vec<StorePath> {
 }
 
 /// The store paths `paths` stand for, without duplicates, in order.
-fn resolve_roots(paths: &[PathBuf], store_dir: &str) -> Result<Vec<StorePath>, BuildError> {
+pub(crate) fn resolve_roots(
+    paths: &[PathBuf],
+    store_dir: &str,
+) -> Result<Vec<StorePath>, BuildError> {
     let mut roots = Vec::new();
     for path in paths {
         let root = resolve_root(path, store_dir)?;

@@ -228,6 +228,9 @@ pub fn update_cache(
         Err(e) => return Err(read_error(&info_file)(e)),
     }
     cache.create_directories()?;
+    // Held until the end: `prune` waits for every run to have listed its
+    // roots before it decides what the cache keeps.
+    let _cache_lock = DirLock::for_update(dir)?;
     cache.remove_stale_temp_files()?;
 
     let (present, missing): (Vec<&PathInfo>, Vec<&PathInfo>) = closure
@@ -704,12 +707,12 @@ impl Publication {
 /// they are never taken for a narinfo or a NAR; the process ID keeps
 /// concurrent runs apart and tells a later run which files are stale.
 #[derive(Default)]
-struct TempFiles {
+pub(crate) struct TempFiles {
     next: AtomicU64,
 }
 
 impl TempFiles {
-    fn next(&self, dest: &Path) -> PathBuf {
+    pub(crate) fn next(&self, dest: &Path) -> PathBuf {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let name = dest
             .file_name()
@@ -718,7 +721,7 @@ impl TempFiles {
     }
 
     /// The process that made a temporary file of this name, if it is one.
-    fn owner(name: &str) -> Option<u32> {
+    pub(crate) fn owner(name: &str) -> Option<u32> {
         let mut parts = name.strip_prefix('.')?.rsplitn(4, '.');
         let (_n, pid, tmp) = (
             parts.next()?.parse::<u64>().ok()?,
@@ -729,7 +732,7 @@ impl TempFiles {
     }
 }
 
-fn process_is_running(pid: u32) -> bool {
+pub(crate) fn process_is_running(pid: u32) -> bool {
     if pid == std::process::id() {
         return true;
     }
@@ -742,17 +745,38 @@ fn process_is_running(pid: u32) -> bool {
     found || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
-/// An exclusive `flock` on a directory, released when dropped (closing the
-/// descriptor releases the lock).
-struct DirLock {
+/// A `flock` on a directory, released when dropped (closing the descriptor
+/// releases the lock).
+///
+/// Two locks guard a cache: the cache directory's, held exclusively while
+/// `store-paths` is read, merged and replaced; and the cache lock, on its
+/// `nar/` directory, which every [`update_cache`] run holds shared from
+/// before it looks for the paths already cached until its roots are in
+/// `store-paths`, and `prune` holds exclusively. So runs write at once, but
+/// never while a prune decides what to keep and deletes the rest.
+pub(crate) struct DirLock {
     _held: File,
 }
 
 impl DirLock {
-    fn exclusive(dir: &Path) -> Result<Self, CacheError> {
+    pub(crate) fn exclusive(dir: &Path) -> Result<Self, CacheError> {
+        Self::lock(dir, libc::LOCK_EX)
+    }
+
+    /// The cache lock on `cache`, shared, as a run that adds paths takes it.
+    pub(crate) fn for_update(cache: &Path) -> Result<Self, CacheError> {
+        Self::lock(&cache.join("nar"), libc::LOCK_SH)
+    }
+
+    /// The cache lock on `cache`, exclusive, as `prune` takes it.
+    pub(crate) fn for_prune(cache: &Path) -> Result<Self, CacheError> {
+        Self::lock(&cache.join("nar"), libc::LOCK_EX)
+    }
+
+    fn lock(dir: &Path, operation: libc::c_int) -> Result<Self, CacheError> {
         let file = File::open(dir).map_err(read_error(dir))?;
         // SAFETY: the descriptor is open for the call's duration.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        if unsafe { libc::flock(file.as_raw_fd(), operation) } != 0 {
             return Err(write_error(dir)(io::Error::last_os_error()));
         }
         Ok(DirLock { _held: file })

@@ -10,7 +10,7 @@ use mk_binary_cache::cache::MAX_PRIORITY;
 use mk_binary_cache::compression::Compression;
 use mk_binary_cache::progress::{Progress, Style};
 use mk_binary_cache::signing::{PublicKey, SecretKey};
-use mk_binary_cache::{attrs, build, cache, sign_cache, verify};
+use mk_binary_cache::{attrs, build, cache, exclude, prune, sign_cache, verify};
 
 /// Writes flat-file Nix binary caches.
 ///
@@ -41,6 +41,29 @@ enum Command {
     /// line per problem and a summary; exits with 0 if there is none, 1 if
     /// there are problems, 2 if the cache cannot be checked at all.
     Verify(VerifyArgs),
+    /// Shrink a cache to the closure of its roots: remove every other
+    /// narinfo, its listing, every NAR no kept narinfo names, and stale
+    /// temporary files. Crash-safe: killed at any point, it leaves a valid
+    /// cache; waits for `build --to` runs into the same cache to finish.
+    Prune(PruneArgs),
+}
+
+#[derive(clap::Args)]
+struct PruneArgs {
+    /// The cache to prune.
+    #[arg(value_name = "DIR")]
+    cache: PathBuf,
+    /// Keep the closure of these paths (store paths, paths inside them, or
+    /// symlinks to them) instead of the roots `DIR/store-paths` lists, and
+    /// make them the roots `store-paths` lists. Repeatable.
+    #[arg(long, value_name = "PATH", num_args = 1..)]
+    keep: Vec<PathBuf>,
+    /// Print what would be removed and the bytes it would free; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print only the summary.
+    #[arg(long, short = 'q')]
+    quiet: bool,
 }
 
 #[derive(clap::Args)]
@@ -59,6 +82,15 @@ struct BuildArgs {
     /// `exportReferencesGraph` list.
     #[arg(long, value_name = "FILE")]
     closure_json: Option<PathBuf>,
+    /// Leave out the closure of PATH (from the local store), for consumers
+    /// that already have it: a delta cache. Its narinfos still name every
+    /// reference. Repeatable.
+    #[arg(long, value_name = "PATH")]
+    exclude: Vec<PathBuf>,
+    /// Leave out every path the flat-file cache DIR has a narinfo for.
+    /// Repeatable.
+    #[arg(long, value_name = "DIR")]
+    exclude_cache: Vec<PathBuf>,
     /// zstd, xz or none.
     #[arg(long, default_value = "zstd", value_parser = parse_compression)]
     compression: Compression,
@@ -220,6 +252,13 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         Some(file) => build::from_closure_file(file, &args.paths, &store_dir)?,
         None => build::from_local_store(&args.paths, &store_dir)?,
     };
+    let mut exclusion = exclude::Exclusion::default();
+    exclusion.add_local_closure(&args.exclude, &store_dir)?;
+    for dir in &args.exclude_cache {
+        exclusion.add_cache(dir)?;
+    }
+    let whole = input.closure.len();
+    let closure = exclusion.apply(input.closure);
     let level = match args.compression_level {
         Some(level) => args.compression.check_level(level)?,
         None => args.compression.default_level(),
@@ -244,9 +283,34 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         Style::for_stderr()
     };
     let progress = Progress::with_style(style);
-    let updated = cache::update_cache(&args.to, &input.closure, &options, &progress)
+    if closure.len() < whole {
+        progress.message(&format!(
+            "{} of {whole} paths are excluded",
+            whole - closure.len()
+        ));
+    }
+    let updated = cache::update_cache(&args.to, &closure, &options, &progress)
         .with_context(|| format!("writing the cache to '{}'", args.to.display()))?;
     progress.finish("cached", &updated.written);
+    Ok(())
+}
+
+fn prune(args: PruneArgs) -> anyhow::Result<()> {
+    let options = prune::Options {
+        keep: (!args.keep.is_empty()).then_some(args.keep),
+        dry_run: args.dry_run,
+    };
+    let report = prune::prune(&args.cache, &options)
+        .with_context(|| format!("pruning '{}'", args.cache.display()))?;
+    for root in &report.roots_not_cached {
+        eprintln!("mk-binary-cache: note: root '{root}' has no narinfo in this cache");
+    }
+    if !args.quiet {
+        for line in report.lines() {
+            println!("{line}");
+        }
+    }
+    println!("{report}");
     Ok(())
 }
 
@@ -262,6 +326,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Build(args) => build(args).map(|()| ExitCode::SUCCESS),
         Command::Sign(args) => sign(args).map(|()| ExitCode::SUCCESS),
+        Command::Prune(args) => prune(args).map(|()| ExitCode::SUCCESS),
         Command::Verify(args) => verify(args),
     }
 }

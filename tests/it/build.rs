@@ -45,7 +45,7 @@ pub(crate) fn nix_copy_to(params: &str, paths: &[String]) -> tempfile::TempDir {
 }
 
 /// Temporary files a run leaves behind only when it is killed.
-fn temp_files(cache: &Path) -> Vec<PathBuf> {
+pub(crate) fn temp_files(cache: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     for dir in [
         cache.to_path_buf(),
@@ -117,7 +117,7 @@ pub(crate) fn assert_cache_consistent(cache: &Path) -> BTreeSet<String> {
 }
 
 /// `mk-binary-cache verify` finds no problem in `cache`.
-fn assert_verify_accepts(cache: &Path) {
+pub(crate) fn assert_verify_accepts(cache: &Path) {
     let mut cmd = mk_binary_cache();
     cmd.arg("verify").arg(cache);
     let out = cmd.output().unwrap();
@@ -130,7 +130,7 @@ fn assert_verify_accepts(cache: &Path) {
     );
 }
 
-fn store_paths_file(cache: &Path) -> Vec<String> {
+pub(crate) fn store_paths_file(cache: &Path) -> Vec<String> {
     fs::read_to_string(cache.join("store-paths"))
         .unwrap()
         .lines()
@@ -138,7 +138,7 @@ fn store_paths_file(cache: &Path) -> Vec<String> {
         .collect()
 }
 
-fn closure_of(paths: &[&str]) -> BTreeSet<String> {
+pub(crate) fn closure_of(paths: &[&str]) -> BTreeSet<String> {
     run(nix_cmd("nix-store").arg("-qR").args(paths))
         .lines()
         .map(str::to_string)

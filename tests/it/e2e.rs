@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use mk_binary_cache::compression::Compression;
@@ -123,17 +124,24 @@ pub(crate) fn substitute_fixture(cache: &Path) -> tempfile::TempDir {
 /// As [`substitute_fixture`], from the cache at `url` (`file://…`, `http://…`).
 pub(crate) fn substitute_fixture_from(url: &str) -> tempfile::TempDir {
     let store = tempdir();
+    run(&mut substitute_attr(store.path(), url, "roots"));
+    store
+}
+
+/// The `nix-build` that substitutes attribute `attr` of closure.nix from
+/// the cache at `url` into the chroot store `store`, with `--max-jobs 0`.
+pub(crate) fn substitute_attr(store: &Path, url: &str, attr: &str) -> Command {
     let bb = nix_path(busybox_dir());
-    run(nix_cmd("nix-build")
-        .arg(fixture_file("closure.nix"))
-        .args(["-A", "roots", "--arg", "busyboxDir", &bb, "--no-out-link"])
+    let mut cmd = nix_cmd("nix-build");
+    cmd.arg(fixture_file("closure.nix"))
+        .args(["-A", attr, "--arg", "busyboxDir", &bb, "--no-out-link"])
         .arg("--store")
-        .arg(store.path())
+        .arg(store)
         .args(["--max-jobs", "0"])
         .args(["--option", "require-sigs", "false"])
         .args(["--option", "substituters", url])
-        .args(["--option", "trusted-substituters", url]));
-    store
+        .args(["--option", "trusted-substituters", url]);
+    cmd
 }
 
 /// Every fixture path is in `store` (a chroot store) with its original NAR hash.

@@ -1,0 +1,761 @@
+//! Shrinking a cache to the closure of its roots (`mk-binary-cache prune`).
+//!
+//! A cache grown by `build --to` over many releases keeps every path it was
+//! ever given. [`prune`] keeps the closure of the roots (those `store-paths`
+//! lists, or the ones given, which then replace `store-paths`) and removes
+//! everything else the cache's writers leave: other narinfos and their `.ls`
+//! listings, `debuginfo/` entries whose NAR goes, NARs that no kept narinfo
+//! names (including those an interrupted `build` left without a narinfo),
+//! and temporary files of processes no longer running.
+//!
+//! It is crash-safe by the order it removes things in, each step made
+//! durable before the next: narinfos first, a path's before those of its
+//! references (so the narinfos left are always closed under references),
+//! then listings and debug-info entries, then NARs and temporary files. A
+//! prune killed at any point leaves a cache whose every narinfo has its NAR
+//! and its references; running it again finishes the job.
+//!
+//! It removes only directory entries it finds by listing the cache
+//! directory, `nar/` and `debuginfo/`, never a path read from a file: a
+//! symlink is removed as a link, never followed, and a `nar/` or
+//! `debuginfo/` that is itself a symlink is refused, since what it holds is
+//! outside the cache. It holds the cache lock (see `cache::DirLock`)
+//! exclusively, so it never runs while a `build --to` into the same
+//! directory is between finding what the cache holds and listing its roots.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::build::{self, BuildError};
+use crate::cache::{self, CacheError, DirLock, TempFiles};
+use crate::cache_info::{self, CacheInfo, CacheInfoError};
+use crate::narinfo::NarInfo;
+use crate::progress::human_bytes;
+use crate::store_path::StorePath;
+
+/// A narinfo is a few hundred bytes; a larger file is not read whole.
+const MAX_NARINFO_SIZE: u64 = 1 << 20;
+/// The length of a store path's hash part, which names its narinfo.
+const HASH_LEN: usize = 32;
+
+#[derive(Debug, Error)]
+pub enum PruneError {
+    #[error("'{0}' is not a binary cache: it has no nix-cache-info")]
+    NotACache(PathBuf),
+    #[error("'{path}': {source}")]
+    CacheInfo {
+        path: PathBuf,
+        source: CacheInfoError,
+    },
+    #[error(
+        "'{0}' is a symlink: what it points to is outside the cache, and prune deletes nothing there"
+    )]
+    SymlinkedDirectory(PathBuf),
+    #[error("'{0}' is missing or empty: give the paths to keep with --keep")]
+    NoRoots(PathBuf),
+    #[error("'{path}' lists '{line}', which is not a store path in {store_dir}")]
+    StorePathsLine {
+        path: PathBuf,
+        line: String,
+        store_dir: String,
+    },
+    #[error("--keep: {0}")]
+    Keep(Box<BuildError>),
+    #[error("--keep '{path}': the cache has no narinfo for it ('{narinfo}')")]
+    KeepNotCached { path: StorePath, narinfo: PathBuf },
+    #[error("'{path}' belongs to the kept closure but cannot be read: {reason}")]
+    UnreadableKept { path: PathBuf, reason: String },
+    #[error("cannot read '{path}': {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot remove '{path}': {source}")]
+    Remove { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+fn read_error(path: &Path) -> impl FnOnce(io::Error) -> PruneError + '_ {
+    move |source| PruneError::Read {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What to keep, and whether to delete anything.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The roots to keep, replacing those `store-paths` lists (store paths,
+    /// paths inside them, or symlinks to them).
+    pub keep: Option<Vec<PathBuf>>,
+    /// Only say what would be removed.
+    pub dry_run: bool,
+}
+
+/// What a file that goes was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// The narinfo of a path outside the kept closure (its store path, when
+    /// the narinfo could be read).
+    Narinfo(Option<StorePath>),
+    /// A `.ls` listing of a path that is not kept.
+    Listing,
+    /// A `debuginfo/` entry whose NAR is not kept.
+    DebugInfo,
+    /// A NAR that no kept narinfo names.
+    Nar,
+    /// A temporary file of a process that is no longer running.
+    TempFile,
+}
+
+/// One file that goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    /// Relative to the cache directory.
+    pub file: PathBuf,
+    pub kind: Kind,
+    /// Its size (of the link itself, for a symlink).
+    pub bytes: u64,
+}
+
+impl fmt::Display for Removal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Narinfo(Some(path)) => write!(f, "{path} ({})", self.file.display()),
+            _ => write!(f, "{}", self.file.display()),
+        }
+    }
+}
+
+/// What [`prune`] did, or would do.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub dry_run: bool,
+    /// The roots kept.
+    pub roots: Vec<StorePath>,
+    /// Roots from `store-paths` that have no narinfo in the cache (as in a
+    /// delta cache whose roots were excluded).
+    pub roots_not_cached: Vec<StorePath>,
+    /// How many paths the cache keeps.
+    pub kept: usize,
+    /// In the order they go (went).
+    pub removals: Vec<Removal>,
+}
+
+impl Report {
+    /// Bytes the removals free (free, with --dry-run).
+    pub fn bytes(&self) -> u64 {
+        self.removals.iter().map(|r| r.bytes).sum()
+    }
+
+    fn count(&self, matches: impl Fn(&Kind) -> bool) -> usize {
+        self.removals.iter().filter(|r| matches(&r.kind)).count()
+    }
+
+    /// One line per removal: `removed …`, or `would remove …`.
+    pub fn lines(&self) -> impl Iterator<Item = String> + '_ {
+        let verb = if self.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        self.removals.iter().map(move |r| format!("{verb} {r}"))
+    }
+}
+
+impl fmt::Display for Report {
+    /// The summary: what was kept, what went and the bytes freed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let bytes = self.bytes();
+        let (remove, free) = if self.dry_run {
+            ("dry run: would remove", "would free")
+        } else {
+            ("pruned: removed", "freed")
+        };
+        write!(
+            f,
+            "{remove} {}, {}, {}, {}, {}; {free} {} ({bytes} bytes); kept {} of {}",
+            count(
+                self.count(|k| matches!(k, Kind::Narinfo(_))),
+                "path",
+                "paths"
+            ),
+            count(self.count(|k| *k == Kind::Nar), "NAR", "NARs"),
+            count(self.count(|k| *k == Kind::Listing), "listing", "listings"),
+            count(
+                self.count(|k| *k == Kind::DebugInfo),
+                "debug-info entry",
+                "debug-info entries"
+            ),
+            count(
+                self.count(|k| *k == Kind::TempFile),
+                "temporary file",
+                "temporary files"
+            ),
+            human_bytes(bytes),
+            count(self.kept, "path", "paths"),
+            count(self.roots.len(), "root", "roots"),
+        )
+    }
+}
+
+/// Prunes the cache at `dir` to the closure of its roots; see the module
+/// documentation.
+pub fn prune(dir: &Path, opts: &Options) -> Result<Report, PruneError> {
+    let store_dir = open_cache(dir)?;
+    let _cache_lock = DirLock::for_prune(dir)?;
+
+    let narinfos = read_narinfos(dir, &store_dir)?;
+    let roots = match &opts.keep {
+        Some(keep) => {
+            let roots = build::resolve_roots(keep, &store_dir)
+                .map_err(|e| PruneError::Keep(Box::new(e)))?;
+            if let Some(path) = roots.iter().find(|r| !narinfos.contains_key(r.hash_part())) {
+                return Err(PruneError::KeepNotCached {
+                    path: path.clone(),
+                    narinfo: dir.join(narinfo_name(path.hash_part())),
+                });
+            }
+            roots
+        }
+        None => read_store_paths(dir, &store_dir)?,
+    };
+    if roots.is_empty() {
+        return Err(PruneError::NoRoots(dir.join(cache::STORE_PATHS)));
+    }
+
+    let kept = kept_closure(dir, &roots, &narinfos)?;
+    let stages = plan(dir, &narinfos, &kept)?;
+    let report = Report {
+        dry_run: opts.dry_run,
+        roots_not_cached: roots
+            .iter()
+            .filter(|r| !narinfos.contains_key(r.hash_part()))
+            .cloned()
+            .collect(),
+        roots: roots.clone(),
+        kept: kept.len(),
+        removals: stages.iter().flatten().cloned().collect(),
+    };
+    if opts.dry_run {
+        return Ok(report);
+    }
+    if opts.keep.is_some() {
+        // Before anything goes: a prune killed later must not leave roots
+        // listed whose paths are gone.
+        write_store_paths(dir, &roots)?;
+    }
+    for stage in &stages {
+        for removal in stage {
+            remove(&dir.join(&removal.file))?;
+        }
+        // Each stage is durable before the next begins.
+        for sub in [".", "nar", "debuginfo"] {
+            if stage.iter().any(|r| in_dir(&r.file, sub)) {
+                sync_dir(&dir.join(sub))?;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Checks that `dir` is a cache whose `nar/` and `debuginfo/` are inside
+/// it; returns its store directory.
+fn open_cache(dir: &Path) -> Result<String, PruneError> {
+    let info_file = dir.join(cache_info::FILE_NAME);
+    let text = match fs::read_to_string(&info_file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(PruneError::NotACache(dir.to_owned()));
+        }
+        Err(e) => return Err(read_error(&info_file)(e)),
+    };
+    let info: CacheInfo = text.parse().map_err(|source| PruneError::CacheInfo {
+        path: info_file.clone(),
+        source,
+    })?;
+    for sub in ["nar", "debuginfo"] {
+        let sub = dir.join(sub);
+        match sub.symlink_metadata() {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(PruneError::SymlinkedDirectory(sub));
+            }
+            Ok(_) => {}
+            // The lock needs nar/; a cache without one holds no NAR.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && sub.ends_with("nar") => {
+                fs::create_dir(&sub).map_err(|e| CacheError::Write {
+                    path: sub.clone(),
+                    source: e,
+                })?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(read_error(&sub)(e)),
+        }
+    }
+    Ok(info.store_dir.unwrap_or_else(|| "/nix/store".to_owned()))
+}
+
+fn narinfo_name(hash: &str) -> String {
+    format!("{hash}.narinfo")
+}
+
+fn dedup(paths: Vec<StorePath>) -> Vec<StorePath> {
+    let mut seen = BTreeSet::new();
+    paths
+        .into_iter()
+        .filter(|p| seen.insert(p.clone()))
+        .collect()
+}
+
+/// The roots `store-paths` lists, in order.
+fn read_store_paths(dir: &Path, store_dir: &str) -> Result<Vec<StorePath>, PruneError> {
+    let file = dir.join(cache::STORE_PATHS);
+    let text = match fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(read_error(&file)(e)),
+    };
+    let roots = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            StorePath::parse(line, store_dir).map_err(|_| PruneError::StorePathsLine {
+                path: file.clone(),
+                line: line.to_owned(),
+                store_dir: store_dir.to_owned(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(dedup(roots))
+}
+
+/// Replaces `store-paths` with `roots`, atomically and durably, under the
+/// lock `build --to` takes to merge it.
+fn write_store_paths(dir: &Path, roots: &[StorePath]) -> Result<(), PruneError> {
+    let _lock = DirLock::exclusive(dir)?;
+    let dest = dir.join(cache::STORE_PATHS);
+    let tmp = TempFiles::default().next(&dest);
+    let list: String = roots.iter().map(|p| format!("{p}\n")).collect();
+    let written = File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(list.as_bytes())?;
+            f.sync_all()
+        })
+        .and_then(|()| fs::rename(&tmp, &dest));
+    written.map_err(|source| {
+        let _ = fs::remove_file(&tmp);
+        CacheError::Write {
+            path: dest.clone(),
+            source,
+        }
+    })?;
+    sync_dir(dir)
+}
+
+/// A narinfo in the cache: the file's size, and what it says (or why it
+/// cannot be read).
+struct Entry {
+    bytes: u64,
+    info: Result<NarInfo, String>,
+}
+
+/// Every `<hash>.narinfo` in `dir`, by hash part.
+fn read_narinfos(dir: &Path, store_dir: &str) -> Result<BTreeMap<String, Entry>, PruneError> {
+    let mut narinfos = BTreeMap::new();
+    for entry in fs::read_dir(dir).map_err(read_error(dir))? {
+        let entry = entry.map_err(read_error(dir))?;
+        let name = entry.file_name();
+        let Some(hash) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".narinfo"))
+            .filter(|h| is_hash_part(h))
+        else {
+            continue;
+        };
+        let meta = entry.metadata().map_err(read_error(&entry.path()))?;
+        if meta.is_dir() {
+            continue;
+        }
+        let info = read_narinfo(&entry.path(), store_dir);
+        narinfos.insert(
+            hash.to_owned(),
+            Entry {
+                bytes: meta.len(),
+                info,
+            },
+        );
+    }
+    Ok(narinfos)
+}
+
+fn is_hash_part(s: &str) -> bool {
+    s.len() == HASH_LEN && s.bytes().all(|b| crate::nixbase32::ALPHABET.contains(&b))
+}
+
+/// Reads a narinfo without following a symlink (it would lead outside the
+/// cache) and without reading more than a narinfo can hold.
+fn read_narinfo(file: &Path, store_dir: &str) -> Result<NarInfo, String> {
+    let mut text = String::new();
+    File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(file)
+        .and_then(|f| f.take(MAX_NARINFO_SIZE + 1).read_to_string(&mut text))
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => "it is a symlink".to_owned(),
+            _ => e.to_string(),
+        })?;
+    if text.len() as u64 > MAX_NARINFO_SIZE {
+        return Err(format!("it is larger than {MAX_NARINFO_SIZE} bytes"));
+    }
+    NarInfo::parse(&text, store_dir).map_err(|e| e.to_string())
+}
+
+/// The hash parts of the paths to keep: the roots and everything their
+/// narinfos refer to, transitively, that has a narinfo here. A reference
+/// without one is outside this cache (as in a delta cache), not an error.
+fn kept_closure(
+    dir: &Path,
+    roots: &[StorePath],
+    narinfos: &BTreeMap<String, Entry>,
+) -> Result<BTreeSet<String>, PruneError> {
+    let mut kept = BTreeSet::new();
+    let mut todo: Vec<String> = roots.iter().map(|r| r.hash_part().to_owned()).collect();
+    while let Some(hash) = todo.pop() {
+        let Some(entry) = narinfos.get(&hash) else {
+            continue;
+        };
+        if !kept.insert(hash.clone()) {
+            continue;
+        }
+        match &entry.info {
+            Ok(info) => todo.extend(info.references.iter().map(|r| r.hash_part().to_owned())),
+            Err(reason) => {
+                return Err(PruneError::UnreadableKept {
+                    path: dir.join(narinfo_name(&hash)),
+                    reason: reason.clone(),
+                });
+            }
+        }
+    }
+    Ok(kept)
+}
+
+/// What goes, in stages, each to be durable before the next: narinfos in
+/// levels (a path's before its references'), then listings and debug-info
+/// entries, then NARs and temporary files.
+fn plan(
+    dir: &Path,
+    narinfos: &BTreeMap<String, Entry>,
+    kept: &BTreeSet<String>,
+) -> Result<Vec<Vec<Removal>>, PruneError> {
+    let mut stages = narinfo_levels(narinfos, kept);
+
+    let kept_nars: BTreeSet<String> = kept
+        .iter()
+        .filter_map(|h| narinfos[h].info.as_ref().ok())
+        .filter_map(|info| nar_file_name(Path::new(&info.url), 0))
+        .collect();
+
+    let mut second = Vec::new();
+    let mut last = Vec::new();
+    for entry in list(dir)? {
+        let Some(name) = entry.name.to_str() else {
+            continue;
+        };
+        if let Some(hash) = name.strip_suffix(".ls")
+            && is_hash_part(hash)
+            && !kept.contains(hash)
+            && !entry.is_dir
+        {
+            second.push(entry.removal(PathBuf::from(name), Kind::Listing));
+        } else if is_stale_temp_file(name) && !entry.is_dir {
+            last.push(entry.removal(PathBuf::from(name), Kind::TempFile));
+        }
+    }
+    let debuginfo = dir.join("debuginfo");
+    if debuginfo.is_dir() {
+        for entry in list(&debuginfo)? {
+            let Some(name) = entry.name.to_str() else {
+                continue;
+            };
+            let file = Path::new("debuginfo").join(name);
+            if entry.is_dir {
+                continue;
+            }
+            if is_stale_temp_file(name) {
+                last.push(entry.removal(file, Kind::TempFile));
+            } else if let Some(nar) = debug_info_archive(&dir.join(&file))
+                && !kept_nars.contains(&nar)
+            {
+                second.push(entry.removal(file, Kind::DebugInfo));
+            }
+        }
+    }
+    for entry in list(&dir.join("nar"))? {
+        let Some(name) = entry.name.to_str() else {
+            continue;
+        };
+        let file = Path::new("nar").join(name);
+        if entry.is_dir {
+            continue;
+        }
+        if is_stale_temp_file(name) {
+            last.push(entry.removal(file, Kind::TempFile));
+        } else if is_nar_name(name) && !kept_nars.contains(name) {
+            last.push(entry.removal(file, Kind::Nar));
+        }
+    }
+    stages.push(second);
+    stages.push(last);
+    stages.retain(|s| !s.is_empty());
+    Ok(stages)
+}
+
+/// The narinfos that go, in levels: each level holds the paths that no
+/// narinfo still there (but themselves) refers to, so that removing a level
+/// leaves the remaining narinfos closed under references.
+fn narinfo_levels(
+    narinfos: &BTreeMap<String, Entry>,
+    kept: &BTreeSet<String>,
+) -> Vec<Vec<Removal>> {
+    let doomed: BTreeMap<&String, &Entry> = narinfos
+        .iter()
+        .filter(|(h, _)| !kept.contains(*h))
+        .collect();
+    let references = |hash: &String| -> Vec<String> {
+        match &doomed[hash].info {
+            Ok(info) => info
+                .references
+                .iter()
+                .map(|r| r.hash_part().to_owned())
+                .filter(|r| r != hash && doomed.contains_key(r))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    };
+    let mut referrers: HashMap<String, usize> = HashMap::new();
+    for hash in doomed.keys() {
+        for r in references(hash) {
+            *referrers.entry(r).or_default() += 1;
+        }
+    }
+    let mut left: BTreeSet<&String> = doomed.keys().copied().collect();
+    let mut levels = Vec::new();
+    while !left.is_empty() {
+        let mut level: Vec<&String> = left
+            .iter()
+            .copied()
+            .filter(|h| referrers.get(*h).copied().unwrap_or(0) == 0)
+            .collect();
+        if level.is_empty() {
+            // A reference cycle (Nix makes none): no order is safe, take all.
+            level = left.iter().copied().collect();
+        }
+        for hash in &level {
+            left.remove(*hash);
+            for r in references(hash) {
+                if let Some(n) = referrers.get_mut(&r) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        }
+        levels.push(
+            level
+                .into_iter()
+                .map(|hash| Removal {
+                    file: PathBuf::from(narinfo_name(hash)),
+                    kind: Kind::Narinfo(
+                        doomed[hash]
+                            .info
+                            .as_ref()
+                            .ok()
+                            .map(|i| i.store_path.clone()),
+                    ),
+                    bytes: doomed[hash].bytes,
+                })
+                .collect(),
+        );
+    }
+    levels
+}
+
+/// A directory entry, as listed (never followed).
+struct Listed {
+    name: std::ffi::OsString,
+    is_dir: bool,
+    bytes: u64,
+}
+
+impl Listed {
+    fn removal(&self, file: PathBuf, kind: Kind) -> Removal {
+        Removal {
+            file,
+            kind,
+            bytes: self.bytes,
+        }
+    }
+}
+
+fn list(dir: &Path) -> Result<Vec<Listed>, PruneError> {
+    let mut listed = Vec::new();
+    for entry in fs::read_dir(dir).map_err(read_error(dir))? {
+        let entry = entry.map_err(read_error(dir))?;
+        // DirEntry::metadata does not follow symlinks.
+        let meta = entry.metadata().map_err(read_error(&entry.path()))?;
+        listed.push(Listed {
+            name: entry.file_name(),
+            is_dir: meta.is_dir(),
+            bytes: meta.len(),
+        });
+    }
+    listed.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(listed)
+}
+
+/// The name of the file in `nar/` that `url` names, with `up` the number of
+/// `..` that lead from where it is read back to the cache (0 for a narinfo's
+/// `URL`, which is relative to the cache; 1 for a debug-info `archive`).
+fn nar_file_name(url: &Path, up: usize) -> Option<String> {
+    let parts: Vec<Component> = url
+        .components()
+        .filter(|c| *c != Component::CurDir)
+        .collect();
+    match parts.strip_prefix(&vec![Component::ParentDir; up][..])? {
+        [Component::Normal(nar), Component::Normal(name)] if *nar == "nar" => {
+            name.to_str().map(str::to_owned)
+        }
+        _ => None,
+    }
+}
+
+/// The NAR a `debuginfo/<build-id>.debug` entry points into
+/// (`{"archive": "../nar/….nar.xz", "member": …}`), if it can be read.
+fn debug_info_archive(file: &Path) -> Option<String> {
+    let mut text = String::new();
+    File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(file)
+        .and_then(|f| f.take(MAX_NARINFO_SIZE).read_to_string(&mut text))
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    nar_file_name(Path::new(value.get("archive")?.as_str()?), 1)
+}
+
+/// `<name>.nar` or `<name>.nar.<compression>`, as writers name NAR files.
+fn is_nar_name(name: &str) -> bool {
+    !name.starts_with('.')
+        && match name.rsplit_once(".nar") {
+            Some((stem, ext)) => {
+                !stem.is_empty()
+                    && (ext.is_empty()
+                        || ext.strip_prefix('.').is_some_and(|e| {
+                            !e.is_empty() && e.bytes().all(|b| b.is_ascii_alphanumeric())
+                        }))
+            }
+            None => false,
+        }
+}
+
+fn is_stale_temp_file(name: &str) -> bool {
+    TempFiles::owner(name).is_some_and(|pid| !cache::process_is_running(pid))
+}
+
+fn in_dir(file: &Path, sub: &str) -> bool {
+    match file.parent() {
+        Some(p) if p.as_os_str().is_empty() => sub == ".",
+        Some(p) => p == Path::new(sub),
+        None => false,
+    }
+}
+
+/// Removes `path` itself (a symlink as a link); gone already is fine.
+fn remove(path: &Path) -> Result<(), PruneError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(PruneError::Remove {
+            path: path.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), PruneError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| PruneError::Remove {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nar_names_are_what_writers_write() {
+        for good in [
+            "0wspvgvn8qfh2yv4h92wc3xp18s9yx1kszn3a3lc9ynikzr7bvci.nar.xz",
+            "x.nar",
+            "x.nar.zst",
+        ] {
+            assert!(is_nar_name(good), "{good}");
+        }
+        for bad in [
+            ".x.nar.tmp.1.2",
+            "README",
+            ".nar",
+            "x.nar.",
+            "x.narx",
+            "x.nar.a/b",
+        ] {
+            assert!(!is_nar_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_urls_directly_in_nar_name_a_nar_file() {
+        let name = |url: &str, up| nar_file_name(Path::new(url), up);
+        assert_eq!(name("nar/a.nar.xz", 0).as_deref(), Some("a.nar.xz"));
+        assert_eq!(name("./nar/a.nar", 0).as_deref(), Some("a.nar"));
+        assert_eq!(name("../nar/a.nar", 1).as_deref(), Some("a.nar"));
+        assert_eq!(name("../nar/a.nar", 0), None);
+        assert_eq!(name("nar/../a.nar", 0), None);
+        assert_eq!(name("/nar/a.nar", 0), None);
+        assert_eq!(name("nar/sub/a.nar", 0), None);
+        assert_eq!(name("../../nar/a.nar", 1), None);
+    }
+
+    #[test]
+    fn the_summary_counts_each_kind_and_the_bytes() {
+        let removal = |file: &str, kind, bytes| Removal {
+            file: PathBuf::from(file),
+            kind,
+            bytes,
+        };
+        let report = Report {
+            dry_run: true,
+            roots: Vec::new(),
+            roots_not_cached: Vec::new(),
+            kept: 3,
+            removals: vec![
+                removal("a.narinfo", Kind::Narinfo(None), 100),
+                removal("nar/a.nar", Kind::Nar, 2000),
+                removal("debuginfo/x.debug", Kind::DebugInfo, 50),
+            ],
+        };
+        assert_eq!(
+            report.to_string(),
+            "dry run: would remove 1 path, 1 NAR, 0 listings, 1 debug-info entry, 0 temporary files; \
+             would free 2.1 KiB (2150 bytes); kept 3 paths of 0 roots"
+        );
+    }
+}
