@@ -170,7 +170,9 @@ fn exclude_refuses_a_path_outside_the_store_before_writing() {
     let outside = work.path().to_str().unwrap();
     let stderr = run_failing(&mut build_into(&delta, &["--exclude", outside, top()]));
     assert!(
-        stderr.contains(&format!("--exclude: '{outside}' is not in the store")),
+        stderr.contains(&format!(
+            "--exclude: root '{outside}': '{outside}' is not inside the store directory '/nix/store'"
+        )),
         "{stderr}"
     );
     assert!(!delta.exists());
