@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use mk_binary_cache::compression::Compression;
+use mk_binary_cache::format::compression::Compression;
 
 use crate::common::*;
 

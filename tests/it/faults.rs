@@ -18,12 +18,12 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
-use mk_binary_cache::attrs;
-use mk_binary_cache::cache::{self, CacheError};
-use mk_binary_cache::hash::{HashingWriter, NarHash};
-use mk_binary_cache::nar::dump;
-use mk_binary_cache::nixbase32;
-use mk_binary_cache::progress::Progress;
+use mk_binary_cache::format::hash::{HashingWriter, NarHash};
+use mk_binary_cache::format::nar::dump;
+use mk_binary_cache::format::nixbase32;
+use mk_binary_cache::input::attrs;
+use mk_binary_cache::ops::write::{self, CacheError};
+use mk_binary_cache::support::progress::Progress;
 use serde_json::{Value, json};
 
 use crate::common;
@@ -118,7 +118,7 @@ fn attrs_json(out: &Path, closure: Vec<Value>, compression: &str) -> Value {
     json!({"outputs": {"out": out}, "closure": closure, "compression": compression})
 }
 
-/// Writes the cache `attrs` describe in this process, with `cache::write_cache`
+/// Writes the cache `attrs` describe in this process, with `write::write_cache`
 /// and two workers.
 fn write_cache(store: &FakeStore, attrs: &Value) -> Result<(), CacheError> {
     write_cache_with(store, attrs, 2)
@@ -127,7 +127,7 @@ fn write_cache(store: &FakeStore, attrs: &Value) -> Result<(), CacheError> {
 /// Writes the cache `attrs` describe with `jobs` workers (one: in a fixed order).
 fn write_cache_with(store: &FakeStore, attrs: &Value, jobs: usize) -> Result<(), CacheError> {
     let job = attrs::from_json(attrs, store.dir(), jobs).unwrap();
-    cache::write_cache(&job.out, &job.closure, &job.options, &Progress::new(true)).map(|_| ())
+    write::write_cache(&job.out, &job.closure, &job.options, &Progress::new(true)).map(|_| ())
 }
 
 /// What a builder run did.
@@ -354,7 +354,7 @@ fn an_update_cut_short_by_a_full_disk_leaves_only_whole_paths_and_resumes() {
     let mut failures = 0;
     for pages in 1..=32 {
         let tmpfs = Mount::tmpfs(&mnt, &format!("size={}k", 4 * pages));
-        if let Err(e) = cache::update_cache(&out, &job.closure, &job.options, &quiet) {
+        if let Err(e) = write::update_cache(&out, &job.closure, &job.options, &quiet) {
             let message = e.to_string();
             assert!(
                 message.contains("No space left on device"),
@@ -366,7 +366,7 @@ fn an_update_cut_short_by_a_full_disk_leaves_only_whole_paths_and_resumes() {
             failures += 1;
         }
         tmpfs.resize("1m");
-        cache::update_cache(&out, &job.closure, &job.options, &quiet)
+        write::update_cache(&out, &job.closure, &job.options, &quiet)
             .unwrap_or_else(|e| panic!("{pages} pages, then resumed: {e}"));
         assert_eq!(common::narinfo_hash_parts(&out).len(), 3, "{pages} pages");
         assert_every_narinfo_has_its_nar(&out);

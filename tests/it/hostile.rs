@@ -9,13 +9,13 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use mk_binary_cache::hash::NarHash;
-use mk_binary_cache::nar::padding;
-use mk_binary_cache::nar::reader::{
+use mk_binary_cache::format::hash::NarHash;
+use mk_binary_cache::format::nar::padding;
+use mk_binary_cache::format::nar::reader::{
     DEFAULT_MAX_DEPTH, NarError, NarSummary, ParseOptions, read_tree, restore, validate,
 };
-use mk_binary_cache::progress::Progress;
-use mk_binary_cache::verify::{self, ProblemKind};
+use mk_binary_cache::ops::verify::{self, ProblemKind};
+use mk_binary_cache::support::progress::Progress;
 
 use crate::peak_alloc::peak_bytes;
 

@@ -12,7 +12,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 use std::sync::OnceLock;
 
-use mk_binary_cache::nar::{dump, reader};
+use mk_binary_cache::format::nar::{dump, reader};
 
 use crate::build::{build_into, nix_copy_to};
 use crate::common::*;

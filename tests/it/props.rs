@@ -27,15 +27,16 @@ use std::path::Path;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use mk_binary_cache::cache::{self, Options};
-use mk_binary_cache::cache_info::CacheInfo;
-use mk_binary_cache::hash::NarHash;
-use mk_binary_cache::nar::reader::{self, Node};
-use mk_binary_cache::nar::{dump, is_valid_entry_name, padding, writer};
-use mk_binary_cache::narinfo::NarInfo;
-use mk_binary_cache::signing::{self, PublicKey, SecretKey, Signature};
-use mk_binary_cache::store_path::StorePath;
-use mk_binary_cache::{attrs, closure, nixbase32};
+use mk_binary_cache::format::cache_info::CacheInfo;
+use mk_binary_cache::format::hash::NarHash;
+use mk_binary_cache::format::nar::reader::{self, Node};
+use mk_binary_cache::format::nar::{dump, is_valid_entry_name, padding, writer};
+use mk_binary_cache::format::narinfo::NarInfo;
+use mk_binary_cache::format::nixbase32;
+use mk_binary_cache::format::signing::{self, PublicKey, SecretKey, Signature};
+use mk_binary_cache::format::store_path::StorePath;
+use mk_binary_cache::input::{attrs, closure};
+use mk_binary_cache::ops::write::{self, Options};
 use proptest::collection::{btree_map, btree_set, vec};
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
@@ -1021,7 +1022,7 @@ proptest! {
             want_mass_query,
             ..Options::default()
         };
-        let text = cache::cache_info(&options);
+        let text = write::cache_info(&options);
         let read: CacheInfo = text.parse().unwrap();
         prop_assert_eq!(read, CacheInfo {
             store_dir: Some(store_dir),

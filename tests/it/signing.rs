@@ -12,8 +12,8 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::common::{NixKey, generate_key, hermetic_nix};
-use mk_binary_cache::hash::NarHash;
-use mk_binary_cache::signing::{PublicKey, SecretKey, Signature, fingerprint};
+use mk_binary_cache::format::hash::NarHash;
+use mk_binary_cache::format::signing::{PublicKey, SecretKey, Signature, fingerprint};
 
 /// Runs a Nix tool; returns its standard output, panicking with a clear
 /// message if Nix is missing or the command fails.

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::hash::{NarHash, ParseHashError};
-use crate::store_path::{PathInfo, StorePath, StorePathError};
+use crate::format::hash::{NarHash, ParseHashError};
+use crate::format::store_path::{PathInfo, StorePath, StorePathError};
 
 #[derive(Debug, Error)]
 pub enum ClosureError {

@@ -5,7 +5,7 @@
 //! the store is supposed to be immutable, so it means corruption or a race.
 //!
 //! [`dump_listing`] also records each node as it goes (a NAR listing, see
-//! [`crate::listing`]): what a listing needs is learnt in the same pass,
+//! [`crate::format::nar::listing`]): what a listing needs is learnt in the same pass,
 //! without reading anything twice.
 
 use std::fs::{self, File, Metadata};
@@ -18,7 +18,7 @@ use thiserror::Error;
 
 use super::writer::{self, Node, WriteError};
 use super::{MAGIC, padding, token};
-use crate::listing;
+use crate::format::nar::listing;
 
 #[derive(Debug, Error)]
 pub enum DumpError {

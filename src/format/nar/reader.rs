@@ -884,12 +884,12 @@ mod tests {
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nar");
     // Made by `nix-store --dump` (Nix 2.8); see tests/fixtures/nar/make-fixtures.sh.
-    const TREE: &[u8] = include_bytes!("../../tests/fixtures/nar/tree.nar");
-    const REGULAR: &[u8] = include_bytes!("../../tests/fixtures/nar/regular.nar");
-    const EXECUTABLE: &[u8] = include_bytes!("../../tests/fixtures/nar/executable.nar");
-    const SYMLINK: &[u8] = include_bytes!("../../tests/fixtures/nar/symlink.nar");
-    const EMPTY_DIR: &[u8] = include_bytes!("../../tests/fixtures/nar/empty-dir.nar");
-    const EMPTY_FILE: &[u8] = include_bytes!("../../tests/fixtures/nar/empty-file.nar");
+    const TREE: &[u8] = include_bytes!("../../../tests/fixtures/nar/tree.nar");
+    const REGULAR: &[u8] = include_bytes!("../../../tests/fixtures/nar/regular.nar");
+    const EXECUTABLE: &[u8] = include_bytes!("../../../tests/fixtures/nar/executable.nar");
+    const SYMLINK: &[u8] = include_bytes!("../../../tests/fixtures/nar/symlink.nar");
+    const EMPTY_DIR: &[u8] = include_bytes!("../../../tests/fixtures/nar/empty-dir.nar");
+    const EMPTY_FILE: &[u8] = include_bytes!("../../../tests/fixtures/nar/empty-file.nar");
     const GOLDEN: [&[u8]; 6] = [TREE, REGULAR, EXECUTABLE, SYMLINK, EMPTY_DIR, EMPTY_FILE];
 
     // A NAR encoder for building test input, valid or not. Kept apart from

@@ -13,9 +13,9 @@ use std::fmt;
 
 use thiserror::Error;
 
-use crate::hash::NarHash;
-use crate::signing;
-use crate::store_path::{StorePath, StorePathError};
+use crate::format::hash::NarHash;
+use crate::format::signing;
+use crate::format::store_path::{StorePath, StorePathError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NarInfo {
@@ -217,7 +217,7 @@ mod tests {
     use super::*;
 
     /// Written by `nix copy --to file://…?compression=xz` (Nix 2.8).
-    const FROM_NIX: &str = include_str!("../tests/fixtures/nix-copy-xz.narinfo");
+    const FROM_NIX: &str = include_str!("../../tests/fixtures/nix-copy-xz.narinfo");
 
     #[test]
     fn reads_and_writes_nixs_text_unchanged() {

@@ -32,15 +32,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use thiserror::Error;
 
-use crate::compression::Compression;
-use crate::debuginfo;
-use crate::hash::{HashingWriter, NarHash};
-use crate::listing;
-use crate::nar::dump::{self, DumpError};
-use crate::narinfo::NarInfo;
-use crate::progress::{Progress, Totals};
-use crate::schedule;
-use crate::store_path::{PathInfo, StorePath};
+use crate::format::compression::Compression;
+use crate::format::debuginfo;
+use crate::format::hash::{HashingWriter, NarHash};
+use crate::format::nar::dump::{self, DumpError};
+use crate::format::nar::listing;
+use crate::format::narinfo::NarInfo;
+use crate::format::store_path::{PathInfo, StorePath};
+use crate::support::progress::{Progress, Totals};
+use crate::support::schedule;
 
 /// Directories Nix's `LocalBinaryCacheStore` creates when it opens a cache
 /// (`realisations/` up to 2.34, `build-trace-v2/` from 2.35, `debuginfo/` when

@@ -34,10 +34,10 @@ use std::sync::Mutex;
 
 use thiserror::Error;
 
-use crate::cache_info::{self, CacheInfo, CacheInfoError};
-use crate::narinfo::{self, NarInfo};
-use crate::schedule;
-use crate::signing::SecretKey;
+use crate::format::cache_info::{self, CacheInfo, CacheInfoError};
+use crate::format::narinfo::{self, NarInfo};
+use crate::format::signing::SecretKey;
+use crate::support::schedule;
 
 /// The store directory of a cache whose `nix-cache-info` names none, as Nix assumes.
 const DEFAULT_STORE_DIR: &str = "/nix/store";
@@ -469,10 +469,10 @@ fn sync_directory(dir: &Path) -> Result<(), SignError> {
 mod tests {
     use super::*;
 
-    const SECRET: &str = include_str!("../tests/fixtures/keys/secret.key");
+    const SECRET: &str = include_str!("../../tests/fixtures/keys/secret.key");
     // Written by Nix 2.8 `nix copy --to 'file://…?secret-key=secret.key'`.
     const SIGNED_BY_NIX: &str =
-        include_str!("../tests/fixtures/keys/signed-with-references.narinfo");
+        include_str!("../../tests/fixtures/keys/signed-with-references.narinfo");
 
     fn key() -> SecretKey {
         SECRET.parse().unwrap()

@@ -17,10 +17,10 @@
 //! carriage return and tab as `\n`, `\r`, `\t`, other bytes below 0x20 as
 //! `\u00xx`; every other byte, invalid UTF-8 included, is written as is.
 //!
-//! A listing is recorded while the NAR is written ([`crate::nar::dump::dump_listing`]),
+//! A listing is recorded while the NAR is written ([`crate::format::nar::dump::dump_listing`]),
 //! so files are read once.
 
-use crate::nar::dump::Record;
+use crate::format::nar::dump::Record;
 
 /// One node of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]

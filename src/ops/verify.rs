@@ -39,14 +39,14 @@ use std::time::Duration;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::cache_info::{self, CacheInfo};
-use crate::hash::{HashingReader, NarHash};
-use crate::nar;
-use crate::narinfo::NarInfo;
-use crate::progress::{Progress, human_bytes};
-use crate::schedule;
-use crate::signing::{PublicKey, Signature};
-use crate::store_path::StorePath;
+use crate::format::cache_info::{self, CacheInfo};
+use crate::format::hash::{HashingReader, NarHash};
+use crate::format::nar;
+use crate::format::narinfo::NarInfo;
+use crate::format::signing::{PublicKey, Signature};
+use crate::format::store_path::StorePath;
+use crate::support::progress::{Progress, human_bytes};
+use crate::support::schedule;
 
 /// How many symlinks a file name may go through, as Linux allows.
 const MAX_SYMLINKS: usize = 40;
@@ -931,7 +931,7 @@ mod tests {
     use std::io::Write;
     use std::os::unix::fs::symlink;
 
-    use crate::compression::Compression;
+    use crate::format::compression::Compression;
 
     /// A NAR of one regular file holding `len` zero bytes.
     fn zeros_nar(len: u64) -> Vec<u8> {

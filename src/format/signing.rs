@@ -19,7 +19,7 @@ use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use thiserror::Error;
 
-use crate::hash::NarHash;
+use crate::format::hash::NarHash;
 
 /// Length of a secret key: the seed followed by the public key.
 const SECRET_KEY_LEN: usize = 64;
@@ -294,11 +294,12 @@ mod tests {
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
     // Made by `nix-store --generate-binary-cache-key test-cache-1 secret.key public.key`.
     // A key for these tests only: it signs nothing else.
-    const SECRET: &str = include_str!("../tests/fixtures/keys/secret.key");
-    const PUBLIC: &str = include_str!("../tests/fixtures/keys/public.key");
+    const SECRET: &str = include_str!("../../tests/fixtures/keys/secret.key");
+    const PUBLIC: &str = include_str!("../../tests/fixtures/keys/public.key");
     // Written by Nix 2.8 `nix copy --to 'file://…?secret-key=secret.key'`.
-    const WITH_REFS: &str = include_str!("../tests/fixtures/keys/signed-with-references.narinfo");
-    const NO_REFS: &str = include_str!("../tests/fixtures/keys/signed-no-references.narinfo");
+    const WITH_REFS: &str =
+        include_str!("../../tests/fixtures/keys/signed-with-references.narinfo");
+    const NO_REFS: &str = include_str!("../../tests/fixtures/keys/signed-no-references.narinfo");
 
     /// The fields of a narinfo a fingerprint needs, and its `Sig:` line.
     struct Info {

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::narinfo::NarInfo;
+use crate::format::narinfo::NarInfo;
 
 /// How often the bar is redrawn.
 const REDRAW_EVERY: Duration = Duration::from_millis(200);

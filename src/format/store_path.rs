@@ -4,8 +4,8 @@ use std::fmt;
 
 use thiserror::Error;
 
-use crate::hash::NarHash;
-use crate::nixbase32;
+use crate::format::hash::NarHash;
+use crate::format::nixbase32;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum StorePathError {

@@ -16,9 +16,9 @@ use std::process::Command;
 
 use thiserror::Error;
 
-use crate::attrs::containing_store_path;
-use crate::closure::{self, ClosureError};
-use crate::store_path::{PathInfo, StorePath, StorePathError};
+use crate::format::store_path::{PathInfo, StorePath, StorePathError};
+use crate::input::attrs::containing_store_path;
+use crate::input::closure::{self, ClosureError};
 
 /// How many symlinks a root may go through before it reaches the store.
 const MAX_SYMLINKS: usize = 40;
