@@ -135,19 +135,6 @@ impl<W: Write> HashingWriter<W> {
         }
     }
 
-    /// Bytes written so far.
-    pub fn len(&self) -> u64 {
-        self.running.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn get_mut(&mut self) -> &mut W {
-        &mut self.inner
-    }
-
     /// The inner writer, and the hash and length of everything written.
     pub fn finish(self) -> (W, NarHash, u64) {
         let (hash, len) = self.running.finish();
@@ -183,12 +170,8 @@ impl<R: Read> HashingReader<R> {
     }
 
     /// Bytes read so far.
-    pub fn len(&self) -> u64 {
+    pub fn bytes_read(&self) -> u64 {
         self.running.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     pub fn get_ref(&self) -> &R {
@@ -259,7 +242,7 @@ mod tests {
         let mut r = HashingReader::new(&b"hello world"[..]);
         let mut head = [0; 6];
         r.read_exact(&mut head).unwrap();
-        assert_eq!(r.len(), 6);
+        assert_eq!(r.bytes_read(), 6);
         io::copy(&mut r, &mut io::sink()).unwrap();
         let (_, hash, len) = r.finish();
         assert_eq!(len, 11);

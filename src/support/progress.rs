@@ -123,10 +123,6 @@ impl Progress {
         }
     }
 
-    pub fn style(&self) -> Style {
-        self.style
-    }
-
     /// Says how much work there is: `paths` items of `bytes` in all. May be
     /// called again to add more.
     pub fn begin(&self, paths: usize, bytes: u64) {

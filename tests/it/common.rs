@@ -6,8 +6,6 @@
 //! Tests that need Nix panic with a clear message when it is missing: a suite
 //! that silently passes without Nix would prove nothing.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;

@@ -32,7 +32,7 @@ use mk_binary_cache::format::hash::NarHash;
 use mk_binary_cache::format::nar::reader::{self, Node};
 use mk_binary_cache::format::nar::{dump, is_valid_entry_name, padding, writer};
 use mk_binary_cache::format::narinfo::NarInfo;
-use mk_binary_cache::format::nixbase32;
+use mk_binary_cache::format::nixbase32::{self, DecodeError};
 use mk_binary_cache::format::signing::{self, PublicKey, SecretKey, Signature};
 use mk_binary_cache::format::store_path::StorePath;
 use mk_binary_cache::input::{attrs, closure};
@@ -1136,7 +1136,27 @@ proptest! {
 
     #[test]
     fn nix32_decode_returns_a_value_or_an_error_for_any_text(text in ".{0,60}", len in 0usize..40) {
-        let _ = nixbase32::decode(&text, len);
+        // Each error names the one thing wrong, checked in this order:
+        // the length, then each character, then the bits beyond the value.
+        let expected_len = nixbase32::encoded_len(len);
+        let all_nix32 = text.bytes().all(|b| NIX32_CHARS.contains(&b));
+        match nixbase32::decode(&text, len) {
+            Ok(bytes) => prop_assert_eq!(nixbase32::encode(&bytes), text),
+            Err(DecodeError::InvalidLength { expected, actual }) => {
+                prop_assert_ne!(text.len(), expected_len);
+                prop_assert_eq!(expected, expected_len);
+                prop_assert_eq!(actual, text.chars().count());
+            }
+            Err(DecodeError::InvalidChar(c)) => {
+                prop_assert_eq!(text.len(), expected_len);
+                prop_assert!(!all_nix32);
+                prop_assert!(!NIX32_CHARS.iter().any(|&a| char::from(a) == c), "{c:?}");
+            }
+            Err(DecodeError::NonZeroPadding) => {
+                prop_assert_eq!(text.len(), expected_len);
+                prop_assert!(all_nix32);
+            }
+        }
     }
 
     #[test]
