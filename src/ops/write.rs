@@ -815,7 +815,7 @@ fn compress_nar<S: Write>(
         },
     );
     let listing = if opts.write_nar_listing || opts.index_debug_info {
-        Some(dump::dump_listing(&source, &mut nar)?)
+        Some(listing::dump(&source, &mut nar)?)
     } else {
         dump::dump(&source, &mut nar)?;
         None
