@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use mk_binary_cache::format::cache_info::MAX_PRIORITY;
 use mk_binary_cache::format::compression::Compression;
 use mk_binary_cache::format::signing::{PublicKey, SecretKey};
 use mk_binary_cache::input::{attrs, local_store};
-use mk_binary_cache::ops::write::MAX_PRIORITY;
 use mk_binary_cache::ops::{sign, verify, write};
 use mk_binary_cache::support::progress::{Progress, Style};
 

@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
+use crate::format::cache_info::MAX_PRIORITY;
 use crate::format::compression::{Compression, CompressionError};
 use crate::format::store_path::{PathInfo, StorePath, StorePathError};
 use crate::input::closure::{self, ClosureError};
-use crate::ops::write::{MAX_PRIORITY, Options};
+use crate::ops::write::Options;
 
 /// The name `exportReferencesGraph` gives the closure.
 pub const CLOSURE_KEY: &str = "closure";

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use thiserror::Error;
 
+use crate::format::cache_info::{self, CacheInfo, CacheInfoError};
 use crate::format::compression::Compression;
 use crate::format::debuginfo;
 use crate::format::hash::{HashingWriter, NarHash};
@@ -50,9 +51,6 @@ pub const DIRECTORIES: [&str; 5] = ["nar", "log", "realisations", "build-trace-v
 
 /// The file listing the cache's root paths, one per line.
 pub const STORE_PATHS: &str = "store-paths";
-
-/// The largest `Priority:` Nix can read: it parses the value as a C `int`.
-pub const MAX_PRIORITY: u64 = i32::MAX as u64;
 
 /// How to write a cache.
 #[derive(Debug, Clone)]
@@ -128,6 +126,11 @@ pub enum CacheError {
         "'{0}' is not empty and has no nix-cache-info: refusing to write a cache into a directory that is not one"
     )]
     NotACache(PathBuf),
+    #[error("'{path}': {source}")]
+    CacheInfo {
+        path: PathBuf,
+        source: CacheInfoError,
+    },
     #[error("'{path}' says {key}: {found}, but this run asks for {key}: {expected}")]
     CacheInfoMismatch {
         path: PathBuf,
@@ -183,7 +186,8 @@ fn write_new(
 ) -> Result<Totals, CacheError> {
     fs::create_dir(out).map_err(write_error(out))?;
     let cache = Cache::new(out, false);
-    cache.write_file(&out.join("nix-cache-info"), cache_info(opts).as_bytes())?;
+    let info = cache_info(opts).to_string();
+    cache.write_file(&out.join(cache_info::FILE_NAME), info.as_bytes())?;
     cache.create_directories()?;
     let totals = cache.write_paths(closure, opts, progress)?;
     let list: String = opts.root_paths.iter().map(|p| format!("{p}\n")).collect();
@@ -216,14 +220,14 @@ pub fn update_cache(
 ) -> Result<Updated, CacheError> {
     fs::create_dir_all(dir).map_err(write_error(dir))?;
     let cache = Cache::new(dir, true);
-    let info_file = dir.join("nix-cache-info");
+    let info_file = dir.join(cache_info::FILE_NAME);
     match fs::read_to_string(&info_file) {
         Ok(text) => check_cache_info(&info_file, &text, opts)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if !is_empty_but_for_temp_files(dir)? {
                 return Err(CacheError::NotACache(dir.to_owned()));
             }
-            cache.write_file(&info_file, cache_info(opts).as_bytes())?;
+            cache.write_file(&info_file, cache_info(opts).to_string().as_bytes())?;
         }
         Err(e) => return Err(read_error(&info_file)(e)),
     }
@@ -250,27 +254,27 @@ pub fn update_cache(
     })
 }
 
-/// The text of `nix-cache-info`.
-pub fn cache_info(opts: &Options) -> String {
-    let mut text = format!("StoreDir: {}\n", opts.store_dir);
-    if let Some(want) = opts.want_mass_query {
-        text += &format!("WantMassQuery: {}\n", u8::from(want));
+/// The `nix-cache-info` this run writes.
+pub fn cache_info(opts: &Options) -> CacheInfo {
+    CacheInfo {
+        store_dir: Some(opts.store_dir.clone()),
+        want_mass_query: opts.want_mass_query,
+        // At most MAX_PRIORITY, an i32: the options are checked when read.
+        priority: opts.priority.map(|p| p as i64),
     }
-    if let Some(priority) = opts.priority {
-        text += &format!("Priority: {priority}\n");
-    }
-    text
 }
 
-/// Checks an existing `nix-cache-info` against what this run would write.
+/// Checks an existing `nix-cache-info` against what this run would write:
+/// a setting this run does not ask for may be anything, or missing.
 fn check_cache_info(path: &Path, text: &str, opts: &Options) -> Result<(), CacheError> {
-    let field = |key: &str| {
-        text.lines()
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.trim() == key)
-            .map(|(_, v)| v.trim().to_owned())
-    };
-    let expect = |key: &'static str, expected: Option<String>| match (field(key), expected) {
+    let found: CacheInfo = text.parse().map_err(|source| CacheError::CacheInfo {
+        path: path.to_owned(),
+        source,
+    })?;
+    let wanted = cache_info(opts);
+    let expect = |key: &'static str, found: Option<String>, expected: Option<String>| match (
+        found, expected,
+    ) {
         (Some(found), Some(expected)) if found != expected => Err(CacheError::CacheInfoMismatch {
             path: path.to_owned(),
             key,
@@ -279,11 +283,18 @@ fn check_cache_info(path: &Path, text: &str, opts: &Options) -> Result<(), Cache
         }),
         _ => Ok(()),
     };
-    expect("StoreDir", Some(opts.store_dir.clone()))?;
-    expect("Priority", opts.priority.map(|p| p.to_string()))?;
+    let want_mass_query = |w: Option<bool>| w.map(|w| u8::from(w).to_string());
+    let priority = |p: Option<i64>| p.map(|p| p.to_string());
+    expect("StoreDir", found.store_dir, wanted.store_dir)?;
+    expect(
+        "Priority",
+        priority(found.priority),
+        priority(wanted.priority),
+    )?;
     expect(
         "WantMassQuery",
-        opts.want_mass_query.map(|w| u8::from(w).to_string()),
+        want_mass_query(found.want_mass_query),
+        want_mass_query(wanted.want_mass_query),
     )
 }
 
@@ -1000,5 +1011,20 @@ mod tests {
             e.to_string(),
             "'/c/nix-cache-info' says Priority: 40, but this run asks for Priority: 30"
         );
+    }
+
+    #[test]
+    fn existing_cache_info_is_read_as_nix_cache_info_reads_it() {
+        // The same parser as sign and verify: a repeated key or a value no
+        // writer produces is an error naming the file, not a guess.
+        let path = Path::new("/c/nix-cache-info");
+        for text in [
+            "StoreDir: /nix/store\nStoreDir: /gnu/store\n",
+            "Priority: high\n",
+        ] {
+            let e = check_cache_info(path, text, &Options::default()).unwrap_err();
+            assert!(matches!(e, CacheError::CacheInfo { .. }), "{e}");
+            assert!(e.to_string().starts_with("'/c/nix-cache-info': "), "{e}");
+        }
     }
 }

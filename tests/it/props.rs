@@ -1022,7 +1022,7 @@ proptest! {
             want_mass_query,
             ..Options::default()
         };
-        let text = write::cache_info(&options);
+        let text = write::cache_info(&options).to_string();
         let read: CacheInfo = text.parse().unwrap();
         prop_assert_eq!(read, CacheInfo {
             store_dir: Some(store_dir),
