@@ -37,6 +37,7 @@ use thiserror::Error;
 use crate::format::cache_info::{self, CacheInfo, CacheInfoError};
 use crate::format::narinfo::{self, NarInfo};
 use crate::format::signing::SecretKey;
+use crate::support::files::{self, TempNames};
 use crate::support::schedule;
 
 /// The store directory of a cache whose `nix-cache-info` names none, as Nix assumes.
@@ -138,6 +139,7 @@ pub fn sign_in_place(cache: &Path, keys: &[SecretKey], jobs: usize) -> Result<Su
     let summary = source.summary(&signed);
 
     let changed: Vec<&Signed> = signed.iter().filter(|s| s.added > 0).collect();
+    let temp_names = TempNames::default();
     let mut temporaries = Vec::with_capacity(changed.len());
     let result = (|| {
         for s in &changed {
@@ -146,16 +148,16 @@ pub fn sign_in_place(cache: &Path, keys: &[SecretKey], jobs: usize) -> Result<Su
                 .map_err(read_error(&path))?
                 .permissions()
                 .mode();
-            let temp = temp_sibling(&path);
+            let temp = temp_names.next(&path);
             write_new_file(&temp, s.text.as_bytes(), mode)?;
             temporaries.push((temp, path));
         }
         // One flush for all the temporary files, rather than one per file.
-        sync_filesystem(&source.root)?;
+        files::sync_filesystem(&source.root).map_err(write_error(&source.root))?;
         for (temp, path) in temporaries.drain(..) {
             fs::rename(&temp, &path).map_err(write_error(&path))?;
         }
-        sync_directory(&source.root)
+        files::sync_dir(&source.root).map_err(write_error(&source.root))
     })();
     for (temp, _) in temporaries {
         let _ = fs::remove_file(temp);
@@ -190,7 +192,7 @@ pub fn sign_copy(
     let signed = source.sign_all(keys, jobs)?;
     let mut summary = source.summary(&signed);
 
-    let temp = temp_sibling(out);
+    let temp = TempNames::default().next(out);
     fs::create_dir(&temp).map_err(write_error(&temp))?;
     let result = (|| {
         let narinfos: HashMap<OsString, &Signed> = signed
@@ -198,17 +200,18 @@ pub fn sign_copy(
             .map(|s| (OsString::from(&s.name), s))
             .collect();
         copy_tree(&source.root, &temp, Some(&narinfos), &mut summary)?;
-        sync_filesystem(&temp)?;
+        files::sync_filesystem(&temp).map_err(write_error(&temp))?;
         fs::rename(&temp, out).map_err(|e| match e.kind() {
             io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists => {
                 SignError::OutputExists(out.to_owned())
             }
             _ => write_error(out)(e),
         })?;
-        match out.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => sync_directory(parent),
-            _ => sync_directory(Path::new(".")),
-        }
+        let parent = match out.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        files::sync_dir(parent).map_err(write_error(parent))
     })();
     if result.is_err() {
         let _ = fs::remove_dir_all(&temp);
@@ -428,12 +431,6 @@ fn copy_tree(
     Ok(())
 }
 
-/// A name for a temporary file or directory beside `path`, unique to this process.
-fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    path.with_file_name(format!(".{name}.sign-{}.tmp", std::process::id()))
-}
-
 /// Creates `path` (which must not exist) holding `bytes`, with `mode`.
 fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SignError> {
     let mut file = File::options()
@@ -446,23 +443,6 @@ fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SignError>
     // Set explicitly: `mode` above is filtered by the umask.
     file.set_permissions(Permissions::from_mode(mode & 0o7777))
         .map_err(write_error(path))
-}
-
-/// Flushes everything written to the filesystem holding `dir` to disk.
-fn sync_filesystem(dir: &Path) -> Result<(), SignError> {
-    let handle = File::open(dir).map_err(read_error(dir))?;
-    // SAFETY: a plain system call on a descriptor that stays open for it.
-    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
-        return Err(write_error(dir)(io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-/// Makes the renames in `dir` durable.
-fn sync_directory(dir: &Path) -> Result<(), SignError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(write_error(dir))
 }
 
 #[cfg(test)]

@@ -25,10 +25,8 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use thiserror::Error;
 
@@ -40,6 +38,7 @@ use crate::format::nar::dump::{self, DumpError};
 use crate::format::nar::listing;
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::{PathInfo, StorePath};
+use crate::support::files::{self, DirLock, TempNames};
 use crate::support::progress::{Progress, Totals};
 use crate::support::schedule;
 
@@ -303,7 +302,7 @@ fn check_cache_info(path: &Path, text: &str, opts: &Options) -> Result<(), Cache
 fn is_empty_but_for_temp_files(dir: &Path) -> Result<bool, CacheError> {
     for entry in fs::read_dir(dir).map_err(read_error(dir))? {
         let name = entry.map_err(read_error(dir))?.file_name();
-        if TempFiles::owner(&name.to_string_lossy()).is_none() {
+        if TempNames::owner(&name).is_none() {
             return Ok(false);
         }
     }
@@ -315,7 +314,7 @@ struct Cache<'a> {
     root: &'a Path,
     /// Whether to fsync files and directories before relying on them.
     durable: bool,
-    temp: TempFiles,
+    temp: TempNames,
     /// Debug-info entries written by this run: entry name -> the store path
     /// it was written for.
     debug_entries: Mutex<HashMap<String, StorePath>>,
@@ -326,7 +325,7 @@ impl<'a> Cache<'a> {
         Cache {
             root,
             durable,
-            temp: TempFiles::default(),
+            temp: TempNames::default(),
             debug_entries: Mutex::new(HashMap::new()),
         }
     }
@@ -374,9 +373,7 @@ impl<'a> Cache<'a> {
     /// Makes the renames done in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> Result<(), CacheError> {
         if self.durable {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(write_error(dir))?;
+            files::sync_dir(dir).map_err(write_error(dir))?;
         }
         Ok(())
     }
@@ -569,7 +566,8 @@ impl<'a> Cache<'a> {
     fn add_store_paths(&self, roots: &[StorePath], store_dir: &str) -> Result<(), CacheError> {
         let file = self.root.join(STORE_PATHS);
         // Runs into the same cache take turns to read, merge and replace it.
-        let _lock = DirLock::exclusive(self.root)?;
+        let root = File::open(self.root).map_err(read_error(self.root))?;
+        let _lock = DirLock::exclusive(root).map_err(write_error(self.root))?;
         let mut paths = match fs::read_to_string(&file) {
             Ok(text) => text
                 .lines()
@@ -607,18 +605,9 @@ impl<'a> Cache<'a> {
         ] {
             for entry in fs::read_dir(&dir).map_err(read_error(&dir))? {
                 let entry = entry.map_err(read_error(&dir))?;
-                let name = entry.file_name();
-                let Some(pid) = TempFiles::owner(&name.to_string_lossy()) else {
-                    continue;
-                };
-                if !process_is_running(pid) {
+                if TempNames::is_stale(&entry.file_name()) {
                     let path = entry.path();
-                    match fs::remove_file(&path) {
-                        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                            return Err(write_error(&path)(e));
-                        }
-                        _ => {}
-                    }
+                    files::remove_temporary(&path).map_err(write_error(&path))?;
                 }
             }
         }
@@ -707,66 +696,6 @@ impl Publication {
             }
         }
         Ok(())
-    }
-}
-
-/// Names for temporary files: `.<final name>.tmp.<pid>.<n>`, in the
-/// directory of the file they become. Hidden, and with a suffix of their own,
-/// they are never taken for a narinfo or a NAR; the process ID keeps
-/// concurrent runs apart and tells a later run which files are stale.
-#[derive(Default)]
-struct TempFiles {
-    next: AtomicU64,
-}
-
-impl TempFiles {
-    fn next(&self, dest: &Path) -> PathBuf {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let name = dest
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        dest.with_file_name(format!(".{name}.tmp.{}.{n}", std::process::id()))
-    }
-
-    /// The process that made a temporary file of this name, if it is one.
-    fn owner(name: &str) -> Option<u32> {
-        let mut parts = name.strip_prefix('.')?.rsplitn(4, '.');
-        let (_n, pid, tmp) = (
-            parts.next()?.parse::<u64>().ok()?,
-            parts.next()?.parse().ok()?,
-            parts.next()?,
-        );
-        (tmp == "tmp" && parts.next().is_some()).then_some(pid)
-    }
-}
-
-fn process_is_running(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return true;
-    }
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    // Signal 0 checks that the process exists without signalling it.
-    // SAFETY: kill has no memory-safety preconditions.
-    let found = unsafe { libc::kill(pid, 0) } == 0;
-    found || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
-}
-
-/// An exclusive `flock` on a directory, released when dropped (closing the
-/// descriptor releases the lock).
-struct DirLock {
-    _held: File,
-}
-
-impl DirLock {
-    fn exclusive(dir: &Path) -> Result<Self, CacheError> {
-        let file = File::open(dir).map_err(read_error(dir))?;
-        // SAFETY: the descriptor is open for the call's duration.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(write_error(dir)(io::Error::last_os_error()));
-        }
-        Ok(DirLock { _held: file })
     }
 }
 
@@ -888,36 +817,6 @@ fn check(path: &PathInfo, nar_hash: NarHash, nar_size: u64) -> Result<(), CacheE
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn temp_names_carry_the_process_id() {
-        let temp = TempFiles::default();
-        let a = temp.next(Path::new("/c/nar/x.narinfo"));
-        let b = temp.next(Path::new("/c/nar/x.narinfo"));
-        assert_ne!(a, b);
-        assert_eq!(a.parent(), Some(Path::new("/c/nar")));
-        let name = a.file_name().unwrap().to_str().unwrap();
-        assert!(name.starts_with(".x.narinfo.tmp."), "{name}");
-        assert_eq!(TempFiles::owner(name), Some(std::process::id()));
-        for not_temporary in [
-            "x.narinfo",
-            ".x.narinfo",
-            ".tmp.1.2",
-            "x.tmp.1.2",
-            ".x.tmp.a.2",
-        ] {
-            assert_eq!(TempFiles::owner(not_temporary), None, "{not_temporary}");
-        }
-    }
-
-    #[test]
-    fn a_process_that_is_gone_is_not_running() {
-        assert!(process_is_running(std::process::id()));
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        child.wait().unwrap();
-        assert!(!process_is_running(pid));
-    }
 
     fn path(name: &str) -> StorePath {
         let hash = format!("{:0<32}", name.len());

@@ -1,5 +1,6 @@
-//! Support code that knows no Nix format: scheduling work over threads and
-//! reporting progress.
+//! Support code that knows no Nix format: files written atomically, scheduling
+//! work over threads, and reporting progress.
 
+pub mod files;
 pub mod progress;
 pub mod schedule;
