@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use mk_binary_cache::format::cache_info::MAX_PRIORITY;
 use mk_binary_cache::format::compression::Compression;
 use mk_binary_cache::format::signing::{PublicKey, SecretKey};
+use mk_binary_cache::format::store_path::DEFAULT_STORE_DIR;
 use mk_binary_cache::input::{attrs, local_store};
 use mk_binary_cache::ops::{sign, verify, write};
 use mk_binary_cache::support::progress::{Progress, Style};
@@ -115,7 +116,7 @@ struct VerifyArgs {
     #[arg(value_name = "CACHE")]
     cache: PathBuf,
     /// The store directory the cache must be for.
-    #[arg(long, value_name = "DIR", default_value = "/nix/store")]
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STORE_DIR)]
     store_dir: String,
     /// A public key whose signatures are checked, as in Nix's
     /// trusted-public-keys. Repeatable.
@@ -215,7 +216,7 @@ fn parse_compression(name: &str) -> Result<Compression, String> {
 }
 
 fn build(args: BuildArgs) -> anyhow::Result<()> {
-    let store_dir = std::env::var("NIX_STORE_DIR").unwrap_or_else(|_| "/nix/store".to_owned());
+    let store_dir = std::env::var("NIX_STORE_DIR").unwrap_or_else(|_| DEFAULT_STORE_DIR.to_owned());
     let input = match &args.closure_json {
         Some(file) => local_store::from_closure_file(file, &args.paths, &store_dir)?,
         None => local_store::from_local_store(&args.paths, &store_dir)?,

@@ -7,6 +7,10 @@ use thiserror::Error;
 use crate::format::hash::NarHash;
 use crate::format::nixbase32;
 
+/// Nix's default store directory: where a store lives unless configured
+/// otherwise, and what a cache whose `nix-cache-info` names none is for.
+pub const DEFAULT_STORE_DIR: &str = "/nix/store";
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum StorePathError {
     #[error("'{path}' is not inside the store directory '{store_dir}'")]

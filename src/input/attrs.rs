@@ -17,7 +17,7 @@ use thiserror::Error;
 
 use crate::format::cache_info::MAX_PRIORITY;
 use crate::format::compression::{Compression, CompressionError};
-use crate::format::store_path::{PathInfo, StorePath, StorePathError};
+use crate::format::store_path::{DEFAULT_STORE_DIR, PathInfo, StorePath, StorePathError};
 use crate::input::closure::{self, ClosureError};
 use crate::ops::write::Options;
 
@@ -66,7 +66,7 @@ pub struct Job {
 
 /// Reads the job from the build environment Nix sets up.
 pub fn from_environment() -> Result<Job, AttrsError> {
-    let store_dir = env::var("NIX_STORE").unwrap_or_else(|_| "/nix/store".to_owned());
+    let store_dir = env::var("NIX_STORE").unwrap_or_else(|_| DEFAULT_STORE_DIR.to_owned());
     let jobs = jobs_from_cores(env::var("NIX_BUILD_CORES").ok().as_deref());
     let build_top = env::var_os("NIX_BUILD_TOP").map_or_else(|| PathBuf::from("."), PathBuf::from);
     // Nix up to at least 2.8 sets NIX_ATTRS_JSON_FILE to the build directory's

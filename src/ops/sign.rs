@@ -37,11 +37,9 @@ use thiserror::Error;
 use crate::format::cache_info::{self, CacheInfo, CacheInfoError};
 use crate::format::narinfo::{self, NarInfo};
 use crate::format::signing::SecretKey;
+use crate::format::store_path::DEFAULT_STORE_DIR;
 use crate::support::files::{self, TempNames};
 use crate::support::schedule;
-
-/// The store directory of a cache whose `nix-cache-info` names none, as Nix assumes.
-const DEFAULT_STORE_DIR: &str = "/nix/store";
 
 #[derive(Debug, Error)]
 pub enum SignError {

@@ -44,7 +44,7 @@ use crate::format::hash::{HashingReader, NarHash};
 use crate::format::nar;
 use crate::format::narinfo::NarInfo;
 use crate::format::signing::{PublicKey, Signature};
-use crate::format::store_path::StorePath;
+use crate::format::store_path::{DEFAULT_STORE_DIR, StorePath};
 use crate::support::progress::{Progress, human_bytes};
 use crate::support::schedule;
 
@@ -72,7 +72,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            store_dir: "/nix/store".to_owned(),
+            store_dir: DEFAULT_STORE_DIR.to_owned(),
             trusted_keys: Vec::new(),
             require_sigs: false,
             jobs: 1,

@@ -37,7 +37,7 @@ use crate::format::hash::{HashingWriter, NarHash};
 use crate::format::nar::dump::{self, DumpError};
 use crate::format::nar::listing;
 use crate::format::narinfo::NarInfo;
-use crate::format::store_path::{PathInfo, StorePath};
+use crate::format::store_path::{DEFAULT_STORE_DIR, PathInfo, StorePath};
 use crate::support::files::{self, DirLock, TempNames};
 use crate::support::progress::{Progress, Totals};
 use crate::support::schedule;
@@ -79,7 +79,7 @@ impl Default for Options {
             compression,
             level: compression.default_level(),
             jobs: 1,
-            store_dir: "/nix/store".to_owned(),
+            store_dir: DEFAULT_STORE_DIR.to_owned(),
             priority: None,
             want_mass_query: None,
             root_paths: Vec::new(),
