@@ -29,7 +29,7 @@ use std::convert::Infallible;
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufReader, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
@@ -40,6 +40,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::format::cache_info::{self, CacheInfo};
+use crate::format::compression;
 use crate::format::hash::{HashingReader, NarHash};
 use crate::format::nar;
 use crate::format::narinfo::NarInfo;
@@ -711,7 +712,7 @@ enum NarOutcome {
 fn read_nar(file: impl Read, compression: &str, nar_size: u64) -> NarReading {
     let mut file_side = HashingReader::new(Latch::new(file));
     let mut decoded = 0;
-    let outcome = match decoder(
+    let outcome = match compression::decoder(
         compression,
         BufReader::with_capacity(BUFFER, &mut file_side),
     ) {
@@ -748,24 +749,6 @@ fn read_nar(file: impl Read, compression: &str, nar_size: u64) -> NarReading {
         nar_size: decoded,
         outcome,
     }
-}
-
-/// A reader that decompresses `input` as narinfo `Compression:` says; `None`
-/// for a compression we cannot read. Missing or empty means bzip2, to Nix.
-fn decoder<'a>(
-    compression: &str,
-    input: impl BufRead + 'a,
-) -> Option<io::Result<Box<dyn Read + 'a>>> {
-    Some(Ok(match compression {
-        "none" => Box::new(input),
-        "xz" => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(input)),
-        "zstd" => match zstd::stream::read::Decoder::with_buffer(input) {
-            Ok(decoder) => Box::new(decoder),
-            Err(e) => return Some(Err(e)),
-        },
-        "bzip2" | "" => Box::new(bzip2::bufread::MultiBzDecoder::new(input)),
-        _ => return None,
-    }))
 }
 
 /// Passes reads on, remembering the first error, so that a failure further
