@@ -118,6 +118,16 @@ pub struct PathInfo {
     pub ca: Option<String>,
 }
 
+/// Appends to `paths` those of `more` it does not hold yet, in their order:
+/// a list of roots keeps the order it was given in, without repeats.
+pub fn append_new(paths: &mut Vec<StorePath>, more: impl IntoIterator<Item = StorePath>) {
+    for path in more {
+        if !paths.contains(&path) {
+            paths.push(path);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +140,14 @@ mod tests {
         assert_eq!(p.hash_part(), "dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz");
         assert_eq!(p.name(), "appa");
         assert_eq!(p.to_string(), P);
+    }
+
+    #[test]
+    fn append_new_keeps_the_first_of_each_path_in_order() {
+        let p = |name: &str| StorePath::parse(&format!("{P}-{name}"), "/nix/store").unwrap();
+        let mut paths = vec![p("b"), p("a")];
+        append_new(&mut paths, [p("c"), p("a"), p("c"), p("d")]);
+        assert_eq!(paths, [p("b"), p("a"), p("c"), p("d")]);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use thiserror::Error;
 
 use crate::format::cache_info::MAX_PRIORITY;
 use crate::format::compression::{Compression, CompressionError};
-use crate::format::store_path::{DEFAULT_STORE_DIR, PathInfo, StorePath, StorePathError};
+use crate::format::store_path::{self, DEFAULT_STORE_DIR, PathInfo, StorePath, StorePathError};
 use crate::input::closure::{self, ClosureError};
 use crate::ops::write::Options;
 
@@ -293,16 +293,17 @@ fn root_paths(value: Option<&Value>, store_dir: &str) -> Result<Vec<StorePath>, 
     let items = value
         .as_array()
         .ok_or_else(|| type_error("rootPaths", "a list of store paths", Some(value)))?;
+    let paths = items
+        .iter()
+        .map(|item| {
+            let p = item
+                .as_str()
+                .ok_or_else(|| type_error("rootPaths", "a list of store paths", Some(item)))?;
+            containing_store_path(p, store_dir).map_err(AttrsError::RootPath)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut roots = Vec::new();
-    for item in items {
-        let p = item
-            .as_str()
-            .ok_or_else(|| type_error("rootPaths", "a list of store paths", Some(item)))?;
-        let path = containing_store_path(p, store_dir).map_err(AttrsError::RootPath)?;
-        if !roots.contains(&path) {
-            roots.push(path);
-        }
-    }
+    store_path::append_new(&mut roots, paths);
     Ok(roots)
 }
 

@@ -37,7 +37,7 @@ use crate::format::hash::{HashingWriter, NarHash};
 use crate::format::nar::dump::{self, DumpError};
 use crate::format::nar::listing;
 use crate::format::narinfo::NarInfo;
-use crate::format::store_path::{DEFAULT_STORE_DIR, PathInfo, StorePath};
+use crate::format::store_path::{self, DEFAULT_STORE_DIR, PathInfo, StorePath};
 use crate::support::files::{self, DirLock, TempNames};
 use crate::support::progress::{Progress, Totals};
 use crate::support::schedule;
@@ -584,11 +584,7 @@ impl<'a> Cache<'a> {
             Err(e) => return Err(read_error(&file)(e)),
         };
         let before = paths.len();
-        for root in roots {
-            if !paths.contains(root) {
-                paths.push(root.clone());
-            }
-        }
+        store_path::append_new(&mut paths, roots.iter().cloned());
         if paths.len() == before && file.exists() {
             return Ok(());
         }

@@ -4,3 +4,4 @@
 pub mod files;
 pub mod progress;
 pub mod schedule;
+pub mod shell;
