@@ -13,7 +13,7 @@ use std::fmt;
 
 use thiserror::Error;
 
-use crate::format::hash::NarHash;
+use crate::format::hash::Sha256;
 use crate::format::signing;
 use crate::format::store_path::{StorePath, StorePathError};
 
@@ -21,14 +21,14 @@ use crate::format::store_path::{StorePath, StorePathError};
 pub struct NarInfo {
     // What the path is.
     pub store_path: StorePath,
-    pub nar_hash: NarHash,
+    pub nar_hash: Sha256,
     pub nar_size: u64,
     pub references: Vec<StorePath>,
     // Where its NAR is, and how it is stored.
     pub url: String,
     /// As written in the file; a missing field means bzip2 to Nix.
     pub compression: String,
-    pub file_hash: Option<NarHash>,
+    pub file_hash: Option<Sha256>,
     pub file_size: Option<u64>,
     // Where it came from, and who vouches for it.
     pub deriver: Option<StorePath>,
@@ -169,7 +169,7 @@ fn position(bytes: &[u8], byte: u8) -> Option<usize> {
     bytes.iter().position(|&b| b == byte)
 }
 
-fn parse_hash(field: &'static str, value: &str) -> Result<NarHash, ParseError> {
+fn parse_hash(field: &'static str, value: &str) -> Result<Sha256, ParseError> {
     value.parse().map_err(|_| ParseError::Invalid {
         field,
         value: value.to_owned(),

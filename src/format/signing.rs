@@ -19,7 +19,7 @@ use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use thiserror::Error;
 
-use crate::format::hash::NarHash;
+use crate::format::hash::Sha256;
 
 /// Length of a secret key: the seed followed by the public key.
 const SECRET_KEY_LEN: usize = 64;
@@ -271,7 +271,7 @@ impl FromStr for Signature {
 /// would give a signature no Nix accepts.
 pub fn fingerprint(
     store_path: &str,
-    nar_hash: &NarHash,
+    nar_hash: &Sha256,
     nar_size: u64,
     references: &[String],
 ) -> String {
@@ -304,7 +304,7 @@ mod tests {
     /// The fields of a narinfo a fingerprint needs, and its `Sig:` line.
     struct Info {
         path: String,
-        nar_hash: NarHash,
+        nar_hash: Sha256,
         nar_size: u64,
         references: Vec<String>,
         sig: String,

@@ -4,7 +4,7 @@ use std::fmt;
 
 use thiserror::Error;
 
-use crate::format::hash::NarHash;
+use crate::format::hash::Sha256;
 use crate::format::nixbase32;
 
 /// Nix's default store directory: where a store lives unless configured
@@ -109,7 +109,7 @@ pub struct PathInfo {
     pub path: StorePath,
     /// Known from Nix, and checked against what we compute; absent in the
     /// legacy closure file, which carries no hashes.
-    pub nar_hash: Option<NarHash>,
+    pub nar_hash: Option<Sha256>,
     pub nar_size: Option<u64>,
     /// References, the path itself included when it refers to itself.
     pub references: Vec<StorePath>,

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::format::hash::{NarHash, ParseHashError};
+use crate::format::hash::{ParseHashError, Sha256};
 use crate::format::store_path::{PathInfo, StorePath, StorePathError};
 
 #[derive(Debug, Error)]
@@ -136,7 +136,7 @@ fn entry_to_info(index: usize, e: Entry, store_dir: &str) -> Result<PathInfo, Cl
         path: raw_path.clone(),
         field: "narHash",
     })?;
-    let nar_hash: NarHash = nar_hash.parse().map_err(|source| ClosureError::Hash {
+    let nar_hash: Sha256 = nar_hash.parse().map_err(|source| ClosureError::Hash {
         path: raw_path.clone(),
         source,
     })?;
@@ -247,7 +247,7 @@ mod tests {
 
     #[test]
     fn reads_path_info_as_a_list_and_as_a_map_with_sri_hashes() {
-        let sri = HASH.parse::<NarHash>().unwrap().to_sri();
+        let sri = HASH.parse::<Sha256>().unwrap().to_sri();
         let list = json!([{"path": A, "narHash": sri, "narSize": 504, "references": [],
                            "deriver": null, "signatures": null}]);
         let map = json!({A: {"narHash": sri, "narSize": 504, "references": [], "ca": null}});

@@ -41,7 +41,7 @@ use thiserror::Error;
 
 use crate::format::cache_info::{self, CacheInfo};
 use crate::format::compression;
-use crate::format::hash::{HashingReader, NarHash};
+use crate::format::hash::{HashingReader, Sha256};
 use crate::format::nar;
 use crate::format::narinfo::NarInfo;
 use crate::format::signing::{PublicKey, Signature};
@@ -682,7 +682,7 @@ fn check_nar(root: &Path, info: &NarInfo, subject: &str) -> (Vec<Problem>, Bytes
 struct NarReading {
     /// Length and hash of the whole file, as read.
     file_size: u64,
-    file_hash: NarHash,
+    file_hash: Sha256,
     /// Reading the file itself failed; nothing else is meaningful then.
     file_error: Option<io::Error>,
     /// Decompressed bytes read.
@@ -700,7 +700,7 @@ enum NarOutcome {
     /// The NAR was read to its end: its length, hash and parse result.
     Read {
         size: u64,
-        hash: NarHash,
+        hash: Sha256,
         parsed: Result<(), nar::reader::NarError>,
     },
 }
@@ -940,7 +940,7 @@ mod tests {
         e.finish().unwrap()
     }
 
-    fn read_ok(reading: &NarReading) -> (u64, NarHash) {
+    fn read_ok(reading: &NarReading) -> (u64, Sha256) {
         match &reading.outcome {
             NarOutcome::Read {
                 size,
@@ -967,11 +967,11 @@ mod tests {
             let reading = read_nar(&file[..], name, nar.len() as u64);
             assert_eq!(
                 read_ok(&reading),
-                (nar.len() as u64, NarHash::digest(&nar)),
+                (nar.len() as u64, Sha256::digest(&nar)),
                 "{name:?}"
             );
             assert_eq!(reading.file_size, file.len() as u64, "{name:?}");
-            assert_eq!(reading.file_hash, NarHash::digest(&file), "{name:?}");
+            assert_eq!(reading.file_hash, Sha256::digest(&file), "{name:?}");
         }
     }
 
@@ -984,7 +984,7 @@ mod tests {
         assert!(matches!(reading.outcome, NarOutcome::TooLong));
         assert_eq!(reading.nar_size, 1001);
         // The file is still read whole, for its hash.
-        assert_eq!(reading.file_hash, NarHash::digest(&bomb));
+        assert_eq!(reading.file_hash, Sha256::digest(&bomb));
     }
 
     #[test]
@@ -1009,7 +1009,7 @@ mod tests {
             Err(nar::reader::NarError::Truncated { .. })
         ));
         assert_eq!(size, 500);
-        assert_eq!(hash, NarHash::digest(cut));
+        assert_eq!(hash, Sha256::digest(cut));
     }
 
     #[test]
@@ -1032,7 +1032,7 @@ mod tests {
     fn an_unknown_compression_still_gets_its_file_hashed() {
         let reading = read_nar(&b"whatever"[..], "br", 8);
         assert!(matches!(reading.outcome, NarOutcome::Unsupported));
-        assert_eq!(reading.file_hash, NarHash::digest(b"whatever"));
+        assert_eq!(reading.file_hash, Sha256::digest(b"whatever"));
     }
 
     #[test]

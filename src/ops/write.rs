@@ -33,7 +33,7 @@ use thiserror::Error;
 use crate::format::cache_info::{self, CacheInfo, CacheInfoError};
 use crate::format::compression::Compression;
 use crate::format::debuginfo;
-use crate::format::hash::{HashingWriter, NarHash};
+use crate::format::hash::{HashingWriter, Sha256};
 use crate::format::nar::dump::{self, DumpError};
 use crate::format::nar::listing;
 use crate::format::narinfo::NarInfo;
@@ -108,8 +108,8 @@ pub enum CacheError {
     )]
     HashMismatch {
         path: StorePath,
-        expected: NarHash,
-        actual: NarHash,
+        expected: Sha256,
+        actual: Sha256,
     },
     #[error(
         "'{path}' has NAR size {actual}, but the closure says {expected}: the store path was modified or is corrupt"
@@ -715,7 +715,7 @@ fn nar_size_of(p: &PathInfo) -> Result<u64, CacheError> {
 
 /// What one pass over a store path learnt about its NAR.
 struct Nar {
-    hash: NarHash,
+    hash: Sha256,
     size: u64,
     listing: Option<listing::Node>,
 }
@@ -792,7 +792,7 @@ impl<W: Write> Write for Reporting<'_, W> {
 }
 
 /// Compares what was read with what Nix recorded when the path was made.
-fn check(path: &PathInfo, nar_hash: NarHash, nar_size: u64) -> Result<(), CacheError> {
+fn check(path: &PathInfo, nar_hash: Sha256, nar_size: u64) -> Result<(), CacheError> {
     if let Some(expected) = path.nar_size.filter(|&s| s != nar_size) {
         return Err(CacheError::SizeMismatch {
             path: path.path.clone(),
@@ -833,7 +833,7 @@ mod tests {
     fn narinfo(p: &PathInfo) -> NarInfo {
         NarInfo {
             store_path: p.path.clone(),
-            nar_hash: NarHash::digest(b""),
+            nar_hash: Sha256::digest(b""),
             nar_size: 1,
             references: p.references.clone(),
             url: String::new(),

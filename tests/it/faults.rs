@@ -18,7 +18,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
-use mk_binary_cache::format::hash::{HashingWriter, NarHash};
+use mk_binary_cache::format::hash::{HashingWriter, Sha256};
 use mk_binary_cache::format::nar::dump;
 use mk_binary_cache::format::nixbase32;
 use mk_binary_cache::input::attrs;
@@ -72,7 +72,7 @@ impl FakeStore {
 
     /// A new store path `name`, made by `make`.
     fn add(&self, name: &str, make: impl FnOnce(&Path)) -> PathBuf {
-        let hash = nixbase32::encode(&NarHash::digest(name.as_bytes()).0[..20]);
+        let hash = nixbase32::encode(&Sha256::digest(name.as_bytes()).0[..20]);
         let path = self.store.join(format!("{hash}-{name}"));
         make(&path);
         path
@@ -89,7 +89,7 @@ impl FakeStore {
 
 /// Incompressible bytes, different for each seed.
 fn noise(seed: &str, len: usize) -> Vec<u8> {
-    let mut x = u64::from_le_bytes(NarHash::digest(seed.as_bytes()).0[..8].try_into().unwrap()) | 1;
+    let mut x = u64::from_le_bytes(Sha256::digest(seed.as_bytes()).0[..8].try_into().unwrap()) | 1;
     (0..len)
         .map(|_| {
             // xorshift64
@@ -200,7 +200,7 @@ fn assert_every_narinfo_has_its_nar(cache: &Path) {
             .unwrap_or_else(|e| panic!("{part}.narinfo names {}: {e}", nar.display()))
             .len();
         assert_eq!(len.to_string(), info["FileSize"], "{}", nar.display());
-        let hash = NarHash::digest(&fs::read(&nar).unwrap());
+        let hash = Sha256::digest(&fs::read(&nar).unwrap());
         assert_eq!(hash.to_string(), info["FileHash"], "{}", nar.display());
     }
 }
@@ -557,7 +557,7 @@ fn a_fifo_in_a_store_path_fails_the_builder_naming_it() {
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
     });
     let out = store.tmp().join("cache");
-    let closure = vec![entry_with(&path, &NarHash::digest(b"").to_string(), 100)];
+    let closure = vec![entry_with(&path, &Sha256::digest(b"").to_string(), 100)];
 
     let run = run_builder(&store, &attrs_json(&out, closure, "zstd"), None);
 
@@ -573,7 +573,7 @@ fn a_socket_in_a_store_path_is_an_error_naming_it() {
         std::os::unix::net::UnixListener::bind(p.join("socket")).unwrap();
     });
     let out = store.tmp().join("cache");
-    let closure = vec![entry_with(&path, &NarHash::digest(b"").to_string(), 100)];
+    let closure = vec![entry_with(&path, &Sha256::digest(b"").to_string(), 100)];
 
     let e = write_cache(&store, &attrs_json(&out, closure, "zstd")).unwrap_err();
 
@@ -615,7 +615,7 @@ fn a_file_the_builder_may_not_read_fails_it_naming_the_file() {
 const MAX_RSS_KIB: u64 = 200 * 1024;
 
 /// `nix-store --dump PATH | sha256sum`, streamed: Nix's NAR hash and size.
-fn nix_nar_hash_and_size(path: &Path) -> (NarHash, u64) {
+fn nix_nar_hash_and_size(path: &Path) -> (Sha256, u64) {
     let mut cmd = common::nix_cmd("nix-store");
     cmd.arg("--dump").arg(path).stdout(Stdio::piped());
     let mut child = cmd.spawn().expect("running nix-store --dump");

@@ -28,7 +28,7 @@ use std::path::Path;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use mk_binary_cache::format::cache_info::CacheInfo;
-use mk_binary_cache::format::hash::NarHash;
+use mk_binary_cache::format::hash::Sha256;
 use mk_binary_cache::format::nar::reader::{self, Node};
 use mk_binary_cache::format::nar::{dump, is_valid_entry_name, padding, writer};
 use mk_binary_cache::format::narinfo::NarInfo;
@@ -883,7 +883,7 @@ proptest! {
 }
 
 fn path_info_texts() -> Vec<String> {
-    let sri = HASH.parse::<NarHash>().unwrap().to_sri();
+    let sri = HASH.parse::<Sha256>().unwrap().to_sri();
     vec![
         // Nix 2.4 to 2.18: a list, SRI hashes.
         json!([
@@ -1161,12 +1161,12 @@ proptest! {
 
     #[test]
     fn a_nar_hash_reads_back_from_each_notation(digest in any::<[u8; 32]>()) {
-        let hash = NarHash(digest);
+        let hash = Sha256(digest);
         for text in [hash.to_string(), format!("sha256:{}", hash.to_hex()), hash.to_sri()] {
-            prop_assert_eq!(text.parse::<NarHash>(), Ok(hash), "{}", text);
+            prop_assert_eq!(text.parse::<Sha256>(), Ok(hash), "{}", text);
         }
         prop_assert_eq!(
-            format!("sha256:{}", hash.to_hex().to_uppercase()).parse::<NarHash>(),
+            format!("sha256:{}", hash.to_hex().to_uppercase()).parse::<Sha256>(),
             Ok(hash)
         );
     }
@@ -1182,7 +1182,7 @@ proptest! {
             &["=", "+", "/", "-", ":", "sha256", "a", "0", "z", "e"],
         )
     ) {
-        if let Ok(hash) = text.parse::<NarHash>() {
+        if let Ok(hash) = text.parse::<Sha256>() {
             let hex = format!("sha256:{}", hash.to_hex());
             prop_assert!(
                 text == hash.to_string() || text.eq_ignore_ascii_case(&hex) || text == hash.to_sri(),
@@ -1204,8 +1204,8 @@ fn store_path() -> impl Strategy<Value = StorePath> {
         })
 }
 
-fn nar_hash() -> impl Strategy<Value = NarHash> {
-    any::<[u8; 32]>().prop_map(NarHash)
+fn nar_hash() -> impl Strategy<Value = Sha256> {
+    any::<[u8; 32]>().prop_map(Sha256)
 }
 
 /// A narinfo value as we may write one: one line per field, references
@@ -1281,15 +1281,15 @@ proptest! {
 
     #[test]
     fn nar_hashes_are_written_as_nix_writes_them(digests in vec(any::<[u8; 32]>(), 32)) {
-        let hashes: Vec<NarHash> = digests.into_iter().map(NarHash).collect();
-        let hex: Vec<String> = hashes.iter().map(NarHash::to_hex).collect();
+        let hashes: Vec<Sha256> = digests.into_iter().map(Sha256).collect();
+        let hex: Vec<String> = hashes.iter().map(Sha256::to_hex).collect();
         let nix32 = common::run(
             common::nix_cmd("nix-hash").args(["--type", "sha256", "--to-base32"]).args(&hex),
         );
-        let ours: Vec<String> = hashes.iter().map(NarHash::to_nix32).collect();
+        let ours: Vec<String> = hashes.iter().map(Sha256::to_nix32).collect();
         prop_assert_eq!(nix32.lines().collect::<Vec<_>>(), ours);
         let sri = common::run(common::nix_new(&["hash", "to-sri", "--type", "sha256"]).args(&hex));
-        let ours: Vec<String> = hashes.iter().map(NarHash::to_sri).collect();
+        let ours: Vec<String> = hashes.iter().map(Sha256::to_sri).collect();
         prop_assert_eq!(sri.lines().collect::<Vec<_>>(), ours);
     }
 }

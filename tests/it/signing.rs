@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::common::{NixKey, generate_key, hermetic_nix};
-use mk_binary_cache::format::hash::NarHash;
+use mk_binary_cache::format::hash::Sha256;
 use mk_binary_cache::format::signing::{PublicKey, SecretKey, Signature, fingerprint};
 
 /// Runs a Nix tool; returns its standard output, panicking with a clear
@@ -100,7 +100,7 @@ fn our_fingerprint(f: &BTreeMap<String, String>) -> String {
         .split_whitespace()
         .map(|b| format!("/nix/store/{b}"))
         .collect();
-    let nar_hash: NarHash = f["NarHash"].parse().unwrap();
+    let nar_hash: Sha256 = f["NarHash"].parse().unwrap();
     fingerprint(
         &f["StorePath"],
         &nar_hash,
