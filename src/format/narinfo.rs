@@ -7,14 +7,16 @@
 //! the end of the line), so a line without `:`, or a last line without its
 //! `\n`, is an error; unknown keys are ignored; `StorePath`, `URL`,
 //! `NarHash` and a non-zero `NarSize` are required; `CA` may appear only
-//! once, `References` again only after an empty one.
+//! once, `References` again only after an empty one. A `Sig:` that is not
+//! a signature is kept as [`Sig::Malformed`], as Nix keeps it (and ignores
+//! it when checking signatures).
 
 use std::fmt;
 
 use thiserror::Error;
 
 use crate::format::hash::Sha256;
-use crate::format::signing;
+use crate::format::signing::{self, KeyError, Signature};
 use crate::format::store_path::{StorePath, StorePathError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,8 +34,49 @@ pub struct NarInfo {
     pub file_size: Option<u64>,
     // Where it came from, and who vouches for it.
     pub deriver: Option<StorePath>,
-    pub signatures: Vec<String>,
+    pub signatures: Vec<Sig>,
     pub ca: Option<String>,
+}
+
+/// The value of a `Sig:` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sig {
+    Valid(Signature),
+    /// Text that does not read as `NAME:<base64 signature>`.
+    Malformed {
+        text: String,
+        error: KeyError,
+    },
+}
+
+impl Sig {
+    pub fn read(text: &str) -> Sig {
+        match text.parse() {
+            Ok(sig) => Sig::Valid(sig),
+            Err(error) => Sig::Malformed {
+                text: text.to_owned(),
+                error,
+            },
+        }
+    }
+
+    /// The name of the key that made it, as far as it can be told.
+    pub fn key_name(&self) -> Option<&str> {
+        match self {
+            Sig::Valid(sig) => Some(&sig.key_name),
+            Sig::Malformed { text, .. } => text.split_once(':').map(|(name, _)| name),
+        }
+    }
+}
+
+/// As the line's value: what was read is written back.
+impl fmt::Display for Sig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Sig::Valid(sig) => sig.fmt(f),
+            Sig::Malformed { text, .. } => f.write_str(text),
+        }
+    }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -58,12 +101,11 @@ pub enum ParseError {
 impl NarInfo {
     /// The text signatures are made over; see [`signing::fingerprint`].
     pub fn fingerprint(&self) -> String {
-        let references: Vec<String> = self.references.iter().map(StorePath::to_absolute).collect();
         signing::fingerprint(
-            &self.store_path.to_absolute(),
+            &self.store_path,
             &self.nar_hash,
             self.nar_size,
-            &references,
+            &self.references,
         )
     }
 
@@ -130,7 +172,7 @@ impl NarInfo {
                     })?;
                     deriver = Some(d);
                 }
-                "Sig" => signatures.push(value.to_owned()),
+                "Sig" => signatures.push(Sig::read(value)),
                 "CA" => {
                     if ca.is_some() {
                         return Err(ParseError::Repeated("CA"));
@@ -284,6 +326,19 @@ mod tests {
     fn ignores_unknown_keys() {
         let text = format!("{FROM_NIX}System: x86_64-linux\n");
         assert!(NarInfo::parse(&text, "/nix/store").is_ok());
+    }
+
+    #[test]
+    fn keeps_a_malformed_sig_as_such_and_writes_it_back() {
+        // Nix keeps a Sig it cannot read, and ignores it when checking.
+        let text = format!("{FROM_NIX}Sig: no-colon\n");
+        let info = NarInfo::parse(&text, "/nix/store").unwrap();
+        assert!(matches!(
+            info.signatures.as_slice(),
+            [Sig::Malformed { text, error: KeyError::MissingColon(_) }] if text == "no-colon"
+        ));
+        assert_eq!(info.signatures[0].key_name(), None);
+        assert_eq!(info.to_string(), text);
     }
 
     #[test]

@@ -35,8 +35,8 @@ use std::sync::Mutex;
 use thiserror::Error;
 
 use crate::format::cache_info::{self, CacheInfo, CacheInfoError};
-use crate::format::narinfo::{self, NarInfo};
-use crate::format::signing::SecretKey;
+use crate::format::narinfo::{self, NarInfo, Sig};
+use crate::format::signing::{SecretKey, Signature};
 use crate::format::store_path::DEFAULT_STORE_DIR;
 use crate::support::files::{self, TempNames};
 use crate::support::schedule;
@@ -319,8 +319,8 @@ pub fn sign_narinfo(
     let mut new = Vec::new();
     let mut present = 0;
     for key in keys {
-        let sig = key.sign(&fingerprint).to_string();
-        if info.signatures.contains(&sig) || new.contains(&sig) {
+        let sig = key.sign(&fingerprint);
+        if info.signatures.contains(&Sig::Valid(sig.clone())) || new.contains(&sig) {
             present += 1;
         } else {
             new.push(sig);
@@ -332,7 +332,7 @@ pub fn sign_narinfo(
 /// `text` with a `Sig: <signature>` line for each of `signatures`, put where
 /// Nix writes them: after the last `Sig:` line; without one, before `CA:`;
 /// without that, at the end. Every line of the result ends in a newline.
-pub fn add_signature_lines(text: &str, signatures: &[String]) -> String {
+pub fn add_signature_lines(text: &str, signatures: &[Signature]) -> String {
     let mut lines: Vec<&str> = text.lines().collect();
     let at = match lines.iter().rposition(|l| l.starts_with("Sig: ")) {
         Some(last) => last + 1,
@@ -515,9 +515,10 @@ mod tests {
         let text = "StorePath: /nix/store/dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz-appa\nURL: nar/x.nar\n\
                     Compression: none\nNarHash: sha256:039zdycyhk9ddiyy1wgslp1drv7g4xyv5z7z92iacy6ncw832rvq\n\
                     NarSize: 504\nReferences: \nSystem: x\nCA: fixed:r:sha256:abc";
-        let out = add_signature_lines(text, &["k:sig".to_owned()]);
+        let sig = key().sign("any text");
+        let out = add_signature_lines(text, std::slice::from_ref(&sig));
         assert!(
-            out.ends_with("System: x\nSig: k:sig\nCA: fixed:r:sha256:abc\n"),
+            out.ends_with(&format!("System: x\nSig: {sig}\nCA: fixed:r:sha256:abc\n")),
             "{out}"
         );
     }

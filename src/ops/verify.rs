@@ -43,8 +43,8 @@ use crate::format::cache_info::{self, CacheInfo};
 use crate::format::compression;
 use crate::format::hash::{HashingReader, Sha256};
 use crate::format::nar;
-use crate::format::narinfo::NarInfo;
-use crate::format::signing::{PublicKey, Signature};
+use crate::format::narinfo::{NarInfo, Sig};
+use crate::format::signing::PublicKey;
 use crate::format::store_path::{DEFAULT_STORE_DIR, StorePath};
 use crate::support::progress::{Progress, human_bytes};
 use crate::support::schedule;
@@ -513,14 +513,14 @@ fn check_signatures(info: &NarInfo, subject: &str, opts: &Options) -> (bool, Vec
     let mut signed = false;
     let mut bad_trusted = false;
     let mut fingerprint = None;
-    for text in &info.signatures {
-        let sig: Signature = match text.parse() {
-            Ok(sig) => sig,
-            Err(e) => {
+    for sig in &info.signatures {
+        let sig = match sig {
+            Sig::Valid(sig) => sig,
+            Sig::Malformed { text, error } => {
                 problems.push(Problem::new(
                     subject,
                     ProblemKind::BadSignature,
-                    format!("malformed Sig {text:?}: {e}"),
+                    format!("malformed Sig {text:?}: {error}"),
                 ));
                 continue;
             }
@@ -529,7 +529,7 @@ fn check_signatures(info: &NarInfo, subject: &str, opts: &Options) -> (bool, Vec
             continue;
         };
         let fingerprint = fingerprint.get_or_insert_with(|| info.fingerprint());
-        if key.verify(fingerprint, &sig) {
+        if key.verify(fingerprint, sig) {
             signed = true;
         } else {
             bad_trusted = true;
@@ -545,11 +545,7 @@ fn check_signatures(info: &NarInfo, subject: &str, opts: &Options) -> (bool, Vec
     }
     // A bad signature by a trusted key says it already: no second line.
     if opts.require_sigs && !signed && !bad_trusted {
-        let by: Vec<&str> = info
-            .signatures
-            .iter()
-            .filter_map(|s| s.split_once(':').map(|(name, _)| name))
-            .collect();
+        let by: Vec<&str> = info.signatures.iter().filter_map(Sig::key_name).collect();
         let message = if by.is_empty() {
             "no signature, and signatures are required".to_owned()
         } else {
