@@ -5,7 +5,7 @@
 //! are ignored. `StoreDir` must equal the reader's store directory,
 //! `WantMassQuery` is `1` or `0`, `Priority` an integer (lower is tried
 //! first). Nix itself takes any `WantMassQuery` other than `1` as false and
-//! fails on a `Priority` that is not a number; [`CacheInfo::parse`] is
+//! fails on a `Priority` that is not a number; the parser here is
 //! stricter and refuses both, since no writer produces them. A key given
 //! twice is refused too: which one Nix would take is not worth relying on.
 //! [`CacheInfo`]'s `Display` writes the file.
