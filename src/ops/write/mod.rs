@@ -5,7 +5,7 @@
 //! temporary file, which is renamed to `nar/<FileHash>.nar<ext>` once
 //! complete; the listing and debug-info entries (recorded during the same
 //! pass) follow, and the narinfo comes last, once the narinfos of the path's
-//! references are written too (`Publication`). [`schedule`] decides which path
+//! references are written too (`Publication`). [`schedule`](crate::support::schedule) decides which path
 //! is written when, and with how many threads.
 //!
 //! Two entry points:
