@@ -18,7 +18,7 @@ use crate::format::nar::listing;
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::{self, PathInfo, StorePath};
 use crate::support::files::{self, DirLock, TempNames};
-use crate::support::progress::{Progress, Totals};
+use crate::support::progress::{Progress, Totals, human_bytes};
 use crate::support::schedule;
 
 /// A cache directory being written.
@@ -112,8 +112,15 @@ impl<'a> Cache<'a> {
             )?;
             // A dependent's narinfo must not outlive this one in a crash.
             self.sync_dir(self.root)?;
-            progress.path_done(info);
-            totals.lock().unwrap().add(info);
+            let file_size = info.file_size.unwrap_or(info.nar_size);
+            progress.item_done(format_args!(
+                "cached {}: NAR {} -> {} {}",
+                info.store_path.name(),
+                human_bytes(info.nar_size),
+                info.compression,
+                human_bytes(file_size),
+            ));
+            totals.lock().unwrap().add(info.nar_size, file_size);
             Ok(())
         };
         let threshold = opts.compression.multithread_threshold();
