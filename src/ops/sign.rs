@@ -27,7 +27,6 @@ use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File, Permissions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -38,7 +37,7 @@ use crate::format::cache_info::{self, CacheInfo, CacheInfoError};
 use crate::format::narinfo::{self, NarInfo, Sig};
 use crate::format::signing::{SecretKey, Signature};
 use crate::format::store_path::DEFAULT_STORE_DIR;
-use crate::support::files::{self, TempNames};
+use crate::support::files::{self, TempNames, Transfer, share_or_copy};
 use crate::support::schedule;
 
 #[derive(Debug, Error)]
@@ -346,56 +345,6 @@ pub fn add_signature_lines(text: &str, signatures: &[Signature]) -> String {
     lines.iter().map(|l| format!("{l}\n")).collect()
 }
 
-/// How a file's bytes got into a copy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transfer {
-    /// A second name for the same file: no bytes copied.
-    HardLink,
-    /// A new file sharing the original's blocks (`FICLONE`): no bytes copied.
-    Reflink,
-    Copy,
-}
-
-/// Makes `to` a file with the bytes of `from`, sharing them where it can: a
-/// hard link works within one filesystem when we may link the file (the
-/// kernel's `protected_hardlinks` forbids linking others' files, such as
-/// store files owned by root, to ordinary users); a reflink where the
-/// filesystem supports it (btrfs, XFS); otherwise the bytes are copied.
-/// A linked file keeps its permissions, being the same file; a reflinked or
-/// copied one gets those of `from`.
-pub fn share_or_copy(from: &Path, to: &Path) -> io::Result<Transfer> {
-    if fs::hard_link(from, to).is_ok() {
-        return Ok(Transfer::HardLink);
-    }
-    let mut source = File::open(from)?;
-    let mode = source.metadata()?.permissions().mode() & 0o7777;
-    let mut dest = File::options()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(to)?;
-    let transfer = if reflink(&source, &dest).is_ok() {
-        Transfer::Reflink
-    } else {
-        io::copy(&mut source, &mut dest)?;
-        Transfer::Copy
-    };
-    dest.set_permissions(Permissions::from_mode(mode))?;
-    Ok(transfer)
-}
-
-/// Makes `to` share the blocks of `from` (the `FICLONE` ioctl).
-fn reflink(from: &File, to: &File) -> io::Result<()> {
-    // SAFETY: FICLONE takes the source descriptor as its argument and touches
-    // no memory of ours; both descriptors are open for the whole call.
-    let result = unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// Copies the directory `from` into the existing directory `to`. At the top
 /// (`narinfos` given), the narinfos get their signed text instead.
 fn copy_tree(
@@ -527,24 +476,5 @@ mod tests {
     fn a_narinfo_that_does_not_parse_is_not_signed() {
         let broken = SIGNED_BY_NIX.replace("NarHash: ", "NarHash: md5:");
         assert!(sign_narinfo(&broken, "/nix/store", &[key()]).is_err());
-    }
-
-    #[test]
-    fn share_or_copy_links_within_a_filesystem() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-        fs::write(&a, "bytes").unwrap();
-        assert_eq!(share_or_copy(&a, &b).unwrap(), Transfer::HardLink);
-        assert_eq!(fs::read(&b).unwrap(), b"bytes");
-    }
-
-    #[test]
-    fn share_or_copy_fails_rather_than_overwrite() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-        fs::write(&a, "new").unwrap();
-        fs::write(&b, "old").unwrap();
-        assert!(share_or_copy(&a, &b).is_err());
-        assert_eq!(fs::read(&b).unwrap(), b"old");
     }
 }
