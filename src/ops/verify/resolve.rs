@@ -71,39 +71,17 @@ pub(super) fn resolve(root: &Path, name: &str) -> Result<PathBuf, Unreachable> {
             continue;
         }
         let candidate = current.join(&segment);
-        let meta =
-            fs::symlink_metadata(root.join(&candidate)).map_err(|source| match source.kind() {
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => {
-                    Unreachable::Missing(shown(&candidate))
-                }
-                _ => Unreachable::Io {
-                    path: shown(&candidate),
-                    source,
-                },
-            })?;
+        let meta = lstat(root, &candidate)?;
         if meta.file_type().is_symlink() {
             links += 1;
             if links > MAX_SYMLINKS {
                 return Err(Unreachable::TooManyLinks(name.to_owned()));
             }
-            let target =
-                fs::read_link(root.join(&candidate)).map_err(|source| Unreachable::Io {
-                    path: shown(&candidate),
-                    source,
-                })?;
-            let relative = if target.is_absolute() {
-                let Ok(inside) = target.strip_prefix(root) else {
-                    return Err(Unreachable::Escapes {
-                        link: shown(&candidate),
-                        target,
-                    });
-                };
+            let (target, next, from_top) = symlink_target(root, &candidate)?;
+            if from_top {
                 current = PathBuf::new();
-                inside.to_owned()
-            } else {
-                target.clone()
-            };
-            push_segments(&mut pending, &relative);
+            }
+            push_segments(&mut pending, &next);
             last_link = Some((candidate, target));
         } else if pending.is_empty() && !meta.is_file() {
             return Err(Unreachable::NotAFile(shown(&candidate)));
@@ -116,6 +94,40 @@ pub(super) fn resolve(root: &Path, name: &str) -> Result<PathBuf, Unreachable> {
         return Err(Unreachable::NotAFile(name.to_owned()));
     }
     Ok(root.join(current))
+}
+
+/// `lstat` of `candidate`, a path relative to `root`.
+fn lstat(root: &Path, candidate: &Path) -> Result<fs::Metadata, Unreachable> {
+    fs::symlink_metadata(root.join(candidate)).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => {
+            Unreachable::Missing(candidate.display().to_string())
+        }
+        _ => Unreachable::Io {
+            path: candidate.display().to_string(),
+            source,
+        },
+    })
+}
+
+/// Where the symlink `link` (relative to `root`) leads: its target as read,
+/// the path to resolve next, and whether that path starts from `root` (an
+/// absolute target inside the cache) rather than from the link's directory.
+/// An absolute target outside the cache is refused without being looked at.
+fn symlink_target(root: &Path, link: &Path) -> Result<(PathBuf, PathBuf, bool), Unreachable> {
+    let target = fs::read_link(root.join(link)).map_err(|source| Unreachable::Io {
+        path: link.display().to_string(),
+        source,
+    })?;
+    if !target.is_absolute() {
+        return Ok((target.clone(), target, false));
+    }
+    match target.strip_prefix(root) {
+        Ok(inside) => Ok((target.clone(), inside.to_owned(), true)),
+        Err(_) => Err(Unreachable::Escapes {
+            link: link.display().to_string(),
+            target,
+        }),
+    }
 }
 
 /// Refuses a name that is not a plain relative path: empty, a URL,
