@@ -46,7 +46,7 @@ use crate::format::signing::PublicKey;
 use crate::format::store_path::{DEFAULT_STORE_DIR, StorePath};
 use crate::support::progress::{Progress, human_bytes};
 use crate::support::schedule;
-use nar_file::check_nar;
+use nar_file::{BytesRead, check_nar};
 use resolve::{Unreachable, open_no_follow, resolve};
 
 /// A narinfo (or `nix-cache-info`) is a few hundred bytes; a larger file is
@@ -104,39 +104,12 @@ pub fn verify(cache: &Path, opts: &Options, progress: &Progress) -> Result<Repor
     let mut checked: Vec<Checked> = names.iter().map(|n| read_narinfo(&root, n, opts)).collect();
 
     check_references(&mut checked);
-
-    let file_bytes = AtomicU64::new(0);
-    let nar_bytes = AtomicU64::new(0);
-    let with_nar: Vec<usize> = (0..checked.len())
-        .filter(|&i| checked[i].info.is_some())
-        .collect();
-    let size = |&i: &usize| {
-        let info = checked[i].info.as_ref().expect("filtered on info");
-        info.file_size.unwrap_or(info.nar_size)
-    };
-    progress.begin(with_nar.len(), with_nar.iter().map(size).sum());
-    let found = Mutex::new(Vec::new());
-    // No path gets more than one thread: a NAR is read and parsed in order.
-    schedule::run(&with_nar, size, u64::MAX, opts.jobs, |&i, _threads| {
-        let c = &checked[i];
-        let info = c.info.as_ref().expect("filtered on info");
-        let (nar_problems, read) = check_nar(&root, info, &c.subject);
-        file_bytes.fetch_add(read.file, Ordering::Relaxed);
-        nar_bytes.fetch_add(read.nar, Ordering::Relaxed);
-        progress.advance(size(&i));
-        progress.item_done(format_args!("checked {}", info.store_path));
-        found.lock().unwrap().push((i, nar_problems));
-        Ok::<(), Infallible>(())
-    })
-    .unwrap_or_else(|never| match never {});
-    for (i, nar_problems) in found.into_inner().unwrap() {
-        checked[i].problems.extend(nar_problems);
-    }
+    let read = check_nars(&root, &mut checked, opts.jobs, progress);
 
     let mut counts = Counts {
         narinfos: checked.len(),
-        file_bytes: file_bytes.into_inner(),
-        nar_bytes: nar_bytes.into_inner(),
+        file_bytes: read.file,
+        nar_bytes: read.nar,
         ..Counts::default()
     };
     for c in checked {
@@ -155,6 +128,42 @@ pub fn verify(cache: &Path, opts: &Options, progress: &Progress) -> Result<Repor
         counts,
         problems,
     })
+}
+
+/// Checks the NAR file of every narinfo that parsed, in parallel, largest
+/// first; adds what is wrong to each and returns the bytes read in all.
+fn check_nars(root: &Path, checked: &mut [Checked], jobs: usize, progress: &Progress) -> BytesRead {
+    let file_bytes = AtomicU64::new(0);
+    let nar_bytes = AtomicU64::new(0);
+    let with_nar: Vec<usize> = (0..checked.len())
+        .filter(|&i| checked[i].info.is_some())
+        .collect();
+    let size = |&i: &usize| {
+        let info = checked[i].info.as_ref().expect("filtered on info");
+        info.file_size.unwrap_or(info.nar_size)
+    };
+    progress.begin(with_nar.len(), with_nar.iter().map(size).sum());
+    let found = Mutex::new(Vec::new());
+    // No path gets more than one thread: a NAR is read and parsed in order.
+    schedule::run(&with_nar, size, u64::MAX, jobs, |&i, _threads| {
+        let c = &checked[i];
+        let info = c.info.as_ref().expect("filtered on info");
+        let (nar_problems, read) = check_nar(root, info, &c.subject);
+        file_bytes.fetch_add(read.file, Ordering::Relaxed);
+        nar_bytes.fetch_add(read.nar, Ordering::Relaxed);
+        progress.advance(size(&i));
+        progress.item_done(format_args!("checked {}", info.store_path));
+        found.lock().unwrap().push((i, nar_problems));
+        Ok::<(), Infallible>(())
+    })
+    .unwrap_or_else(|never| match never {});
+    for (i, nar_problems) in found.into_inner().unwrap() {
+        checked[i].problems.extend(nar_problems);
+    }
+    BytesRead {
+        file: file_bytes.into_inner(),
+        nar: nar_bytes.into_inner(),
+    }
 }
 
 /// Reports every reference that has no narinfo describing it: a cache must
