@@ -6,11 +6,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use mk_binary_cache::cache::MAX_PRIORITY;
-use mk_binary_cache::compression::Compression;
-use mk_binary_cache::progress::{Progress, Style};
-use mk_binary_cache::signing::{PublicKey, SecretKey};
-use mk_binary_cache::{attrs, build, cache, exclude, prune, sign_cache, verify};
+use mk_binary_cache::format::cache_info::MAX_PRIORITY;
+use mk_binary_cache::format::compression::Compression;
+use mk_binary_cache::format::signing::{PublicKey, SecretKey};
+use mk_binary_cache::format::store_path::DEFAULT_STORE_DIR;
+use mk_binary_cache::input::{attrs, exclude, local_store};
+use mk_binary_cache::ops::{prune, sign, verify, write};
+use mk_binary_cache::support::progress::{Progress, Style};
 
 /// Writes flat-file Nix binary caches.
 ///
@@ -147,7 +149,7 @@ struct VerifyArgs {
     #[arg(value_name = "CACHE")]
     cache: PathBuf,
     /// The store directory the cache must be for.
-    #[arg(long, value_name = "DIR", default_value = "/nix/store")]
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STORE_DIR)]
     store_dir: String,
     /// A public key whose signatures are checked, as in Nix's
     /// trusted-public-keys. Repeatable.
@@ -183,12 +185,12 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
     let jobs = jobs_or_all_cores(args.jobs);
     let (summary, wrote) = match &args.out {
         Some(out) => {
-            let summary = sign_cache::sign_copy(&args.cache, out, &keys, jobs)
+            let summary = sign::sign_copy(&args.cache, out, &keys, jobs)
                 .with_context(|| format!("writing a signed copy of '{}'", args.cache.display()))?;
             (summary, out)
         }
         None => {
-            let summary = sign_cache::sign_in_place(&args.cache, &keys, jobs)
+            let summary = sign::sign_in_place(&args.cache, &keys, jobs)
                 .with_context(|| format!("signing '{}' in place", args.cache.display()))?;
             (summary, &args.cache)
         }
@@ -247,10 +249,10 @@ fn parse_compression(name: &str) -> Result<Compression, String> {
 }
 
 fn build(args: BuildArgs) -> anyhow::Result<()> {
-    let store_dir = std::env::var("NIX_STORE_DIR").unwrap_or_else(|_| "/nix/store".to_owned());
+    let store_dir = std::env::var("NIX_STORE_DIR").unwrap_or_else(|_| DEFAULT_STORE_DIR.to_owned());
     let input = match &args.closure_json {
-        Some(file) => build::from_closure_file(file, &args.paths, &store_dir)?,
-        None => build::from_local_store(&args.paths, &store_dir)?,
+        Some(file) => local_store::from_closure_file(file, &args.paths, &store_dir)?,
+        None => local_store::from_local_store(&args.paths, &store_dir)?,
     };
     let mut exclusion = exclude::Exclusion::default();
     exclusion.add_local_closure(&args.exclude, &store_dir)?;
@@ -263,7 +265,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         Some(level) => args.compression.check_level(level)?,
         None => args.compression.default_level(),
     };
-    let options = cache::Options {
+    let options = write::Options {
         compression: args.compression,
         level,
         jobs: args
@@ -289,7 +291,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
             whole - closure.len()
         ));
     }
-    let updated = cache::update_cache(&args.to, &closure, &options, &progress)
+    let updated = write::update_cache(&args.to, &closure, &options, &progress)
         .with_context(|| format!("writing the cache to '{}'", args.to.display()))?;
     progress.finish("cached", &updated.written);
     Ok(())
@@ -319,7 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Builder => {
             let job = attrs::from_environment()?;
             let progress = Progress::new(false);
-            let totals = cache::write_cache(&job.out, &job.closure, &job.options, &progress)
+            let totals = write::write_cache(&job.out, &job.closure, &job.options, &progress)
                 .with_context(|| format!("writing the cache to '{}'", job.out.display()))?;
             progress.finish("cached", &totals);
             Ok(ExitCode::SUCCESS)
@@ -370,7 +372,7 @@ mod tests {
     #[test]
     fn error_line_names_each_cause_once() {
         let io = io::Error::other("No space left on device");
-        let dump = mk_binary_cache::nar::dump::DumpError::Output {
+        let dump = mk_binary_cache::format::nar::dump::DumpError::Output {
             path: "/nix/store/x/data".into(),
             source: io,
         };

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mk_binary_cache::narinfo::NarInfo;
+use mk_binary_cache::format::narinfo::NarInfo;
 
 use crate::common::*;
 use crate::e2e::{assert_store_holds_fixture, substitute_fixture};

@@ -6,8 +6,6 @@
 //! Tests that need Nix panic with a clear message when it is missing: a suite
 //! that silently passes without Nix would prove nothing.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
@@ -43,24 +41,7 @@ fn scratch() -> PathBuf {
 }
 
 /// Renders a command for error messages.
-pub fn show(cmd: &Command) -> String {
-    let mut s = String::new();
-    for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            s.push_str(&format!("{}={} ", k.to_string_lossy(), v.to_string_lossy()));
-        }
-    }
-    s.push_str(&cmd.get_program().to_string_lossy());
-    for a in cmd.get_args() {
-        let a = a.to_string_lossy();
-        if a.is_empty() || a.contains(' ') {
-            s.push_str(&format!(" '{a}'"));
-        } else {
-            s.push_str(&format!(" {a}"));
-        }
-    }
-    s
-}
+pub use mk_binary_cache::support::shell::show;
 
 fn output(cmd: &mut Command) -> Result<Output, String> {
     cmd.output()

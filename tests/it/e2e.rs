@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use mk_binary_cache::compression::Compression;
+use mk_binary_cache::format::compression::Compression;
 
 use crate::common::*;
 

@@ -18,12 +18,12 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
-use mk_binary_cache::attrs;
-use mk_binary_cache::cache::{self, CacheError};
-use mk_binary_cache::hash::{HashingWriter, NarHash};
-use mk_binary_cache::nar::dump;
-use mk_binary_cache::nixbase32;
-use mk_binary_cache::progress::Progress;
+use mk_binary_cache::format::hash::{HashingWriter, Sha256};
+use mk_binary_cache::format::nar::dump;
+use mk_binary_cache::format::nixbase32;
+use mk_binary_cache::input::attrs;
+use mk_binary_cache::ops::write::{self, CacheError};
+use mk_binary_cache::support::progress::Progress;
 use serde_json::{Value, json};
 
 use crate::common;
@@ -72,7 +72,7 @@ impl FakeStore {
 
     /// A new store path `name`, made by `make`.
     fn add(&self, name: &str, make: impl FnOnce(&Path)) -> PathBuf {
-        let hash = nixbase32::encode(&NarHash::digest(name.as_bytes()).0[..20]);
+        let hash = nixbase32::encode(&Sha256::digest(name.as_bytes()).0[..20]);
         let path = self.store.join(format!("{hash}-{name}"));
         make(&path);
         path
@@ -89,7 +89,7 @@ impl FakeStore {
 
 /// Incompressible bytes, different for each seed.
 fn noise(seed: &str, len: usize) -> Vec<u8> {
-    let mut x = u64::from_le_bytes(NarHash::digest(seed.as_bytes()).0[..8].try_into().unwrap()) | 1;
+    let mut x = u64::from_le_bytes(Sha256::digest(seed.as_bytes()).0[..8].try_into().unwrap()) | 1;
     (0..len)
         .map(|_| {
             // xorshift64
@@ -118,7 +118,7 @@ fn attrs_json(out: &Path, closure: Vec<Value>, compression: &str) -> Value {
     json!({"outputs": {"out": out}, "closure": closure, "compression": compression})
 }
 
-/// Writes the cache `attrs` describe in this process, with `cache::write_cache`
+/// Writes the cache `attrs` describe in this process, with `write::write_cache`
 /// and two workers.
 fn write_cache(store: &FakeStore, attrs: &Value) -> Result<(), CacheError> {
     write_cache_with(store, attrs, 2)
@@ -127,7 +127,7 @@ fn write_cache(store: &FakeStore, attrs: &Value) -> Result<(), CacheError> {
 /// Writes the cache `attrs` describe with `jobs` workers (one: in a fixed order).
 fn write_cache_with(store: &FakeStore, attrs: &Value, jobs: usize) -> Result<(), CacheError> {
     let job = attrs::from_json(attrs, store.dir(), jobs).unwrap();
-    cache::write_cache(&job.out, &job.closure, &job.options, &Progress::new(true)).map(|_| ())
+    write::write_cache(&job.out, &job.closure, &job.options, &Progress::new(true)).map(|_| ())
 }
 
 /// What a builder run did.
@@ -200,7 +200,7 @@ fn assert_every_narinfo_has_its_nar(cache: &Path) {
             .unwrap_or_else(|e| panic!("{part}.narinfo names {}: {e}", nar.display()))
             .len();
         assert_eq!(len.to_string(), info["FileSize"], "{}", nar.display());
-        let hash = NarHash::digest(&fs::read(&nar).unwrap());
+        let hash = Sha256::digest(&fs::read(&nar).unwrap());
         assert_eq!(hash.to_string(), info["FileHash"], "{}", nar.display());
     }
 }
@@ -354,7 +354,7 @@ fn an_update_cut_short_by_a_full_disk_leaves_only_whole_paths_and_resumes() {
     let mut failures = 0;
     for pages in 1..=32 {
         let tmpfs = Mount::tmpfs(&mnt, &format!("size={}k", 4 * pages));
-        if let Err(e) = cache::update_cache(&out, &job.closure, &job.options, &quiet) {
+        if let Err(e) = write::update_cache(&out, &job.closure, &job.options, &quiet) {
             let message = e.to_string();
             assert!(
                 message.contains("No space left on device"),
@@ -366,7 +366,7 @@ fn an_update_cut_short_by_a_full_disk_leaves_only_whole_paths_and_resumes() {
             failures += 1;
         }
         tmpfs.resize("1m");
-        cache::update_cache(&out, &job.closure, &job.options, &quiet)
+        write::update_cache(&out, &job.closure, &job.options, &quiet)
             .unwrap_or_else(|e| panic!("{pages} pages, then resumed: {e}"));
         assert_eq!(common::narinfo_hash_parts(&out).len(), 3, "{pages} pages");
         assert_every_narinfo_has_its_nar(&out);
@@ -557,7 +557,7 @@ fn a_fifo_in_a_store_path_fails_the_builder_naming_it() {
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
     });
     let out = store.tmp().join("cache");
-    let closure = vec![entry_with(&path, &NarHash::digest(b"").to_string(), 100)];
+    let closure = vec![entry_with(&path, &Sha256::digest(b"").to_string(), 100)];
 
     let run = run_builder(&store, &attrs_json(&out, closure, "zstd"), None);
 
@@ -573,7 +573,7 @@ fn a_socket_in_a_store_path_is_an_error_naming_it() {
         std::os::unix::net::UnixListener::bind(p.join("socket")).unwrap();
     });
     let out = store.tmp().join("cache");
-    let closure = vec![entry_with(&path, &NarHash::digest(b"").to_string(), 100)];
+    let closure = vec![entry_with(&path, &Sha256::digest(b"").to_string(), 100)];
 
     let e = write_cache(&store, &attrs_json(&out, closure, "zstd")).unwrap_err();
 
@@ -615,7 +615,7 @@ fn a_file_the_builder_may_not_read_fails_it_naming_the_file() {
 const MAX_RSS_KIB: u64 = 200 * 1024;
 
 /// `nix-store --dump PATH | sha256sum`, streamed: Nix's NAR hash and size.
-fn nix_nar_hash_and_size(path: &Path) -> (NarHash, u64) {
+fn nix_nar_hash_and_size(path: &Path) -> (Sha256, u64) {
     let mut cmd = common::nix_cmd("nix-store");
     cmd.arg("--dump").arg(path).stdout(Stdio::piped());
     let mut child = cmd.spawn().expect("running nix-store --dump");

@@ -9,13 +9,13 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use mk_binary_cache::hash::NarHash;
-use mk_binary_cache::nar::padding;
-use mk_binary_cache::nar::reader::{
+use mk_binary_cache::format::hash::Sha256;
+use mk_binary_cache::format::nar::padding;
+use mk_binary_cache::format::nar::reader::{
     DEFAULT_MAX_DEPTH, NarError, NarSummary, ParseOptions, read_tree, restore, validate,
 };
-use mk_binary_cache::progress::Progress;
-use mk_binary_cache::verify::{self, ProblemKind};
+use mk_binary_cache::ops::verify::{self, ProblemKind};
+use mk_binary_cache::support::progress::Progress;
 
 use crate::peak_alloc::peak_bytes;
 
@@ -159,7 +159,7 @@ fn assert_verify_refuses(nar: &[u8], expected: &NarError) {
     let cache = tmp.path();
     fs::create_dir(cache.join("nar")).unwrap();
     fs::write(cache.join("nix-cache-info"), "StoreDir: /nix/store\n").unwrap();
-    let hash = NarHash::digest(nar);
+    let hash = Sha256::digest(nar);
     let url = format!("nar/{}.nar", hash.to_nix32());
     fs::write(cache.join(&url), nar).unwrap();
     let hash_part = "0123456789abcdfghijklmnpqrsvwxyz";

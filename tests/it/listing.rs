@@ -12,7 +12,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 use std::sync::OnceLock;
 
-use mk_binary_cache::nar::{dump, reader};
+use mk_binary_cache::format::nar::{listing, reader};
 
 use crate::build::{build_into, nix_copy_to};
 use crate::common::*;
@@ -139,7 +139,7 @@ fn listing_recorded_while_dumping_equals_nix_s_for_the_golden_tree() {
     let tree = work.path().join("tree");
     reader::restore(nar.as_slice(), &tree).unwrap();
     let mut again = Vec::new();
-    let listing = dump::dump_listing(&tree, &mut again).unwrap();
+    let listing = listing::dump(&tree, &mut again).unwrap();
     assert!(again == nar, "the restored tree dumps to another NAR");
     assert_eq!(
         String::from_utf8_lossy(&listing.to_ls_json()),

@@ -12,8 +12,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use mk_binary_cache::nar::is_valid_entry_name;
-use mk_binary_cache::nar::reader::{Node, read_tree, restore, validate};
+use mk_binary_cache::format::nar::is_valid_entry_name;
+use mk_binary_cache::format::nar::reader::{Node, read_tree, restore, validate};
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 

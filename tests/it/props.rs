@@ -27,15 +27,16 @@ use std::path::Path;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use mk_binary_cache::cache::{self, Options};
-use mk_binary_cache::cache_info::CacheInfo;
-use mk_binary_cache::hash::NarHash;
-use mk_binary_cache::nar::reader::{self, Node};
-use mk_binary_cache::nar::{dump, is_valid_entry_name, padding, writer};
-use mk_binary_cache::narinfo::NarInfo;
-use mk_binary_cache::signing::{self, PublicKey, SecretKey, Signature};
-use mk_binary_cache::store_path::StorePath;
-use mk_binary_cache::{attrs, closure, nixbase32};
+use mk_binary_cache::format::cache_info::CacheInfo;
+use mk_binary_cache::format::hash::Sha256;
+use mk_binary_cache::format::nar::reader::{self, Node};
+use mk_binary_cache::format::nar::{dump, is_valid_entry_name, padding, writer};
+use mk_binary_cache::format::narinfo::{NarInfo, Sig};
+use mk_binary_cache::format::nixbase32::{self, DecodeError};
+use mk_binary_cache::format::signing::{self, PublicKey, SecretKey, Signature};
+use mk_binary_cache::format::store_path::StorePath;
+use mk_binary_cache::input::{attrs, closure};
+use mk_binary_cache::ops::write::{self, Options};
 use proptest::collection::{btree_map, btree_set, vec};
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
@@ -882,7 +883,7 @@ proptest! {
 }
 
 fn path_info_texts() -> Vec<String> {
-    let sri = HASH.parse::<NarHash>().unwrap().to_sri();
+    let sri = HASH.parse::<Sha256>().unwrap().to_sri();
     vec![
         // Nix 2.4 to 2.18: a list, SRI hashes.
         json!([
@@ -1049,7 +1050,7 @@ proptest! {
             want_mass_query,
             ..Options::default()
         };
-        let text = cache::cache_info(&options);
+        let text = write::cache_info(&options).to_string();
         let read: CacheInfo = text.parse().unwrap();
         prop_assert_eq!(read, CacheInfo {
             store_dir: Some(store_dir),
@@ -1163,17 +1164,37 @@ proptest! {
 
     #[test]
     fn nix32_decode_returns_a_value_or_an_error_for_any_text(text in ".{0,60}", len in 0usize..40) {
-        let _ = nixbase32::decode(&text, len);
+        // Each error names the one thing wrong, checked in this order:
+        // the length, then each character, then the bits beyond the value.
+        let expected_len = nixbase32::encoded_len(len);
+        let all_nix32 = text.bytes().all(|b| NIX32_CHARS.contains(&b));
+        match nixbase32::decode(&text, len) {
+            Ok(bytes) => prop_assert_eq!(nixbase32::encode(&bytes), text),
+            Err(DecodeError::InvalidLength { expected, actual }) => {
+                prop_assert_ne!(text.len(), expected_len);
+                prop_assert_eq!(expected, expected_len);
+                prop_assert_eq!(actual, text.chars().count());
+            }
+            Err(DecodeError::InvalidChar(c)) => {
+                prop_assert_eq!(text.len(), expected_len);
+                prop_assert!(!all_nix32);
+                prop_assert!(!NIX32_CHARS.iter().any(|&a| char::from(a) == c), "{c:?}");
+            }
+            Err(DecodeError::NonZeroPadding) => {
+                prop_assert_eq!(text.len(), expected_len);
+                prop_assert!(all_nix32);
+            }
+        }
     }
 
     #[test]
     fn a_nar_hash_reads_back_from_each_notation(digest in any::<[u8; 32]>()) {
-        let hash = NarHash(digest);
+        let hash = Sha256(digest);
         for text in [hash.to_string(), format!("sha256:{}", hash.to_hex()), hash.to_sri()] {
-            prop_assert_eq!(text.parse::<NarHash>(), Ok(hash), "{}", text);
+            prop_assert_eq!(text.parse::<Sha256>(), Ok(hash), "{}", text);
         }
         prop_assert_eq!(
-            format!("sha256:{}", hash.to_hex().to_uppercase()).parse::<NarHash>(),
+            format!("sha256:{}", hash.to_hex().to_uppercase()).parse::<Sha256>(),
             Ok(hash)
         );
     }
@@ -1189,7 +1210,7 @@ proptest! {
             &["=", "+", "/", "-", ":", "sha256", "a", "0", "z", "e"],
         )
     ) {
-        if let Ok(hash) = text.parse::<NarHash>() {
+        if let Ok(hash) = text.parse::<Sha256>() {
             let hex = format!("sha256:{}", hash.to_hex());
             prop_assert!(
                 text == hash.to_string() || text.eq_ignore_ascii_case(&hex) || text == hash.to_sri(),
@@ -1211,8 +1232,8 @@ fn store_path() -> impl Strategy<Value = StorePath> {
         })
 }
 
-fn nar_hash() -> impl Strategy<Value = NarHash> {
-    any::<[u8; 32]>().prop_map(NarHash)
+fn nar_hash() -> impl Strategy<Value = Sha256> {
+    any::<[u8; 32]>().prop_map(Sha256)
 }
 
 /// A narinfo value as we may write one: one line per field, references
@@ -1246,7 +1267,7 @@ fn narinfo() -> impl Strategy<Value = NarInfo> {
                 file_hash,
                 file_size,
                 deriver,
-                signatures,
+                signatures: signatures.iter().map(|s| Sig::read(s)).collect(),
                 ca,
             },
         )
@@ -1272,10 +1293,12 @@ proptest! {
             fingerprint,
             format!("1;{};{};{};{}", info.store_path, info.nar_hash, info.nar_size, references.join(","))
         );
-        let shuffled: Vec<String> = references.iter().rev().cloned().collect();
+        let mut shuffled = info.references.clone();
+        shuffled.sort();
+        shuffled.reverse();
         prop_assert_eq!(
             info.fingerprint(),
-            signing::fingerprint(&info.store_path.to_string(), &info.nar_hash, info.nar_size, &shuffled)
+            signing::fingerprint(&info.store_path, &info.nar_hash, info.nar_size, &shuffled)
         );
     }
 }
@@ -1288,15 +1311,15 @@ proptest! {
 
     #[test]
     fn nar_hashes_are_written_as_nix_writes_them(digests in vec(any::<[u8; 32]>(), 32)) {
-        let hashes: Vec<NarHash> = digests.into_iter().map(NarHash).collect();
-        let hex: Vec<String> = hashes.iter().map(NarHash::to_hex).collect();
+        let hashes: Vec<Sha256> = digests.into_iter().map(Sha256).collect();
+        let hex: Vec<String> = hashes.iter().map(Sha256::to_hex).collect();
         let nix32 = common::run(
             common::nix_cmd("nix-hash").args(["--type", "sha256", "--to-base32"]).args(&hex),
         );
-        let ours: Vec<String> = hashes.iter().map(NarHash::to_nix32).collect();
+        let ours: Vec<String> = hashes.iter().map(Sha256::to_nix32).collect();
         prop_assert_eq!(nix32.lines().collect::<Vec<_>>(), ours);
         let sri = common::run(common::nix_new(&["hash", "to-sri", "--type", "sha256"]).args(&hex));
-        let ours: Vec<String> = hashes.iter().map(NarHash::to_sri).collect();
+        let ours: Vec<String> = hashes.iter().map(Sha256::to_sri).collect();
         prop_assert_eq!(sri.lines().collect::<Vec<_>>(), ours);
     }
 }

@@ -12,8 +12,9 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::common::{NixKey, generate_key, hermetic_nix};
-use mk_binary_cache::hash::NarHash;
-use mk_binary_cache::signing::{PublicKey, SecretKey, Signature, fingerprint};
+use mk_binary_cache::format::hash::Sha256;
+use mk_binary_cache::format::signing::{PublicKey, SecretKey, Signature, fingerprint};
+use mk_binary_cache::format::store_path::StorePath;
 
 /// Runs a Nix tool; returns its standard output, panicking with a clear
 /// message if Nix is missing or the command fails.
@@ -96,13 +97,13 @@ fn narinfos(cache: &Path) -> Vec<(std::path::PathBuf, String)> {
 
 /// The fingerprint of a narinfo, computed by us.
 fn our_fingerprint(f: &BTreeMap<String, String>) -> String {
-    let references: Vec<String> = f["References"]
+    let references: Vec<StorePath> = f["References"]
         .split_whitespace()
-        .map(|b| format!("/nix/store/{b}"))
+        .map(|b| StorePath::from_base_name(b, "/nix/store").unwrap())
         .collect();
-    let nar_hash: NarHash = f["NarHash"].parse().unwrap();
+    let nar_hash: Sha256 = f["NarHash"].parse().unwrap();
     fingerprint(
-        &f["StorePath"],
+        &StorePath::parse(&f["StorePath"], "/nix/store").unwrap(),
         &nar_hash,
         f["NarSize"].parse().unwrap(),
         &references,

@@ -630,9 +630,9 @@ fn the_report_does_not_depend_on_the_number_of_jobs() {
 /// Writes a cache of one store path whose NAR is a single file of `len`
 /// zero bytes, zstd-compressed, as our builder would describe it.
 fn cache_of_zeros(dir: &Path, len: u64) {
-    use mk_binary_cache::compression::Compression;
-    use mk_binary_cache::hash::HashingWriter;
-    use mk_binary_cache::nar::writer;
+    use mk_binary_cache::format::compression::Compression;
+    use mk_binary_cache::format::hash::HashingWriter;
+    use mk_binary_cache::format::nar::writer;
     use std::io::{Read, Write};
 
     fs::create_dir_all(dir.join("nar")).unwrap();

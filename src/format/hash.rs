@@ -12,14 +12,14 @@ use std::str::FromStr;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256 as Hasher};
 use thiserror::Error;
 
-use crate::nixbase32;
+use crate::format::nixbase32;
 
-/// A SHA-256 digest.
+/// A SHA-256 digest: a NAR's hash (narinfo `NarHash`) or a NAR file's (`FileHash`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NarHash(pub [u8; 32]);
+pub struct Sha256(pub [u8; 32]);
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ParseHashError {
@@ -31,9 +31,9 @@ pub enum ParseHashError {
     Malformed(String),
 }
 
-impl NarHash {
+impl Sha256 {
     pub fn digest(data: &[u8]) -> Self {
-        NarHash(Sha256::digest(data).into())
+        Sha256(Hasher::digest(data).into())
     }
 
     /// The 52-character Nix base32 form, as used in file names.
@@ -50,7 +50,7 @@ impl NarHash {
     }
 }
 
-impl FromStr for NarHash {
+impl FromStr for Sha256 {
     type Err = ParseHashError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -70,7 +70,7 @@ impl FromStr for NarHash {
         } else {
             return Err(malformed());
         };
-        Ok(NarHash(bytes.try_into().map_err(|_| malformed())?))
+        Ok(Sha256(bytes.try_into().map_err(|_| malformed())?))
     }
 }
 
@@ -85,13 +85,13 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 }
 
 /// `sha256:<nix32>`, the form narinfo files and fingerprints use.
-impl fmt::Display for NarHash {
+impl fmt::Display for Sha256 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "sha256:{}", self.to_nix32())
     }
 }
 
-impl fmt::Debug for NarHash {
+impl fmt::Debug for Sha256 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
     }
@@ -99,14 +99,14 @@ impl fmt::Debug for NarHash {
 
 /// A running SHA-256 and byte count: what both hashing adapters keep.
 struct Running {
-    hasher: Sha256,
+    hasher: Hasher,
     len: u64,
 }
 
 impl Running {
     fn new() -> Self {
         Running {
-            hasher: Sha256::new(),
+            hasher: Hasher::new(),
             len: 0,
         }
     }
@@ -116,8 +116,8 @@ impl Running {
         self.len += bytes.len() as u64;
     }
 
-    fn finish(self) -> (NarHash, u64) {
-        (NarHash(self.hasher.finalize().into()), self.len)
+    fn finish(self) -> (Sha256, u64) {
+        (Sha256(self.hasher.finalize().into()), self.len)
     }
 }
 
@@ -135,21 +135,8 @@ impl<W: Write> HashingWriter<W> {
         }
     }
 
-    /// Bytes written so far.
-    pub fn len(&self) -> u64 {
-        self.running.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn get_mut(&mut self) -> &mut W {
-        &mut self.inner
-    }
-
     /// The inner writer, and the hash and length of everything written.
-    pub fn finish(self) -> (W, NarHash, u64) {
+    pub fn finish(self) -> (W, Sha256, u64) {
         let (hash, len) = self.running.finish();
         (self.inner, hash, len)
     }
@@ -183,12 +170,8 @@ impl<R: Read> HashingReader<R> {
     }
 
     /// Bytes read so far.
-    pub fn len(&self) -> u64 {
+    pub fn bytes_read(&self) -> u64 {
         self.running.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     pub fn get_ref(&self) -> &R {
@@ -196,7 +179,7 @@ impl<R: Read> HashingReader<R> {
     }
 
     /// The hash and length of everything read so far.
-    pub fn finish(self) -> (R, NarHash, u64) {
+    pub fn finish(self) -> (R, Sha256, u64) {
         let (hash, len) = self.running.finish();
         (self.inner, hash, len)
     }
@@ -221,16 +204,16 @@ mod tests {
 
     #[test]
     fn parses_every_notation_nix_has_used() {
-        let expected = NarHash::digest(b"");
+        let expected = Sha256::digest(b"");
         let colon_base64 = SRI.replacen('-', ":", 1);
         for s in [NIX32, HEX, SRI, &colon_base64] {
-            assert_eq!(s.parse::<NarHash>().unwrap(), expected, "{s}");
+            assert_eq!(s.parse::<Sha256>().unwrap(), expected, "{s}");
         }
     }
 
     #[test]
     fn displays_as_sha256_nix32() {
-        let h = NarHash::digest(b"");
+        let h = Sha256::digest(b"");
         assert_eq!(h.to_string(), NIX32);
         assert_eq!(h.to_sri(), SRI);
         assert_eq!(format!("sha256:{}", h.to_hex()), HEX);
@@ -239,7 +222,7 @@ mod tests {
     #[test]
     fn rejects_other_algorithms_and_garbage() {
         assert!(matches!(
-            "md5:abc".parse::<NarHash>(),
+            "md5:abc".parse::<Sha256>(),
             Err(ParseHashError::Algorithm(a)) if a == "md5"
         ));
         for bad in [
@@ -250,7 +233,7 @@ mod tests {
             "sha256-AAAA",
             "0mdqa9w1",
         ] {
-            assert!(bad.parse::<NarHash>().is_err(), "{bad:?}");
+            assert!(bad.parse::<Sha256>().is_err(), "{bad:?}");
         }
     }
 
@@ -259,11 +242,11 @@ mod tests {
         let mut r = HashingReader::new(&b"hello world"[..]);
         let mut head = [0; 6];
         r.read_exact(&mut head).unwrap();
-        assert_eq!(r.len(), 6);
+        assert_eq!(r.bytes_read(), 6);
         io::copy(&mut r, &mut io::sink()).unwrap();
         let (_, hash, len) = r.finish();
         assert_eq!(len, 11);
-        assert_eq!(hash, NarHash::digest(b"hello world"));
+        assert_eq!(hash, Sha256::digest(b"hello world"));
     }
 
     #[test]
@@ -274,6 +257,6 @@ mod tests {
         let (inner, hash, len) = w.finish();
         assert_eq!(inner, b"hello world");
         assert_eq!(len, 11);
-        assert_eq!(hash, NarHash::digest(b"hello world"));
+        assert_eq!(hash, Sha256::digest(b"hello world"));
     }
 }

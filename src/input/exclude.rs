@@ -21,10 +21,11 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::build::{self, BuildError};
-use crate::cache_info;
-use crate::closure::{self, ClosureError};
-use crate::store_path::{PathInfo, StorePath};
+use crate::format::cache_info;
+use crate::format::nixbase32;
+use crate::format::store_path::{PathInfo, StorePath};
+use crate::input::closure::{self, ClosureError};
+use crate::input::local_store::{self, BuildError};
 
 #[derive(Debug, Error)]
 pub enum ExcludeError {
@@ -70,7 +71,7 @@ impl Exclusion {
         if paths.is_empty() {
             return Ok(());
         }
-        let input = build::from_local_store(paths, store_dir)
+        let input = local_store::from_local_store(paths, store_dir)
             .map_err(|e| ExcludeError::Paths(Box::new(e)))?;
         self.add_closure(&input.closure);
         Ok(())
@@ -111,7 +112,7 @@ impl Exclusion {
 }
 
 fn is_hash_part(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| crate::nixbase32::ALPHABET.contains(&b))
+    s.len() == 32 && s.bytes().all(|b| nixbase32::ALPHABET.contains(&b))
 }
 
 #[cfg(test)]

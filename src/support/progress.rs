@@ -11,7 +11,7 @@
 //!
 //! The work reports through a shared `&Progress`: [`Progress::begin`] with
 //! what there is to do, [`Progress::advance`] as bytes go through,
-//! [`Progress::item_done`] (or [`Progress::path_done`]) per path, and
+//! [`Progress::item_done`] per path, and
 //! [`Progress::finish`] at the end.
 
 use std::fmt;
@@ -20,8 +20,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
-
-use crate::narinfo::NarInfo;
 
 /// How often the bar is redrawn.
 const REDRAW_EVERY: Duration = Duration::from_millis(200);
@@ -61,10 +59,11 @@ pub struct Totals {
 }
 
 impl Totals {
-    pub fn add(&mut self, info: &NarInfo) {
+    /// Counts one path of `nar_bytes`, stored in `file_bytes`.
+    pub fn add(&mut self, nar_bytes: u64, file_bytes: u64) {
         self.paths += 1;
-        self.nar_bytes += info.nar_size;
-        self.file_bytes += info.file_size.unwrap_or(info.nar_size);
+        self.nar_bytes += nar_bytes;
+        self.file_bytes += file_bytes;
     }
 }
 
@@ -123,10 +122,6 @@ impl Progress {
         }
     }
 
-    pub fn style(&self) -> Style {
-        self.style
-    }
-
     /// Says how much work there is: `paths` items of `bytes` in all. May be
     /// called again to add more.
     pub fn begin(&self, paths: usize, bytes: u64) {
@@ -160,17 +155,6 @@ impl Progress {
         if self.style == Style::Lines {
             write_line(&line.to_string());
         }
-    }
-
-    /// A path was written to the cache.
-    pub fn path_done(&self, info: &NarInfo) {
-        self.item_done(format_args!(
-            "cached {}: NAR {} -> {} {}",
-            info.store_path.name(),
-            human_bytes(info.nar_size),
-            info.compression,
-            human_bytes(info.file_size.unwrap_or(info.nar_size)),
-        ));
     }
 
     /// A line of its own, above the bar if there is one.

@@ -17,6 +17,7 @@
 //! `/` or NUL.
 
 pub mod dump;
+pub mod listing;
 pub mod reader;
 pub mod writer;
 

@@ -32,12 +32,14 @@ use std::path::{Component, Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::build::{self, BuildError};
-use crate::cache::{self, CacheError, DirLock, TempFiles};
-use crate::cache_info::{self, CacheInfo, CacheInfoError};
-use crate::narinfo::NarInfo;
-use crate::progress::human_bytes;
-use crate::store_path::StorePath;
+use crate::format::cache_info::{self, CacheInfo, CacheInfoError};
+use crate::format::narinfo::NarInfo;
+use crate::format::nixbase32;
+use crate::format::store_path::{self, StorePath};
+use crate::input::local_store::{self, BuildError};
+use crate::ops::write::{self, CacheError, CacheLock, STORE_PATHS};
+use crate::support::files::{self, DirLock, TempNames};
+use crate::support::progress::human_bytes;
 
 /// A narinfo is a few hundred bytes; a larger file is not read whole.
 const MAX_NARINFO_SIZE: u64 = 1 << 20;
@@ -209,12 +211,12 @@ impl fmt::Display for Report {
 /// documentation.
 pub fn prune(dir: &Path, opts: &Options) -> Result<Report, PruneError> {
     let store_dir = open_cache(dir)?;
-    let _cache_lock = DirLock::for_prune(dir)?;
+    let _cache_lock = write::lock_cache(dir, CacheLock::Exclusive)?;
 
     let narinfos = read_narinfos(dir, &store_dir)?;
     let roots = match &opts.keep {
         Some(keep) => {
-            let roots = build::resolve_roots(keep, &store_dir)
+            let roots = local_store::resolve_roots(keep, &store_dir)
                 .map_err(|e| PruneError::Keep(Box::new(e)))?;
             if let Some(path) = roots.iter().find(|r| !narinfos.contains_key(r.hash_part())) {
                 return Err(PruneError::KeepNotCached {
@@ -224,10 +226,10 @@ pub fn prune(dir: &Path, opts: &Options) -> Result<Report, PruneError> {
             }
             roots
         }
-        None => read_store_paths(dir, &store_dir)?,
+        None => write::read_store_paths(dir, &store_dir)?,
     };
     if roots.is_empty() {
-        return Err(PruneError::NoRoots(dir.join(cache::STORE_PATHS)));
+        return Err(PruneError::NoRoots(dir.join(STORE_PATHS)));
     }
 
     let kept = kept_closure(dir, &roots, &narinfos)?;
@@ -298,49 +300,26 @@ fn open_cache(dir: &Path) -> Result<String, PruneError> {
             Err(e) => return Err(read_error(&sub)(e)),
         }
     }
-    Ok(info.store_dir.unwrap_or_else(|| "/nix/store".to_owned()))
+    Ok(info
+        .store_dir
+        .unwrap_or_else(|| store_path::DEFAULT_STORE_DIR.to_owned()))
 }
 
 fn narinfo_name(hash: &str) -> String {
     format!("{hash}.narinfo")
 }
 
-fn dedup(paths: Vec<StorePath>) -> Vec<StorePath> {
-    let mut seen = BTreeSet::new();
-    paths
-        .into_iter()
-        .filter(|p| seen.insert(p.clone()))
-        .collect()
-}
-
-/// The roots `store-paths` lists, in order.
-fn read_store_paths(dir: &Path, store_dir: &str) -> Result<Vec<StorePath>, PruneError> {
-    let file = dir.join(cache::STORE_PATHS);
-    let text = match fs::read_to_string(&file) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(read_error(&file)(e)),
-    };
-    let roots = text
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|line| {
-            StorePath::parse(line, store_dir).map_err(|_| PruneError::StorePathsLine {
-                path: file.clone(),
-                line: line.to_owned(),
-                store_dir: store_dir.to_owned(),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(dedup(roots))
-}
-
 /// Replaces `store-paths` with `roots`, atomically and durably, under the
 /// lock `build --to` takes to merge it.
 fn write_store_paths(dir: &Path, roots: &[StorePath]) -> Result<(), PruneError> {
-    let _lock = DirLock::exclusive(dir)?;
-    let dest = dir.join(cache::STORE_PATHS);
-    let tmp = TempFiles::default().next(&dest);
+    let _lock = File::open(dir)
+        .and_then(DirLock::exclusive)
+        .map_err(|source| CacheError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
+    let dest = dir.join(STORE_PATHS);
+    let tmp = TempNames::default().next(&dest);
     let list: String = roots.iter().map(|p| format!("{p}\n")).collect();
     let written = File::create(&tmp)
         .and_then(|mut f| {
@@ -395,7 +374,7 @@ fn read_narinfos(dir: &Path, store_dir: &str) -> Result<BTreeMap<String, Entry>,
 }
 
 fn is_hash_part(s: &str) -> bool {
-    s.len() == HASH_LEN && s.bytes().all(|b| crate::nixbase32::ALPHABET.contains(&b))
+    s.len() == HASH_LEN && s.bytes().all(|b| nixbase32::ALPHABET.contains(&b))
 }
 
 /// Reads a narinfo without following a symlink (it would lead outside the
@@ -665,7 +644,7 @@ fn is_nar_name(name: &str) -> bool {
 }
 
 fn is_stale_temp_file(name: &str) -> bool {
-    TempFiles::owner(name).is_some_and(|pid| !cache::process_is_running(pid))
+    TempNames::is_stale(std::ffi::OsStr::new(name))
 }
 
 fn in_dir(file: &Path, sub: &str) -> bool {
@@ -688,12 +667,10 @@ fn remove(path: &Path) -> Result<(), PruneError> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), PruneError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| PruneError::Remove {
-            path: dir.to_owned(),
-            source,
-        })
+    files::sync_dir(dir).map_err(|source| PruneError::Remove {
+        path: dir.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -5,15 +5,21 @@
 //! are ignored. `StoreDir` must equal the reader's store directory,
 //! `WantMassQuery` is `1` or `0`, `Priority` an integer (lower is tried
 //! first). Nix itself takes any `WantMassQuery` other than `1` as false and
-//! fails on a `Priority` that is not a number; [`CacheInfo::parse`] is
-//! stricter and refuses both, since no writer produces them.
+//! fails on a `Priority` that is not a number; the parser here is
+//! stricter and refuses both, since no writer produces them. A key given
+//! twice is refused too: which one Nix would take is not worth relying on.
+//! [`CacheInfo`]'s `Display` writes the file.
 
+use std::fmt;
 use std::str::FromStr;
 
 use thiserror::Error;
 
 /// The name of the file, at the top of the cache.
 pub const FILE_NAME: &str = "nix-cache-info";
+
+/// The largest `Priority:` Nix can read: it parses the value as a C `int`.
+pub const MAX_PRIORITY: u64 = i32::MAX as u64;
 
 /// What `nix-cache-info` says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -76,6 +82,22 @@ impl FromStr for CacheInfo {
     }
 }
 
+/// The file's text: the lines that are set, in the order `nix copy` writes them.
+impl fmt::Display for CacheInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(dir) = &self.store_dir {
+            writeln!(f, "StoreDir: {dir}")?;
+        }
+        if let Some(want) = self.want_mass_query {
+            writeln!(f, "WantMassQuery: {}", u8::from(want))?;
+        }
+        if let Some(priority) = self.priority {
+            writeln!(f, "Priority: {priority}")?;
+        }
+        Ok(())
+    }
+}
+
 fn set_once<T>(slot: &mut Option<T>, key: &'static str, value: T) -> Result<(), CacheInfoError> {
     match slot {
         Some(_) => Err(CacheInfoError::Repeated { key }),
@@ -115,6 +137,22 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(info.store_dir.as_deref(), Some("/gnu/store"));
+    }
+
+    #[test]
+    fn writes_the_lines_that_are_set_and_reads_them_back() {
+        let info = CacheInfo {
+            store_dir: Some("/nix/store".into()),
+            want_mass_query: Some(true),
+            priority: Some(40),
+        };
+        let text = info.to_string();
+        assert_eq!(
+            text,
+            "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
+        );
+        assert_eq!(text.parse(), Ok(info));
+        assert_eq!(CacheInfo::default().to_string(), "");
     }
 
     #[test]

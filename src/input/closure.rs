@@ -14,9 +14,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use crate::hash::{NarHash, ParseHashError};
-use crate::nixbase32;
-use crate::store_path::{PathInfo, StorePath, StorePathError};
+use crate::format::hash::{ParseHashError, Sha256};
+use crate::format::nixbase32;
+use crate::format::signing::Signature;
+use crate::format::store_path::{PathInfo, StorePath, StorePathError};
 
 #[derive(Debug, Error)]
 pub enum ClosureError {
@@ -259,7 +260,7 @@ fn entry_to_info(
             source,
         })?,
         Some(structured) => match json_hash(&structured).map_err(|w| invalid("narHash", w))? {
-            ("sha256", bytes) => NarHash(bytes.try_into().expect("length checked")),
+            ("sha256", bytes) => Sha256(bytes.try_into().expect("length checked")),
             (algo, _) => {
                 return Err(invalid("narHash", format!("a {algo} hash, not sha256")));
             }
@@ -401,7 +402,7 @@ fn content_address(value: &Value) -> Result<String, String> {
 
 /// A signature as a narinfo `Sig:` line holds it, `<key name>:<base64>`,
 /// from a string of that form or an object `{keyName, sig}` (format 3).
-fn signature(value: &Value) -> Result<String, String> {
+fn signature(value: &Value) -> Result<Signature, String> {
     let (key_name, sig) = match value {
         Value::String(s) => s
             .split_once(':')
@@ -422,7 +423,9 @@ fn signature(value: &Value) -> Result<String, String> {
             "{key_name:?}:{sig:?} is not <key name>:<signature>"
         ));
     }
-    Ok(format!("{key_name}:{sig}"))
+    format!("{key_name}:{sig}")
+        .parse()
+        .map_err(|e| format!("{key_name}:{sig}: {e}"))
 }
 
 /// Reads the legacy, non-structured `exportReferencesGraph` file.
@@ -509,7 +512,7 @@ mod tests {
 
     #[test]
     fn reads_path_info_as_a_list_and_as_a_map_with_sri_hashes() {
-        let sri = HASH.parse::<NarHash>().unwrap().to_sri();
+        let sri = HASH.parse::<Sha256>().unwrap().to_sri();
         let list = json!([{"path": A, "narHash": sri, "narSize": 504, "references": [],
                            "deriver": null, "signatures": null}]);
         let map = json!({A: {"narHash": sri, "narSize": 504, "references": [], "ca": null}});
@@ -549,7 +552,10 @@ mod tests {
         assert_eq!(app.references.len(), 3);
         assert!(app.references.contains(&app.path), "self-reference");
         assert_eq!(
-            app.signatures,
+            app.signatures
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
             [
                 "path-info-fixture-1:1q2O1Jn2Rl4gKvZ/FKDfPruqN8tu1288e31NvWv91WEny4ZbsKrCBTtd7bcwLC5s+8LrzWhkjeVmZq2VZhfBAA=="
             ]
@@ -612,10 +618,10 @@ mod tests {
     // `{algorithm, format, hash}`; Nix 2.34 prints SRI strings. Both read.
     #[test]
     fn structured_hashes_read_as_their_sri_strings() {
-        let sri = HASH.parse::<NarHash>().unwrap().to_sri();
+        let sri = HASH.parse::<Sha256>().unwrap().to_sri();
         let base64 = sri.strip_prefix("sha256-").unwrap();
         let nix32 = HASH.strip_prefix("sha256:").unwrap();
-        let hex = HASH.parse::<NarHash>().unwrap().to_hex();
+        let hex = HASH.parse::<Sha256>().unwrap().to_hex();
         let entry = |nar_hash: Value, ca_hash: Value| {
             json!({"version": 2, "storeDir": "/nix/store", "info": {
                 A.strip_prefix("/nix/store/").unwrap(): {
@@ -669,7 +675,7 @@ mod tests {
                    "info": {A.strip_prefix("/nix/store/").unwrap(): entry}})
             .to_string()
         };
-        let sri = HASH.parse::<NarHash>().unwrap().to_sri();
+        let sri = HASH.parse::<Sha256>().unwrap().to_sri();
         let good = json!({"narHash": sri, "narSize": 1, "references": [], "signatures": []});
         let e = from_path_info_json(&wrapped(json!(4), "/nix/store", good.clone()), "/nix/store")
             .unwrap_err();

@@ -17,10 +17,19 @@
 //! carriage return and tab as `\n`, `\r`, `\t`, other bytes below 0x20 as
 //! `\u00xx`; every other byte, invalid UTF-8 included, is written as is.
 //!
-//! A listing is recorded while the NAR is written ([`crate::nar::dump::dump_listing`]),
-//! so files are read once.
+//! A listing is recorded while the NAR is written ([`dump`]), so files are
+//! read once.
 
-use crate::nar::dump::Record;
+use std::io::Write;
+use std::path::Path;
+
+use super::dump::{self as nar_dump, DumpError, Record};
+
+/// Writes the NAR of `path` to `w`, as [`nar_dump::dump`] does, and returns
+/// its listing.
+pub fn dump<W: Write>(path: &Path, w: &mut W) -> Result<Node, DumpError> {
+    nar_dump::dump_recording(path, w)
+}
 
 /// One node of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +171,8 @@ fn write_json_string(out: &mut Vec<u8>, s: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::{PermissionsExt, symlink};
 
     fn file(size: u64, executable: bool, nar_offset: u64) -> Node {
         Node::Regular {
@@ -262,5 +273,47 @@ mod tests {
         assert_eq!(root.get(&[]), Some(&root));
         assert_eq!(root.get(&[b"l", b"f"]), None);
         assert_eq!(root.get(&[b"b"]), None);
+    }
+
+    #[test]
+    fn dump_writes_the_same_nar_and_records_every_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir(root.join("d")).unwrap();
+        fs::write(root.join("d/f"), b"hello").unwrap();
+        fs::write(root.join("exe"), b"#!").unwrap();
+        fs::set_permissions(root.join("exe"), fs::Permissions::from_mode(0o755)).unwrap();
+        symlink("d/f", root.join("link")).unwrap();
+        let (mut plain, mut listed) = (Vec::new(), Vec::new());
+        nar_dump::dump(root, &mut plain).unwrap();
+        let listing = dump(root, &mut listed).unwrap();
+        assert_eq!(plain, listed);
+        let contents_at = |node: &Node, len: usize| match node {
+            Node::Regular {
+                nar_offset, size, ..
+            } => {
+                assert_eq!(*size as usize, len);
+                plain[*nar_offset as usize..][..len].to_vec()
+            }
+            other => panic!("not a regular file: {other:?}"),
+        };
+        assert_eq!(
+            contents_at(listing.get(&[b"d", b"f"]).unwrap(), 5),
+            b"hello"
+        );
+        assert_eq!(contents_at(listing.get(&[b"exe"]).unwrap(), 2), b"#!");
+        assert!(matches!(
+            listing.get(&[b"exe"]),
+            Some(Node::Regular {
+                executable: true,
+                ..
+            })
+        ));
+        assert_eq!(
+            listing.get(&[b"link"]),
+            Some(&Node::Symlink {
+                target: b"d/f".to_vec()
+            })
+        );
     }
 }

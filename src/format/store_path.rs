@@ -4,8 +4,13 @@ use std::fmt;
 
 use thiserror::Error;
 
-use crate::hash::NarHash;
-use crate::nixbase32;
+use crate::format::hash::Sha256;
+use crate::format::nixbase32;
+use crate::format::signing::Signature;
+
+/// Nix's default store directory: where a store lives unless configured
+/// otherwise, and what a cache whose `nix-cache-info` names none is for.
+pub const DEFAULT_STORE_DIR: &str = "/nix/store";
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum StorePathError {
@@ -105,16 +110,26 @@ pub struct PathInfo {
     pub path: StorePath,
     /// Known from Nix, and checked against what we compute; absent in the
     /// legacy closure file, which carries no hashes.
-    pub nar_hash: Option<NarHash>,
+    pub nar_hash: Option<Sha256>,
     pub nar_size: Option<u64>,
     /// References, the path itself included when it refers to itself.
     pub references: Vec<StorePath>,
     pub deriver: Option<StorePath>,
     /// Content address, for content-addressed paths (`fixed:r:sha256:…`).
     pub ca: Option<String>,
-    /// Signatures the store holds for the path (`<key name>:<base64>`), which
-    /// the narinfo carries over as `Sig:` lines, as `nix copy` does.
-    pub signatures: Vec<String>,
+    /// Signatures the store holds for the path, which the narinfo carries
+    /// over as `Sig:` lines, as `nix copy` does.
+    pub signatures: Vec<Signature>,
+}
+
+/// Appends to `paths` those of `more` it does not hold yet, in their order:
+/// a list of roots keeps the order it was given in, without repeats.
+pub fn append_new(paths: &mut Vec<StorePath>, more: impl IntoIterator<Item = StorePath>) {
+    for path in more {
+        if !paths.contains(&path) {
+            paths.push(path);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -129,6 +144,14 @@ mod tests {
         assert_eq!(p.hash_part(), "dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz");
         assert_eq!(p.name(), "appa");
         assert_eq!(p.to_string(), P);
+    }
+
+    #[test]
+    fn append_new_keeps_the_first_of_each_path_in_order() {
+        let p = |name: &str| StorePath::parse(&format!("{P}-{name}"), "/nix/store").unwrap();
+        let mut paths = vec![p("b"), p("a")];
+        append_new(&mut paths, [p("c"), p("a"), p("c"), p("d")]);
+        assert_eq!(paths, [p("b"), p("a"), p("c"), p("d")]);
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! held whole, and a file whose size changes while it is read is an error:
 //! the store is supposed to be immutable, so it means corruption or a race.
 //!
-//! [`dump_listing`] also records each node as it goes (a NAR listing, see
-//! [`crate::listing`]): what a listing needs is learnt in the same pass,
+//! [`dump_recording`] also records each node as it goes, as a [`Record`]
+//! says (the NAR listing is one): what it needs is learnt in the same pass,
 //! without reading anything twice.
 
 use std::fs::{self, File, Metadata};
@@ -18,7 +18,6 @@ use thiserror::Error;
 
 use super::writer::{self, Node, WriteError};
 use super::{MAGIC, padding, token};
-use crate::listing;
 
 #[derive(Debug, Error)]
 pub enum DumpError {
@@ -40,11 +39,6 @@ pub fn dump<W: Write>(path: &Path, w: &mut W) -> Result<(), DumpError> {
     dump_recording::<W, ()>(path, w)
 }
 
-/// Writes the NAR of `path` to `w`, as [`dump`] does, and returns its listing.
-pub fn dump_listing<W: Write>(path: &Path, w: &mut W) -> Result<listing::Node, DumpError> {
-    dump_recording(path, w)
-}
-
 /// What a dump learns of each node besides its bytes, built bottom-up:
 /// a directory's entries are added in NAR order once each is complete.
 pub trait Record: Sized {
@@ -63,7 +57,9 @@ impl Record for () {
     fn entry(&mut self, _: &[u8], _: ()) {}
 }
 
-fn dump_recording<W: Write, R: Record>(path: &Path, w: &mut W) -> Result<R, DumpError> {
+/// Writes the NAR of `path` to `w`, as [`dump`] does, and returns what `R`
+/// records of it.
+pub fn dump_recording<W: Write, R: Record>(path: &Path, w: &mut W) -> Result<R, DumpError> {
     let mut w = Counting {
         inner: w,
         written: 0,
@@ -293,48 +289,6 @@ mod tests {
             dump(&p, &mut out).unwrap();
             assert_eq!(nar_size(&p).unwrap(), out.len() as u64, "{}", p.display());
         }
-    }
-
-    #[test]
-    fn dump_listing_writes_the_same_nar_and_records_every_node() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        fs::create_dir(root.join("d")).unwrap();
-        fs::write(root.join("d/f"), b"hello").unwrap();
-        fs::write(root.join("exe"), b"#!").unwrap();
-        fs::set_permissions(root.join("exe"), fs::Permissions::from_mode(0o755)).unwrap();
-        symlink("d/f", root.join("link")).unwrap();
-        let (mut plain, mut listed) = (Vec::new(), Vec::new());
-        dump(root, &mut plain).unwrap();
-        let listing = dump_listing(root, &mut listed).unwrap();
-        assert_eq!(plain, listed);
-        let contents_at = |node: &listing::Node, len: usize| match node {
-            listing::Node::Regular {
-                nar_offset, size, ..
-            } => {
-                assert_eq!(*size as usize, len);
-                plain[*nar_offset as usize..][..len].to_vec()
-            }
-            other => panic!("not a regular file: {other:?}"),
-        };
-        assert_eq!(
-            contents_at(listing.get(&[b"d", b"f"]).unwrap(), 5),
-            b"hello"
-        );
-        assert_eq!(contents_at(listing.get(&[b"exe"]).unwrap(), 2), b"#!");
-        assert!(matches!(
-            listing.get(&[b"exe"]),
-            Some(listing::Node::Regular {
-                executable: true,
-                ..
-            })
-        ));
-        assert_eq!(
-            listing.get(&[b"link"]),
-            Some(&listing::Node::Symlink {
-                target: b"d/f".to_vec()
-            })
-        );
     }
 
     #[test]

@@ -18,9 +18,10 @@ use std::process::Command;
 
 use thiserror::Error;
 
-use crate::attrs::containing_store_path;
-use crate::closure::{self, ClosureError};
-use crate::store_path::{PathInfo, StorePath, StorePathError};
+use crate::format::store_path::{self, PathInfo, StorePath, StorePathError};
+use crate::input::attrs::containing_store_path;
+use crate::input::closure::{self, ClosureError};
+use crate::support::shell::show;
 
 /// How many symlinks a root may go through before it reaches the store.
 const MAX_SYMLINKS: usize = 40;
@@ -231,13 +232,12 @@ pub(crate) fn resolve_roots(
     paths: &[PathBuf],
     store_dir: &str,
 ) -> Result<Vec<StorePath>, BuildError> {
+    let resolved = paths
+        .iter()
+        .map(|path| resolve_root(path, store_dir))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut roots = Vec::new();
-    for path in paths {
-        let root = resolve_root(path, store_dir)?;
-        if !roots.contains(&root) {
-            roots.push(root);
-        }
-    }
+    store_path::append_new(&mut roots, resolved);
     Ok(roots)
 }
 
@@ -266,15 +266,6 @@ fn resolve_root(path: &Path, store_dir: &str) -> Result<StorePath, BuildError> {
     }
     let text = current.to_string_lossy();
     containing_store_path(&text, store_dir).map_err(not_in_store)
-}
-
-fn show(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for arg in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&arg.to_string_lossy());
-    }
-    s
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@ use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use thiserror::Error;
 
-use crate::hash::NarHash;
+use crate::format::hash::Sha256;
+use crate::format::store_path::StorePath;
 
 /// Length of a secret key: the seed followed by the public key.
 const SECRET_KEY_LEN: usize = 64;
@@ -29,7 +30,7 @@ const PUBLIC_KEY_LEN: usize = 32;
 const SIGNATURE_LEN: usize = 64;
 
 /// What went wrong reading a key or a signature.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum KeyError {
     #[error("missing ':' between the key name and the base64 {0}")]
     MissingColon(KeyKind),
@@ -260,31 +261,21 @@ impl FromStr for Signature {
 }
 
 /// The text a narinfo signature signs:
-/// `1;<store path>;sha256:<nix32>;<nar size>;<references, sorted, joined by ",">`.
-///
-/// `store_path` and every reference must be a *full* store path
-/// (`/nix/store/<hash>-<name>`), not a basename: Nix rejects signatures over
-/// basenames. The references may come in any order.
-///
-/// # Panics
-/// If `store_path` or a reference is not an absolute path, since signing it
-/// would give a signature no Nix accepts.
+/// `1;<store path>;sha256:<nix32>;<nar size>;<references, sorted, joined by ",">`,
+/// every path absolute. The references may come in any order.
 pub fn fingerprint(
-    store_path: &str,
-    nar_hash: &NarHash,
+    store_path: &StorePath,
+    nar_hash: &Sha256,
     nar_size: u64,
-    references: &[String],
+    references: &[StorePath],
 ) -> String {
-    assert!(
-        store_path.starts_with('/'),
-        "fingerprint needs a full store path, got {store_path:?}"
-    );
-    let mut refs: Vec<&str> = references.iter().map(String::as_str).collect();
-    if let Some(bad) = refs.iter().find(|r| !r.starts_with('/')) {
-        panic!("fingerprint needs full store paths as references, got {bad:?}");
-    }
+    let mut refs: Vec<String> = references.iter().map(StorePath::to_absolute).collect();
     refs.sort_unstable();
-    format!("1;{store_path};{nar_hash};{nar_size};{}", refs.join(","))
+    format!(
+        "1;{};{nar_hash};{nar_size};{}",
+        store_path.to_absolute(),
+        refs.join(",")
+    )
 }
 
 #[cfg(test)]
@@ -294,18 +285,19 @@ mod tests {
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
     // Made by `nix-store --generate-binary-cache-key test-cache-1 secret.key public.key`.
     // A key for these tests only: it signs nothing else.
-    const SECRET: &str = include_str!("../tests/fixtures/keys/secret.key");
-    const PUBLIC: &str = include_str!("../tests/fixtures/keys/public.key");
+    const SECRET: &str = include_str!("../../tests/fixtures/keys/secret.key");
+    const PUBLIC: &str = include_str!("../../tests/fixtures/keys/public.key");
     // Written by Nix 2.8 `nix copy --to 'file://…?secret-key=secret.key'`.
-    const WITH_REFS: &str = include_str!("../tests/fixtures/keys/signed-with-references.narinfo");
-    const NO_REFS: &str = include_str!("../tests/fixtures/keys/signed-no-references.narinfo");
+    const WITH_REFS: &str =
+        include_str!("../../tests/fixtures/keys/signed-with-references.narinfo");
+    const NO_REFS: &str = include_str!("../../tests/fixtures/keys/signed-no-references.narinfo");
 
     /// The fields of a narinfo a fingerprint needs, and its `Sig:` line.
     struct Info {
-        path: String,
-        nar_hash: NarHash,
+        path: StorePath,
+        nar_hash: Sha256,
         nar_size: u64,
-        references: Vec<String>,
+        references: Vec<StorePath>,
         sig: String,
     }
 
@@ -318,12 +310,12 @@ mod tests {
                 .to_owned()
         };
         Info {
-            path: field("StorePath"),
+            path: StorePath::parse(&field("StorePath"), "/nix/store").unwrap(),
             nar_hash: field("NarHash").parse().unwrap(),
             nar_size: field("NarSize").parse().unwrap(),
             references: field("References")
                 .split_whitespace()
-                .map(|b| format!("/nix/store/{b}"))
+                .map(|b| StorePath::from_base_name(b, "/nix/store").unwrap())
                 .collect(),
             sig: field("Sig"),
         }
@@ -407,18 +399,6 @@ mod tests {
             fingerprint(&i.path, &i.nar_hash, i.nar_size, &reversed),
             fingerprint(&i.path, &i.nar_hash, i.nar_size, &i.references)
         );
-    }
-
-    #[test]
-    #[should_panic(expected = "full store paths")]
-    fn fingerprint_refuses_basenames() {
-        let i = info(WITH_REFS);
-        let basenames: Vec<String> = i
-            .references
-            .iter()
-            .map(|r| r["/nix/store/".len()..].to_owned())
-            .collect();
-        fingerprint(&i.path, &i.nar_hash, i.nar_size, &basenames);
     }
 
     #[test]

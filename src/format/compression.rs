@@ -1,4 +1,5 @@
-//! The compressions a cache can use, and streaming encoders for them.
+//! The compressions a cache can use, streaming encoders for them, and a
+//! decoder for every compression a narinfo may name.
 //!
 //! Output must be the same bytes whatever the number of cores, or
 //! `nix-build --check` fails. Small NARs get single-threaded encoders; a NAR
@@ -8,7 +9,7 @@
 //! every worker count). The choice depends on the NAR's size, never on cores.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::str::FromStr;
 
 use liblzma::stream::{Check, MtStreamBuilder, Stream};
@@ -203,6 +204,25 @@ impl<W: Write> Write for Encoder<W> {
             Encoder::Zstd(e) => e.flush(),
         }
     }
+}
+
+/// A reader that decompresses `input` as a narinfo's `Compression:` says
+/// (any compression Nix writes, not only those this crate writes); `None`
+/// for a compression we cannot read. Missing or empty means bzip2, to Nix.
+pub fn decoder<'a>(
+    compression: &str,
+    input: impl BufRead + 'a,
+) -> Option<io::Result<Box<dyn Read + 'a>>> {
+    Some(Ok(match compression {
+        "none" => Box::new(input),
+        "xz" => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(input)),
+        "zstd" => match zstd::stream::read::Decoder::with_buffer(input) {
+            Ok(decoder) => Box::new(decoder),
+            Err(e) => return Some(Err(e)),
+        },
+        "bzip2" | "" => Box::new(bzip2::bufread::MultiBzDecoder::new(input)),
+        _ => return None,
+    }))
 }
 
 #[cfg(test)]

@@ -12,12 +12,12 @@
 //! lower-case hex digits and `.debug`; symlinks and directories by those
 //! names, and anything under a symlinked `lib`, `debug` or `.build-id`, are
 //! not indexed. The file has no final newline. An entry already in the cache
-//! is not overwritten (the writer, [`crate::cache`], decides that).
+//! is not overwritten (the writer, [`crate::ops::write`], decides that).
 //!
-//! The files are found in the NAR's listing ([`crate::listing`]), recorded
+//! The files are found in the NAR's listing ([`crate::format::nar::listing`]), recorded
 //! while the NAR is written, so indexing costs no extra read.
 
-use crate::listing::Node;
+use crate::format::nar::listing::Node;
 
 /// Where the build-ID tree sits in a store path.
 const BUILD_ID_DIR: [&[u8]; 3] = [b"lib", b"debug", b".build-id"];

@@ -7,33 +7,76 @@
 //! the end of the line), so a line without `:`, or a last line without its
 //! `\n`, is an error; unknown keys are ignored; `StorePath`, `URL`,
 //! `NarHash` and a non-zero `NarSize` are required; `CA` may appear only
-//! once, `References` again only after an empty one.
+//! once, `References` again only after an empty one. A `Sig:` that is not
+//! a signature is kept as [`Sig::Malformed`], as Nix keeps it (and ignores
+//! it when checking signatures).
 
 use std::fmt;
 
 use thiserror::Error;
 
-use crate::hash::NarHash;
-use crate::signing;
-use crate::store_path::{StorePath, StorePathError};
+use crate::format::hash::Sha256;
+use crate::format::signing::{self, KeyError, Signature};
+use crate::format::store_path::{StorePath, StorePathError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NarInfo {
     // What the path is.
     pub store_path: StorePath,
-    pub nar_hash: NarHash,
+    pub nar_hash: Sha256,
     pub nar_size: u64,
     pub references: Vec<StorePath>,
     // Where its NAR is, and how it is stored.
     pub url: String,
     /// As written in the file; a missing field means bzip2 to Nix.
     pub compression: String,
-    pub file_hash: Option<NarHash>,
+    pub file_hash: Option<Sha256>,
     pub file_size: Option<u64>,
     // Where it came from, and who vouches for it.
     pub deriver: Option<StorePath>,
-    pub signatures: Vec<String>,
+    pub signatures: Vec<Sig>,
     pub ca: Option<String>,
+}
+
+/// The value of a `Sig:` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sig {
+    Valid(Signature),
+    /// Text that does not read as `NAME:<base64 signature>`.
+    Malformed {
+        text: String,
+        error: KeyError,
+    },
+}
+
+impl Sig {
+    pub fn read(text: &str) -> Sig {
+        match text.parse() {
+            Ok(sig) => Sig::Valid(sig),
+            Err(error) => Sig::Malformed {
+                text: text.to_owned(),
+                error,
+            },
+        }
+    }
+
+    /// The name of the key that made it, as far as it can be told.
+    pub fn key_name(&self) -> Option<&str> {
+        match self {
+            Sig::Valid(sig) => Some(&sig.key_name),
+            Sig::Malformed { text, .. } => text.split_once(':').map(|(name, _)| name),
+        }
+    }
+}
+
+/// As the line's value: what was read is written back.
+impl fmt::Display for Sig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Sig::Valid(sig) => sig.fmt(f),
+            Sig::Malformed { text, .. } => f.write_str(text),
+        }
+    }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -58,109 +101,120 @@ pub enum ParseError {
 impl NarInfo {
     /// The text signatures are made over; see [`signing::fingerprint`].
     pub fn fingerprint(&self) -> String {
-        let references: Vec<String> = self.references.iter().map(StorePath::to_absolute).collect();
         signing::fingerprint(
-            &self.store_path.to_absolute(),
+            &self.store_path,
             &self.nar_hash,
             self.nar_size,
-            &references,
+            &self.references,
         )
     }
 
     /// Parses narinfo text; store paths must lie in `store_dir`.
     pub fn parse(text: &str, store_dir: &str) -> Result<Self, ParseError> {
-        let mut store_path = None;
-        let mut url = None;
-        let mut compression = None;
-        let mut file_hash = None;
-        let mut file_size = None;
-        let mut nar_hash = None;
-        let mut nar_size = None;
-        let mut references = None;
-        let mut deriver = None;
-        let mut signatures = Vec::new();
-        let mut ca = None;
-
+        let mut fields = Fields::default();
         let mut rest = text.as_bytes();
         while !rest.is_empty() {
-            let colon = position(rest, b':').ok_or(ParseError::Malformed)?;
-            let key = String::from_utf8_lossy(&rest[..colon]);
-            let after = rest.get(colon + 2..).ok_or(ParseError::Malformed)?;
-            let eol = position(after, b'\n').ok_or(ParseError::Malformed)?;
-            let value = String::from_utf8_lossy(&after[..eol]);
-            let value = value.as_ref();
-            rest = &after[eol + 1..];
-            match key.as_ref() {
-                "StorePath" => {
-                    let p = StorePath::parse(value, store_dir).map_err(|source| {
-                        ParseError::StorePath {
-                            field: "StorePath",
-                            source,
-                        }
-                    })?;
-                    store_path = Some(p);
-                }
-                "URL" => url = Some(value.to_owned()),
-                "Compression" => compression = Some(value.to_owned()),
-                "FileHash" => file_hash = Some(parse_hash("FileHash", value)?),
-                "FileSize" => file_size = Some(parse_size("FileSize", value)?),
-                "NarHash" => nar_hash = Some(parse_hash("NarHash", value)?),
-                "NarSize" => nar_size = Some(parse_size("NarSize", value)?),
-                "References" => {
-                    if references.as_ref().is_some_and(|r: &Vec<_>| !r.is_empty()) {
-                        return Err(ParseError::Repeated("References"));
-                    }
-                    let refs = value
-                        .split(' ')
-                        .filter(|r| !r.is_empty())
-                        .map(|r| StorePath::from_base_name(r, store_dir))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|source| ParseError::StorePath {
-                            field: "References",
-                            source,
-                        })?;
-                    references = Some(refs);
-                }
-                "Deriver" if value != "unknown-deriver" => {
-                    let d = StorePath::from_base_name(value, store_dir).map_err(|source| {
-                        ParseError::StorePath {
-                            field: "Deriver",
-                            source,
-                        }
-                    })?;
-                    deriver = Some(d);
-                }
-                "Sig" => signatures.push(value.to_owned()),
-                "CA" => {
-                    if ca.is_some() {
-                        return Err(ParseError::Repeated("CA"));
-                    }
-                    ca = Some(value.to_owned());
-                }
-                _ => {}
-            }
+            let (key, value) = next_field(&mut rest)?;
+            fields.read(&key, &value, store_dir)?;
         }
-        let nar_size = nar_size.ok_or(ParseError::Missing("NarSize"))?;
+        fields.finish()
+    }
+}
+
+/// Cuts the next field off `rest`, as Nix does: the key up to the first
+/// `:`, the value from two bytes after it to the end of the line.
+fn next_field(rest: &mut &[u8]) -> Result<(String, String), ParseError> {
+    let colon = position(rest, b':').ok_or(ParseError::Malformed)?;
+    let key = String::from_utf8_lossy(&rest[..colon]).into_owned();
+    let after = rest.get(colon + 2..).ok_or(ParseError::Malformed)?;
+    let eol = position(after, b'\n').ok_or(ParseError::Malformed)?;
+    let value = String::from_utf8_lossy(&after[..eol]).into_owned();
+    *rest = &after[eol + 1..];
+    Ok((key, value))
+}
+
+/// The fields read so far.
+#[derive(Default)]
+struct Fields {
+    store_path: Option<StorePath>,
+    url: Option<String>,
+    compression: Option<String>,
+    file_hash: Option<Sha256>,
+    file_size: Option<u64>,
+    nar_hash: Option<Sha256>,
+    nar_size: Option<u64>,
+    references: Option<Vec<StorePath>>,
+    deriver: Option<StorePath>,
+    signatures: Vec<Sig>,
+    ca: Option<String>,
+}
+
+impl Fields {
+    /// Takes in one field; unknown keys are ignored.
+    fn read(&mut self, key: &str, value: &str, store_dir: &str) -> Result<(), ParseError> {
+        match key {
+            "StorePath" => {
+                let p = in_field("StorePath", StorePath::parse(value, store_dir))?;
+                self.store_path = Some(p);
+            }
+            "URL" => self.url = Some(value.to_owned()),
+            "Compression" => self.compression = Some(value.to_owned()),
+            "FileHash" => self.file_hash = Some(parse_hash("FileHash", value)?),
+            "FileSize" => self.file_size = Some(parse_size("FileSize", value)?),
+            "NarHash" => self.nar_hash = Some(parse_hash("NarHash", value)?),
+            "NarSize" => self.nar_size = Some(parse_size("NarSize", value)?),
+            "References" => {
+                if self.references.as_ref().is_some_and(|r| !r.is_empty()) {
+                    return Err(ParseError::Repeated("References"));
+                }
+                let refs = value
+                    .split(' ')
+                    .filter(|r| !r.is_empty())
+                    .map(|r| StorePath::from_base_name(r, store_dir))
+                    .collect::<Result<Vec<_>, _>>();
+                self.references = Some(in_field("References", refs)?);
+            }
+            "Deriver" if value != "unknown-deriver" => {
+                let d = in_field("Deriver", StorePath::from_base_name(value, store_dir))?;
+                self.deriver = Some(d);
+            }
+            "Sig" => self.signatures.push(Sig::read(value)),
+            "CA" => {
+                if self.ca.is_some() {
+                    return Err(ParseError::Repeated("CA"));
+                }
+                self.ca = Some(value.to_owned());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The narinfo, if every required field was there.
+    fn finish(self) -> Result<NarInfo, ParseError> {
+        let nar_size = self.nar_size.ok_or(ParseError::Missing("NarSize"))?;
         if nar_size == 0 {
             return Err(ParseError::ZeroNarSize);
         }
         Ok(NarInfo {
-            store_path: store_path.ok_or(ParseError::Missing("StorePath"))?,
+            store_path: self.store_path.ok_or(ParseError::Missing("StorePath"))?,
             // Nix reads an empty URL as none, an empty Compression as bzip2.
-            url: url
+            url: self
+                .url
                 .filter(|u| !u.is_empty())
                 .ok_or(ParseError::Missing("URL"))?,
-            compression: compression
+            compression: self
+                .compression
                 .filter(|c| !c.is_empty())
                 .unwrap_or_else(|| "bzip2".to_owned()),
-            file_hash,
-            file_size,
-            nar_hash: nar_hash.ok_or(ParseError::Missing("NarHash"))?,
+            file_hash: self.file_hash,
+            file_size: self.file_size,
+            nar_hash: self.nar_hash.ok_or(ParseError::Missing("NarHash"))?,
             nar_size,
-            references: references.unwrap_or_default(),
-            deriver,
-            signatures,
-            ca,
+            references: self.references.unwrap_or_default(),
+            deriver: self.deriver,
+            signatures: self.signatures,
+            ca: self.ca,
         })
     }
 }
@@ -169,7 +223,12 @@ fn position(bytes: &[u8], byte: u8) -> Option<usize> {
     bytes.iter().position(|&b| b == byte)
 }
 
-fn parse_hash(field: &'static str, value: &str) -> Result<NarHash, ParseError> {
+/// A store path field's error, naming the field.
+fn in_field<T>(field: &'static str, parsed: Result<T, StorePathError>) -> Result<T, ParseError> {
+    parsed.map_err(|source| ParseError::StorePath { field, source })
+}
+
+fn parse_hash(field: &'static str, value: &str) -> Result<Sha256, ParseError> {
     value.parse().map_err(|_| ParseError::Invalid {
         field,
         value: value.to_owned(),
@@ -217,7 +276,7 @@ mod tests {
     use super::*;
 
     /// Written by `nix copy --to file://…?compression=xz` (Nix 2.8).
-    const FROM_NIX: &str = include_str!("../tests/fixtures/nix-copy-xz.narinfo");
+    const FROM_NIX: &str = include_str!("../../tests/fixtures/nix-copy-xz.narinfo");
 
     #[test]
     fn reads_and_writes_nixs_text_unchanged() {
@@ -231,7 +290,7 @@ mod tests {
     // come before `CA:`.
     #[test]
     fn writes_signatures_and_ca_in_nix_copys_order() {
-        let text = include_str!("../tests/fixtures/path-info/nix-2.8-copy-sig-ca.narinfo");
+        let text = include_str!("../../tests/fixtures/path-info/nix-2.8-copy-sig-ca.narinfo");
         let info = NarInfo::parse(text, "/nix/store").unwrap();
         assert_eq!(info.signatures.len(), 1);
         assert!(info.ca.is_some());
@@ -295,6 +354,19 @@ mod tests {
     fn ignores_unknown_keys() {
         let text = format!("{FROM_NIX}System: x86_64-linux\n");
         assert!(NarInfo::parse(&text, "/nix/store").is_ok());
+    }
+
+    #[test]
+    fn keeps_a_malformed_sig_as_such_and_writes_it_back() {
+        // Nix keeps a Sig it cannot read, and ignores it when checking.
+        let text = format!("{FROM_NIX}Sig: no-colon\n");
+        let info = NarInfo::parse(&text, "/nix/store").unwrap();
+        assert!(matches!(
+            info.signatures.as_slice(),
+            [Sig::Malformed { text, error: KeyError::MissingColon(_) }] if text == "no-colon"
+        ));
+        assert_eq!(info.signatures[0].key_name(), None);
+        assert_eq!(info.to_string(), text);
     }
 
     #[test]

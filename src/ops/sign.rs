@@ -27,20 +27,18 @@ use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File, Permissions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use thiserror::Error;
 
-use crate::cache_info::{self, CacheInfo, CacheInfoError};
-use crate::narinfo::{self, NarInfo};
-use crate::schedule;
-use crate::signing::SecretKey;
-
-/// The store directory of a cache whose `nix-cache-info` names none, as Nix assumes.
-const DEFAULT_STORE_DIR: &str = "/nix/store";
+use crate::format::cache_info::{self, CacheInfo, CacheInfoError};
+use crate::format::narinfo::{self, NarInfo, Sig};
+use crate::format::signing::{SecretKey, Signature};
+use crate::format::store_path::DEFAULT_STORE_DIR;
+use crate::support::files::{self, TempNames, Transfer, share_or_copy};
+use crate::support::schedule;
 
 #[derive(Debug, Error)]
 pub enum SignError {
@@ -138,6 +136,7 @@ pub fn sign_in_place(cache: &Path, keys: &[SecretKey], jobs: usize) -> Result<Su
     let summary = source.summary(&signed);
 
     let changed: Vec<&Signed> = signed.iter().filter(|s| s.added > 0).collect();
+    let temp_names = TempNames::default();
     let mut temporaries = Vec::with_capacity(changed.len());
     let result = (|| {
         for s in &changed {
@@ -146,16 +145,16 @@ pub fn sign_in_place(cache: &Path, keys: &[SecretKey], jobs: usize) -> Result<Su
                 .map_err(read_error(&path))?
                 .permissions()
                 .mode();
-            let temp = temp_sibling(&path);
+            let temp = temp_names.next(&path);
             write_new_file(&temp, s.text.as_bytes(), mode)?;
             temporaries.push((temp, path));
         }
         // One flush for all the temporary files, rather than one per file.
-        sync_filesystem(&source.root)?;
+        files::sync_filesystem(&source.root).map_err(write_error(&source.root))?;
         for (temp, path) in temporaries.drain(..) {
             fs::rename(&temp, &path).map_err(write_error(&path))?;
         }
-        sync_directory(&source.root)
+        files::sync_dir(&source.root).map_err(write_error(&source.root))
     })();
     for (temp, _) in temporaries {
         let _ = fs::remove_file(temp);
@@ -190,7 +189,7 @@ pub fn sign_copy(
     let signed = source.sign_all(keys, jobs)?;
     let mut summary = source.summary(&signed);
 
-    let temp = temp_sibling(out);
+    let temp = TempNames::default().next(out);
     fs::create_dir(&temp).map_err(write_error(&temp))?;
     let result = (|| {
         let narinfos: HashMap<OsString, &Signed> = signed
@@ -198,17 +197,18 @@ pub fn sign_copy(
             .map(|s| (OsString::from(&s.name), s))
             .collect();
         copy_tree(&source.root, &temp, Some(&narinfos), &mut summary)?;
-        sync_filesystem(&temp)?;
+        files::sync_filesystem(&temp).map_err(write_error(&temp))?;
         fs::rename(&temp, out).map_err(|e| match e.kind() {
             io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists => {
                 SignError::OutputExists(out.to_owned())
             }
             _ => write_error(out)(e),
         })?;
-        match out.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => sync_directory(parent),
-            _ => sync_directory(Path::new(".")),
-        }
+        let parent = match out.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        files::sync_dir(parent).map_err(write_error(parent))
     })();
     if result.is_err() {
         let _ = fs::remove_dir_all(&temp);
@@ -318,8 +318,8 @@ pub fn sign_narinfo(
     let mut new = Vec::new();
     let mut present = 0;
     for key in keys {
-        let sig = key.sign(&fingerprint).to_string();
-        if info.signatures.contains(&sig) || new.contains(&sig) {
+        let sig = key.sign(&fingerprint);
+        if info.signatures.contains(&Sig::Valid(sig.clone())) || new.contains(&sig) {
             present += 1;
         } else {
             new.push(sig);
@@ -331,7 +331,7 @@ pub fn sign_narinfo(
 /// `text` with a `Sig: <signature>` line for each of `signatures`, put where
 /// Nix writes them: after the last `Sig:` line; without one, before `CA:`;
 /// without that, at the end. Every line of the result ends in a newline.
-pub fn add_signature_lines(text: &str, signatures: &[String]) -> String {
+pub fn add_signature_lines(text: &str, signatures: &[Signature]) -> String {
     let mut lines: Vec<&str> = text.lines().collect();
     let at = match lines.iter().rposition(|l| l.starts_with("Sig: ")) {
         Some(last) => last + 1,
@@ -343,56 +343,6 @@ pub fn add_signature_lines(text: &str, signatures: &[String]) -> String {
     let new: Vec<String> = signatures.iter().map(|s| format!("Sig: {s}")).collect();
     lines.splice(at..at, new.iter().map(String::as_str));
     lines.iter().map(|l| format!("{l}\n")).collect()
-}
-
-/// How a file's bytes got into a copy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transfer {
-    /// A second name for the same file: no bytes copied.
-    HardLink,
-    /// A new file sharing the original's blocks (`FICLONE`): no bytes copied.
-    Reflink,
-    Copy,
-}
-
-/// Makes `to` a file with the bytes of `from`, sharing them where it can: a
-/// hard link works within one filesystem when we may link the file (the
-/// kernel's `protected_hardlinks` forbids linking others' files, such as
-/// store files owned by root, to ordinary users); a reflink where the
-/// filesystem supports it (btrfs, XFS); otherwise the bytes are copied.
-/// A linked file keeps its permissions, being the same file; a reflinked or
-/// copied one gets those of `from`.
-pub fn share_or_copy(from: &Path, to: &Path) -> io::Result<Transfer> {
-    if fs::hard_link(from, to).is_ok() {
-        return Ok(Transfer::HardLink);
-    }
-    let mut source = File::open(from)?;
-    let mode = source.metadata()?.permissions().mode() & 0o7777;
-    let mut dest = File::options()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(to)?;
-    let transfer = if reflink(&source, &dest).is_ok() {
-        Transfer::Reflink
-    } else {
-        io::copy(&mut source, &mut dest)?;
-        Transfer::Copy
-    };
-    dest.set_permissions(Permissions::from_mode(mode))?;
-    Ok(transfer)
-}
-
-/// Makes `to` share the blocks of `from` (the `FICLONE` ioctl).
-fn reflink(from: &File, to: &File) -> io::Result<()> {
-    // SAFETY: FICLONE takes the source descriptor as its argument and touches
-    // no memory of ours; both descriptors are open for the whole call.
-    let result = unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// Copies the directory `from` into the existing directory `to`. At the top
@@ -428,12 +378,6 @@ fn copy_tree(
     Ok(())
 }
 
-/// A name for a temporary file or directory beside `path`, unique to this process.
-fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    path.with_file_name(format!(".{name}.sign-{}.tmp", std::process::id()))
-}
-
 /// Creates `path` (which must not exist) holding `bytes`, with `mode`.
 fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SignError> {
     let mut file = File::options()
@@ -448,31 +392,14 @@ fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SignError>
         .map_err(write_error(path))
 }
 
-/// Flushes everything written to the filesystem holding `dir` to disk.
-fn sync_filesystem(dir: &Path) -> Result<(), SignError> {
-    let handle = File::open(dir).map_err(read_error(dir))?;
-    // SAFETY: a plain system call on a descriptor that stays open for it.
-    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
-        return Err(write_error(dir)(io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-/// Makes the renames in `dir` durable.
-fn sync_directory(dir: &Path) -> Result<(), SignError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(write_error(dir))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const SECRET: &str = include_str!("../tests/fixtures/keys/secret.key");
+    const SECRET: &str = include_str!("../../tests/fixtures/keys/secret.key");
     // Written by Nix 2.8 `nix copy --to 'file://…?secret-key=secret.key'`.
     const SIGNED_BY_NIX: &str =
-        include_str!("../tests/fixtures/keys/signed-with-references.narinfo");
+        include_str!("../../tests/fixtures/keys/signed-with-references.narinfo");
 
     fn key() -> SecretKey {
         SECRET.parse().unwrap()
@@ -537,9 +464,10 @@ mod tests {
         let text = "StorePath: /nix/store/dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz-appa\nURL: nar/x.nar\n\
                     Compression: none\nNarHash: sha256:039zdycyhk9ddiyy1wgslp1drv7g4xyv5z7z92iacy6ncw832rvq\n\
                     NarSize: 504\nReferences: \nSystem: x\nCA: fixed:r:sha256:abc";
-        let out = add_signature_lines(text, &["k:sig".to_owned()]);
+        let sig = key().sign("any text");
+        let out = add_signature_lines(text, std::slice::from_ref(&sig));
         assert!(
-            out.ends_with("System: x\nSig: k:sig\nCA: fixed:r:sha256:abc\n"),
+            out.ends_with(&format!("System: x\nSig: {sig}\nCA: fixed:r:sha256:abc\n")),
             "{out}"
         );
     }
@@ -548,24 +476,5 @@ mod tests {
     fn a_narinfo_that_does_not_parse_is_not_signed() {
         let broken = SIGNED_BY_NIX.replace("NarHash: ", "NarHash: md5:");
         assert!(sign_narinfo(&broken, "/nix/store", &[key()]).is_err());
-    }
-
-    #[test]
-    fn share_or_copy_links_within_a_filesystem() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-        fs::write(&a, "bytes").unwrap();
-        assert_eq!(share_or_copy(&a, &b).unwrap(), Transfer::HardLink);
-        assert_eq!(fs::read(&b).unwrap(), b"bytes");
-    }
-
-    #[test]
-    fn share_or_copy_fails_rather_than_overwrite() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-        fs::write(&a, "new").unwrap();
-        fs::write(&b, "old").unwrap();
-        assert!(share_or_copy(&a, &b).is_err());
-        assert_eq!(fs::read(&b).unwrap(), b"old");
     }
 }

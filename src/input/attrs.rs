@@ -15,11 +15,12 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use crate::cache::{MAX_PRIORITY, Options};
-use crate::closure::{self, ClosureError};
-use crate::compression::{Compression, CompressionError};
-use crate::exclude::Exclusion;
-use crate::store_path::{PathInfo, StorePath, StorePathError};
+use crate::format::cache_info::MAX_PRIORITY;
+use crate::format::compression::{Compression, CompressionError};
+use crate::format::store_path::{self, DEFAULT_STORE_DIR, PathInfo, StorePath, StorePathError};
+use crate::input::closure::{self, ClosureError};
+use crate::input::exclude::Exclusion;
+use crate::ops::write::Options;
 
 /// The name `exportReferencesGraph` gives the closure.
 pub const CLOSURE_KEY: &str = "closure";
@@ -70,7 +71,7 @@ pub struct Job {
 
 /// Reads the job from the build environment Nix sets up.
 pub fn from_environment() -> Result<Job, AttrsError> {
-    let store_dir = env::var("NIX_STORE").unwrap_or_else(|_| "/nix/store".to_owned());
+    let store_dir = env::var("NIX_STORE").unwrap_or_else(|_| DEFAULT_STORE_DIR.to_owned());
     let jobs = jobs_from_cores(env::var("NIX_BUILD_CORES").ok().as_deref());
     let build_top = env::var_os("NIX_BUILD_TOP").map_or_else(|| PathBuf::from("."), PathBuf::from);
     // Nix up to at least 2.8 sets NIX_ATTRS_JSON_FILE to the build directory's
@@ -300,16 +301,17 @@ fn root_paths(value: Option<&Value>, store_dir: &str) -> Result<Vec<StorePath>, 
     let items = value
         .as_array()
         .ok_or_else(|| type_error("rootPaths", "a list of store paths", Some(value)))?;
+    let paths = items
+        .iter()
+        .map(|item| {
+            let p = item
+                .as_str()
+                .ok_or_else(|| type_error("rootPaths", "a list of store paths", Some(item)))?;
+            containing_store_path(p, store_dir).map_err(AttrsError::RootPath)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut roots = Vec::new();
-    for item in items {
-        let p = item
-            .as_str()
-            .ok_or_else(|| type_error("rootPaths", "a list of store paths", Some(item)))?;
-        let path = containing_store_path(p, store_dir).map_err(AttrsError::RootPath)?;
-        if !roots.contains(&path) {
-            roots.push(path);
-        }
-    }
+    store_path::append_new(&mut roots, paths);
     Ok(roots)
 }
 

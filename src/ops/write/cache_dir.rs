@@ -1,0 +1,322 @@
+//! A cache directory being written: its files written atomically (and,
+//! when updating, durably), each path's NAR, listing and debug-info entries,
+//! its narinfo, and `store-paths`.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::pipeline::{check, compress_nar, plan};
+use super::publication::Publication;
+use super::{CacheError, DIRECTORIES, Options, STORE_PATHS, read_error, write_error};
+use crate::format::compression::Compression;
+use crate::format::debuginfo;
+use crate::format::hash::HashingWriter;
+use crate::format::nar::listing;
+use crate::format::narinfo::{NarInfo, Sig};
+use crate::format::store_path::{self, PathInfo, StorePath};
+use crate::support::files::{self, DirLock, TempNames};
+use crate::support::progress::{Progress, Totals, human_bytes};
+use crate::support::schedule;
+
+/// A cache directory being written.
+pub(super) struct Cache<'a> {
+    root: &'a Path,
+    /// Whether to fsync files and directories before relying on them.
+    durable: bool,
+    temp: TempNames,
+    /// Debug-info entries written by this run: entry name -> the store path
+    /// it was written for.
+    debug_entries: Mutex<HashMap<String, StorePath>>,
+}
+
+impl<'a> Cache<'a> {
+    pub(super) fn new(root: &'a Path, durable: bool) -> Self {
+        Cache {
+            root,
+            durable,
+            temp: TempNames::default(),
+            debug_entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(super) fn create_directories(&self) -> Result<(), CacheError> {
+        for dir in DIRECTORIES {
+            let dir = self.root.join(dir);
+            match fs::create_dir(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                    return Err(write_error(&dir)(e));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn narinfo_path(&self, path: &StorePath) -> PathBuf {
+        self.root.join(format!("{}.narinfo", path.hash_part()))
+    }
+
+    /// Writes `contents` to `dest` through a temporary file and a rename.
+    pub(super) fn write_file(&self, dest: &Path, contents: &[u8]) -> Result<(), CacheError> {
+        let tmp = self.temp.next(dest);
+        let written = File::create(&tmp)
+            .and_then(|mut f| {
+                f.write_all(contents)?;
+                self.sync(&f)
+            })
+            .and_then(|()| fs::rename(&tmp, dest));
+        written.map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            write_error(dest)(e)
+        })
+    }
+
+    fn sync(&self, file: &File) -> io::Result<()> {
+        if self.durable {
+            file.sync_all()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Makes the renames done in `dir` durable.
+    pub(super) fn sync_dir(&self, dir: &Path) -> Result<(), CacheError> {
+        if self.durable {
+            files::sync_dir(dir).map_err(write_error(dir))?;
+        }
+        Ok(())
+    }
+
+    /// Writes every path of `closure`; returns the totals.
+    ///
+    /// NARs are written in the order [`schedule`] picks, but a narinfo is
+    /// published only once the narinfos of all its references are: at any
+    /// moment, the cache is closed under references.
+    pub(super) fn write_paths(
+        &self,
+        closure: &[PathInfo],
+        opts: &Options,
+        progress: &Progress,
+    ) -> Result<Totals, CacheError> {
+        let plan = plan(closure)?;
+        progress.begin(plan.len(), plan.iter().map(|(size, _)| size).sum());
+        let publication = Publication::new(closure);
+        let totals = Mutex::new(Totals::default());
+        let publish = |info: &NarInfo| {
+            self.write_file(
+                &self.narinfo_path(&info.store_path),
+                info.to_string().as_bytes(),
+            )?;
+            // A dependent's narinfo must not outlive this one in a crash.
+            self.sync_dir(self.root)?;
+            let file_size = info.file_size.unwrap_or(info.nar_size);
+            progress.item_done(format_args!(
+                "cached {}: NAR {} -> {} {}",
+                info.store_path.name(),
+                human_bytes(info.nar_size),
+                info.compression,
+                human_bytes(file_size),
+            ));
+            totals.lock().unwrap().add(info.nar_size, file_size);
+            Ok(())
+        };
+        let threshold = opts.compression.multithread_threshold();
+        schedule::run(
+            &plan,
+            |(size, _)| *size,
+            threshold,
+            opts.jobs,
+            |(_, path), threads| {
+                let info = self.write_path(path, opts, threads, progress)?;
+                publication.ready(info, publish)
+            },
+        )?;
+        Ok(totals.into_inner().unwrap())
+    }
+
+    /// Writes the NAR, listing and debug-info entries of `path`, in that
+    /// order, and makes them durable; returns its narinfo, still to be
+    /// written.
+    fn write_path(
+        &self,
+        path: &PathInfo,
+        opts: &Options,
+        threads: u32,
+        progress: &Progress,
+    ) -> Result<NarInfo, CacheError> {
+        let (info, listing) = self.write_nar(path, opts, threads, progress)?;
+        if let Some(listing) = listing {
+            if opts.write_nar_listing {
+                let ls = self.root.join(format!("{}.ls", path.path.hash_part()));
+                self.write_file(&ls, &listing.to_ls_json())?;
+            }
+            if opts.index_debug_info {
+                self.index_debug_info(&path.path, &info.url, &listing)?;
+            }
+        }
+        // The narinfo must never be seen before what it points to.
+        self.sync_dir(&self.root.join("nar"))?;
+        if opts.index_debug_info {
+            self.sync_dir(&self.root.join("debuginfo"))?;
+        }
+        Ok(info)
+    }
+
+    /// Adds a `debuginfo/` entry for each debug file in `listing`.
+    ///
+    /// An entry that was there before this run is kept, as Nix keeps it.
+    /// Between paths of this run that hold the same build ID, the smallest
+    /// store path wins, whatever order the workers reach them in, so that
+    /// the cache's bytes do not depend on the number of cores.
+    fn index_debug_info(
+        &self,
+        path: &StorePath,
+        nar_url: &str,
+        listing: &listing::Node,
+    ) -> Result<(), CacheError> {
+        let files = debuginfo::debug_files(listing);
+        if files.is_empty() {
+            return Ok(());
+        }
+        let mut written = self.debug_entries.lock().unwrap();
+        for file in files {
+            let dest = self.root.join("debuginfo").join(&file.file_name);
+            let entry = file.index_entry(nar_url);
+            match written.get(&file.file_name) {
+                Some(by) if by <= path => continue,
+                Some(_) => self.write_file(&dest, entry.as_bytes())?,
+                None => {
+                    if !self.create_file(&dest, entry.as_bytes())? {
+                        continue;
+                    }
+                }
+            }
+            written.insert(file.file_name, path.clone());
+        }
+        Ok(())
+    }
+
+    /// Writes `dest` atomically unless it exists; returns whether it did.
+    fn create_file(&self, dest: &Path, contents: &[u8]) -> Result<bool, CacheError> {
+        let tmp = self.temp.next(dest);
+        let result = File::create(&tmp)
+            .and_then(|mut f| {
+                f.write_all(contents)?;
+                self.sync(&f)
+            })
+            // A hard link, unlike a rename, never replaces its destination.
+            .and_then(|()| match fs::hard_link(&tmp, dest) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            });
+        let _ = fs::remove_file(&tmp);
+        result.map_err(write_error(dest))
+    }
+
+    /// Writes `nar/<FileHash>.nar<ext>` for `path`; returns its narinfo and,
+    /// when a listing or debug-info index is wanted, its listing.
+    fn write_nar(
+        &self,
+        path: &PathInfo,
+        opts: &Options,
+        threads: u32,
+        progress: &Progress,
+    ) -> Result<(NarInfo, Option<listing::Node>), CacheError> {
+        let nar_dir = self.root.join("nar");
+        let tmp = self.temp.next(&nar_dir.join(path.path.hash_part()));
+        let file = File::create(&tmp).map_err(write_error(&tmp))?;
+        let result = match opts.compression {
+            // The file is the NAR itself: hashing it again would be wasted work.
+            Compression::None => compress_nar(path, file, &tmp, opts, threads, progress)
+                .map(|(file, nar)| (file, nar.hash, nar.size, nar)),
+            _ => compress_nar(
+                path,
+                HashingWriter::new(file),
+                &tmp,
+                opts,
+                threads,
+                progress,
+            )
+            .map(|(sink, nar)| {
+                let (file, file_hash, file_size) = sink.finish();
+                (file, file_hash, file_size, nar)
+            }),
+        };
+        let checked = result.and_then(|(file, file_hash, file_size, nar)| {
+            check(path, nar.hash, nar.size)?;
+            self.sync(&file).map_err(write_error(&tmp))?;
+            Ok((file_hash, file_size, nar))
+        });
+        let (file_hash, file_size, nar) = match checked {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        let url = format!(
+            "nar/{}.nar{}",
+            file_hash.to_nix32(),
+            opts.compression.extension()
+        );
+        let dest = self.root.join(&url);
+        fs::rename(&tmp, &dest).map_err(write_error(&dest))?;
+        let info = NarInfo {
+            store_path: path.path.clone(),
+            nar_hash: nar.hash,
+            nar_size: nar.size,
+            references: path.references.clone(),
+            url,
+            compression: opts.compression.name().to_owned(),
+            file_hash: Some(file_hash),
+            file_size: Some(file_size),
+            deriver: path.deriver.clone(),
+            // What the store holds, carried over as `nix copy` does.
+            signatures: path.signatures.iter().cloned().map(Sig::Valid).collect(),
+            ca: path.ca.clone(),
+        };
+        Ok((info, nar.listing))
+    }
+
+    /// Adds `roots` to `store-paths`, keeping the paths it lists.
+    pub(super) fn add_store_paths(
+        &self,
+        roots: &[StorePath],
+        store_dir: &str,
+    ) -> Result<(), CacheError> {
+        let file = self.root.join(STORE_PATHS);
+        // Runs into the same cache take turns to read, merge and replace it.
+        let root = File::open(self.root).map_err(read_error(self.root))?;
+        let _lock = DirLock::exclusive(root).map_err(write_error(self.root))?;
+        let mut paths = super::read_store_paths(self.root, store_dir)?;
+        let before = paths.len();
+        store_path::append_new(&mut paths, roots.iter().cloned());
+        if paths.len() == before && file.exists() {
+            return Ok(());
+        }
+        let list: String = paths.iter().map(|p| format!("{p}\n")).collect();
+        self.write_file(&file, list.as_bytes())
+    }
+
+    /// Removes temporary files that processes no longer running left behind.
+    pub(super) fn remove_stale_temp_files(&self) -> Result<(), CacheError> {
+        for dir in [
+            self.root.to_owned(),
+            self.root.join("nar"),
+            self.root.join("debuginfo"),
+        ] {
+            for entry in fs::read_dir(&dir).map_err(read_error(&dir))? {
+                let entry = entry.map_err(read_error(&dir))?;
+                if TempNames::is_stale(&entry.file_name()) {
+                    let path = entry.path();
+                    files::remove_temporary(&path).map_err(write_error(&path))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,127 @@
+//! One path's pass: dump the NAR, hash it (NarHash, NarSize), compress it,
+//! and hash what is written (FileHash, FileSize), with nothing held whole.
+
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use super::{CacheError, Options};
+use crate::format::hash::{HashingWriter, Sha256};
+use crate::format::nar::dump;
+use crate::format::nar::listing;
+use crate::format::store_path::PathInfo;
+use crate::support::progress::Progress;
+
+/// The paths to write with their NAR sizes, largest first, in store-path
+/// order among equal sizes.
+pub(super) fn plan(closure: &[PathInfo]) -> Result<Vec<(u64, &PathInfo)>, CacheError> {
+    let mut sized = closure
+        .iter()
+        .map(|p| Ok((nar_size_of(p)?, p)))
+        .collect::<Result<Vec<_>, CacheError>>()?;
+    sized.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.path.cmp(&b.1.path)));
+    Ok(sized)
+}
+
+fn nar_size_of(p: &PathInfo) -> Result<u64, CacheError> {
+    match p.nar_size {
+        Some(size) => Ok(size),
+        None => Ok(dump::nar_size(Path::new(&p.path.to_absolute()))?),
+    }
+}
+
+/// What one pass over a store path learnt about its NAR.
+pub(super) struct Nar {
+    pub(super) hash: Sha256,
+    pub(super) size: u64,
+    pub(super) listing: Option<listing::Node>,
+}
+
+/// Streams the NAR of `path` through `sink`'s compressor, returning the
+/// sink and what was learnt of the NAR. A listing is recorded when the
+/// options need one.
+pub(super) fn compress_nar<S: Write>(
+    path: &PathInfo,
+    sink: S,
+    sink_path: &Path,
+    opts: &Options,
+    threads: u32,
+    progress: &Progress,
+) -> Result<(S, Nar), CacheError> {
+    let source = PathBuf::from(path.path.to_absolute());
+    let expected_size = nar_size_of(path)?;
+    let nar_error = |source| CacheError::WriteNar {
+        path: path.path.clone(),
+        file: sink_path.to_owned(),
+        source,
+    };
+    let encoder = opts
+        .compression
+        .encoder(sink, opts.level, expected_size, threads)
+        .map_err(nar_error)?;
+    // The NAR comes in many small tokens; batch them before hashing.
+    let mut nar = BufWriter::with_capacity(
+        256 << 10,
+        Reporting {
+            inner: HashingWriter::new(encoder),
+            progress,
+        },
+    );
+    let listing = if opts.write_nar_listing || opts.index_debug_info {
+        Some(listing::dump(&source, &mut nar)?)
+    } else {
+        dump::dump(&source, &mut nar)?;
+        None
+    };
+    let (encoder, hash, size) = nar
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .map_err(nar_error)?
+        .inner
+        .finish();
+    let sink = encoder.finish().map_err(nar_error)?;
+    Ok((
+        sink,
+        Nar {
+            hash,
+            size,
+            listing,
+        },
+    ))
+}
+
+/// Tells the progress display how many NAR bytes went through.
+struct Reporting<'p, W> {
+    inner: W,
+    progress: &'p Progress,
+}
+
+impl<W: Write> Write for Reporting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.progress.advance(n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Compares what was read with what Nix recorded when the path was made.
+pub(super) fn check(path: &PathInfo, nar_hash: Sha256, nar_size: u64) -> Result<(), CacheError> {
+    if let Some(expected) = path.nar_size.filter(|&s| s != nar_size) {
+        return Err(CacheError::SizeMismatch {
+            path: path.path.clone(),
+            expected,
+            actual: nar_size,
+        });
+    }
+    if let Some(expected) = path.nar_hash.filter(|&h| h != nar_hash) {
+        return Err(CacheError::HashMismatch {
+            path: path.path.clone(),
+            expected,
+            actual: nar_hash,
+        });
+    }
+    Ok(())
+}
