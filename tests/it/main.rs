@@ -8,6 +8,7 @@ mod hostile;
 mod http;
 mod listing;
 mod nar_reader;
+mod nix_versions;
 mod peak_alloc;
 mod props;
 mod sign_cache;
