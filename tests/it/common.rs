@@ -140,12 +140,15 @@ pub fn nix_conf_dir() -> PathBuf {
 /// Gives `cmd` the project's Nix settings and nothing else: its own
 /// `nix.conf` instead of `/etc/nix/nix.conf`, no user config files, no
 /// `NIX_CONFIG` and no `NIX_PATH`. A machine with another `/etc/nix/nix.conf`,
-/// or none, gives the same results.
+/// or none, gives the same results. No `NIX_REMOTE` either: as root, Nix then
+/// uses the store directly, even beside a `nix-daemon` (which has settings
+/// of its own).
 pub fn hermetic_nix(cmd: &mut Command) -> &mut Command {
     cmd.env("NIX_CONF_DIR", nix_conf_dir())
         .env("NIX_USER_CONF_FILES", "")
         .env_remove("NIX_CONFIG")
         .env_remove("NIX_PATH")
+        .env_remove("NIX_REMOTE")
 }
 
 /// A `Command` for a Nix tool, with the project's Nix settings.
