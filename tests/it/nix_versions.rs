@@ -114,10 +114,22 @@ impl NixInRoot {
         }
         // What earlier runs left: the root's store, so that this run's Nix
         // builds the fixture and the cache itself rather than find them
-        // built (Nix makes a new store when there is none), and the shared
-        // directory.
-        for dir in [Path::new("/nix"), &nix.shared()] {
-            let dir = nix.host(dir);
+        // built (Nix makes a new store when there is none), and in /tmp the
+        // shared directory and the temporary ones of a killed run (mkbc-*).
+        let tmp = nix.host(Path::new("/tmp"));
+        let mut stale = vec![nix.host(Path::new("/nix"))];
+        for entry in fs::read_dir(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))? {
+            let path = entry.map_err(|e| format!("{}: {e}", tmp.display()))?.path();
+            if path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("mkbc-")
+            {
+                stale.push(path);
+            }
+        }
+        for dir in stale {
             if dir.exists() {
                 fs::remove_dir_all(&dir).map_err(|e| format!("rm -r {}: {e}", dir.display()))?;
             }
