@@ -11,6 +11,7 @@ mod hostile;
 mod http;
 mod listing;
 mod nar_reader;
+mod nix_versions;
 mod path_info;
 mod peak_alloc;
 mod props;
