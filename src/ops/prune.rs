@@ -211,7 +211,19 @@ impl fmt::Display for Report {
 /// documentation.
 pub fn prune(dir: &Path, opts: &Options) -> Result<Report, PruneError> {
     let store_dir = open_cache(dir)?;
-    let _cache_lock = write::lock_cache(dir, CacheLock::Exclusive)?;
+    // The cache lock is taken on nar/. A cache without one holds no NAR: a
+    // prune makes it to lock it; a dry run changes nothing and reads unlocked.
+    let nar_dir = dir.join("nar");
+    if !opts.dry_run && !nar_dir.exists() {
+        fs::create_dir(&nar_dir).map_err(|source| CacheError::Write {
+            path: nar_dir.clone(),
+            source,
+        })?;
+    }
+    let _cache_lock = match nar_dir.exists() {
+        true => Some(write::lock_cache(dir, CacheLock::Exclusive)?),
+        false => None,
+    };
 
     let narinfos = read_narinfos(dir, &store_dir)?;
     let roots = match &opts.keep {
@@ -289,13 +301,6 @@ fn open_cache(dir: &Path) -> Result<String, PruneError> {
                 return Err(PruneError::SymlinkedDirectory(sub));
             }
             Ok(_) => {}
-            // The lock needs nar/; a cache without one holds no NAR.
-            Err(e) if e.kind() == io::ErrorKind::NotFound && sub.ends_with("nar") => {
-                fs::create_dir(&sub).map_err(|e| CacheError::Write {
-                    path: sub.clone(),
-                    source: e,
-                })?;
-            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(read_error(&sub)(e)),
         }
@@ -458,23 +463,20 @@ fn plan(
             last.push(entry.removal(PathBuf::from(name), Kind::TempFile));
         }
     }
-    let debuginfo = dir.join("debuginfo");
-    if debuginfo.is_dir() {
-        for entry in list(&debuginfo)? {
-            let Some(name) = entry.name.to_str() else {
-                continue;
-            };
-            let file = Path::new("debuginfo").join(name);
-            if entry.is_dir {
-                continue;
-            }
-            if is_stale_temp_file(name) {
-                last.push(entry.removal(file, Kind::TempFile));
-            } else if let Some(nar) = debug_info_archive(&dir.join(&file))
-                && !kept_nars.contains(&nar)
-            {
-                second.push(entry.removal(file, Kind::DebugInfo));
-            }
+    for entry in list(&dir.join("debuginfo"))? {
+        let Some(name) = entry.name.to_str() else {
+            continue;
+        };
+        let file = Path::new("debuginfo").join(name);
+        if entry.is_dir {
+            continue;
+        }
+        if is_stale_temp_file(name) {
+            last.push(entry.removal(file, Kind::TempFile));
+        } else if let Some(nar) = debug_info_archive(&dir.join(&file))
+            && !kept_nars.contains(&nar)
+        {
+            second.push(entry.removal(file, Kind::DebugInfo));
         }
     }
     for entry in list(&dir.join("nar"))? {
@@ -582,9 +584,16 @@ impl Listed {
     }
 }
 
+/// The entries of `dir`; none if the cache lacks it (a cache of no path
+/// may have no `nar/`, and only indexed ones have `debuginfo/`).
 fn list(dir: &Path) -> Result<Vec<Listed>, PruneError> {
     let mut listed = Vec::new();
-    for entry in fs::read_dir(dir).map_err(read_error(dir))? {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(listed),
+        Err(e) => return Err(read_error(dir)(e)),
+    };
+    for entry in entries {
         let entry = entry.map_err(read_error(dir))?;
         // DirEntry::metadata does not follow symlinks.
         let meta = entry.metadata().map_err(read_error(&entry.path()))?;

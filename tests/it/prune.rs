@@ -181,6 +181,20 @@ fn dry_run_removes_nothing_and_says_what_would_go_and_the_bytes() {
     assert!(summary.contains(&format!("({freed} bytes)")), "{summary}");
 }
 
+// A dry run changes nothing, not even the `nar/` a real prune makes to lock.
+#[test]
+fn a_dry_run_on_a_cache_without_a_nar_directory_creates_nothing() {
+    let cache = tempdir();
+    two_releases(cache.path());
+    fs::remove_dir_all(cache.path().join("nar")).unwrap();
+    let before = tree(cache.path());
+    run(&mut prune(
+        cache.path(),
+        &["--dry-run", "--keep", left_file()],
+    ));
+    assert!(tree(cache.path()) == before, "a dry run changed the cache");
+}
+
 /// How much smaller `store-paths` got when --keep rewrote it: those bytes
 /// are not freed by removing a file.
 fn store_paths_shrink(
