@@ -98,6 +98,12 @@ pub enum ParseError {
     ZeroNarSize,
 }
 
+/// The name of the narinfo file of the store path with hash part
+/// `hash_part` in a cache: `<hash part>.narinfo`.
+pub fn file_name(hash_part: &str) -> String {
+    format!("{hash_part}.narinfo")
+}
+
 impl NarInfo {
     /// The text signatures are made over; see [`signing::fingerprint`].
     pub fn fingerprint(&self) -> String {

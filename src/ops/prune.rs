@@ -33,7 +33,7 @@ use std::path::{Component, Path, PathBuf};
 use thiserror::Error;
 
 use crate::format::cache_info::{self, CacheInfo, CacheInfoError};
-use crate::format::narinfo::NarInfo;
+use crate::format::narinfo::{self, NarInfo};
 use crate::format::nixbase32;
 use crate::format::store_path::{self, StorePath};
 use crate::input::local_store::{self, BuildError};
@@ -233,7 +233,7 @@ pub fn prune(dir: &Path, opts: &Options) -> Result<Report, PruneError> {
             if let Some(path) = roots.iter().find(|r| !narinfos.contains_key(r.hash_part())) {
                 return Err(PruneError::KeepNotCached {
                     path: path.clone(),
-                    narinfo: dir.join(narinfo_name(path.hash_part())),
+                    narinfo: dir.join(narinfo::file_name(path.hash_part())),
                 });
             }
             roots
@@ -308,10 +308,6 @@ fn open_cache(dir: &Path) -> Result<String, PruneError> {
     Ok(info
         .store_dir
         .unwrap_or_else(|| store_path::DEFAULT_STORE_DIR.to_owned()))
-}
-
-fn narinfo_name(hash: &str) -> String {
-    format!("{hash}.narinfo")
 }
 
 /// Replaces `store-paths` with `roots`, atomically and durably, under the
@@ -422,7 +418,7 @@ fn kept_closure(
             Ok(info) => todo.extend(info.references.iter().map(|r| r.hash_part().to_owned())),
             Err(reason) => {
                 return Err(PruneError::UnreadableKept {
-                    path: dir.join(narinfo_name(&hash)),
+                    path: dir.join(narinfo::file_name(&hash)),
                     reason: reason.clone(),
                 });
             }
@@ -551,7 +547,7 @@ fn narinfo_levels(
             level
                 .into_iter()
                 .map(|hash| Removal {
-                    file: PathBuf::from(narinfo_name(hash)),
+                    file: PathBuf::from(narinfo::file_name(hash)),
                     kind: Kind::Narinfo(
                         doomed[hash]
                             .info

@@ -83,6 +83,36 @@ fn build_of_a_path_outside_the_store() {
     );
 }
 
+// A closure file may name a path this machine lacks: refused before the
+// cache directory is made, so the bad input leaves nothing behind.
+#[test]
+fn build_of_a_closure_naming_a_path_missing_from_the_store() {
+    let work = tempdir();
+    let absent = "/nix/store/00000000000000000000000000000000-absent";
+    let closure = work.path().join("closure.json");
+    let json = serde_json::json!([{
+        "path": absent,
+        "narHash": format!("sha256:{}", "0".repeat(52)),
+        "narSize": 8,
+        "references": []
+    }]);
+    fs::write(&closure, json.to_string()).unwrap();
+    let cache = work.path().join("cache");
+    let mut cmd = mk_binary_cache();
+    cmd.args(["build", "--to"])
+        .arg(&cache)
+        .arg("--closure-json")
+        .arg(&closure);
+    assert_eq!(
+        failure(&mut cmd, 1),
+        format!(
+            "mk-binary-cache: error: writing the cache to '{}': '{absent}' is not in the store, and the cache has no narinfo for it\n",
+            p(&cache)
+        )
+    );
+    assert!(!cache.exists(), "a cache was left behind");
+}
+
 #[test]
 fn build_with_a_missing_closure_file() {
     let work = tempdir();

@@ -15,7 +15,7 @@ use crate::format::compression::Compression;
 use crate::format::debuginfo;
 use crate::format::hash::HashingWriter;
 use crate::format::nar::listing;
-use crate::format::narinfo::{NarInfo, Sig};
+use crate::format::narinfo::{self, NarInfo, Sig};
 use crate::format::store_path::{self, PathInfo, StorePath};
 use crate::support::files::{self, DirLock, TempNames};
 use crate::support::progress::{Progress, Totals, human_bytes};
@@ -56,7 +56,7 @@ impl<'a> Cache<'a> {
     }
 
     pub(super) fn narinfo_path(&self, path: &StorePath) -> PathBuf {
-        self.root.join(format!("{}.narinfo", path.hash_part()))
+        self.root.join(narinfo::file_name(path.hash_part()))
     }
 
     /// Writes `contents` to `dest` through a temporary file and a rename.

@@ -36,6 +36,7 @@ use crate::format::cache_info::{self, CacheInfo, CacheInfoError};
 use crate::format::compression::Compression;
 use crate::format::hash::Sha256;
 use crate::format::nar::dump::DumpError;
+use crate::format::narinfo;
 use crate::format::store_path::{self, DEFAULT_STORE_DIR, PathInfo, StorePath};
 use crate::support::files::{DirLock, TempNames};
 use crate::support::progress::{Progress, Totals};
@@ -120,6 +121,8 @@ pub enum CacheError {
     },
     #[error("output '{0}' already exists")]
     OutputExists(PathBuf),
+    #[error("'{0}' is not in the store, and the cache has no narinfo for it")]
+    NotInStore(StorePath),
     #[error(
         "'{0}' is not empty and has no nix-cache-info: refusing to write a cache into a directory that is not one"
     )]
@@ -216,6 +219,16 @@ pub fn update_cache(
     opts: &Options,
     progress: &Progress,
 ) -> Result<Updated, CacheError> {
+    // A path that is neither in the store nor in the cache (a closure file
+    // that names a path this machine lacks) is refused before anything is
+    // written, so that a bad input leaves no cache behind.
+    let unreadable = closure.iter().find(|p| {
+        !dir.join(narinfo::file_name(p.path.hash_part())).exists()
+            && fs::symlink_metadata(p.path.to_string()).is_err()
+    });
+    if let Some(path) = unreadable {
+        return Err(CacheError::NotInStore(path.path.clone()));
+    }
     fs::create_dir_all(dir).map_err(write_error(dir))?;
     let cache = Cache::new(dir, true);
     let info_file = dir.join(cache_info::FILE_NAME);
