@@ -144,7 +144,16 @@ fn run_builder(store: &FakeStore, attrs: &Value, as_user: Option<u32>) -> Run {
     let attrs_file = store.tmp().join("attrs.json");
     fs::write(&attrs_file, attrs.to_string()).unwrap();
     let stderr_file = store.tmp().join("builder.stderr");
-    let mut cmd = Command::new(common::tool_dir().join("bin/mk-binary-cache"));
+    let mut program = common::tool_dir().join("bin/mk-binary-cache");
+    if as_user.is_some() {
+        // Another user may not reach the repository (a clone under /root,
+        // say): run a copy from the test's own directory, as Nix runs a
+        // builder from the store, which every user can read.
+        let copy = store.tmp().join("mk-binary-cache");
+        fs::copy(&program, &copy).unwrap();
+        program = copy;
+    }
+    let mut cmd = Command::new(&program);
     cmd.env_clear()
         .env("NIX_ATTRS_JSON_FILE", &attrs_file)
         .env("NIX_BUILD_CORES", "2")
