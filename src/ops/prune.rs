@@ -32,12 +32,12 @@ use std::path::{Component, Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::format::cache_info::{self, CacheInfo, CacheInfoError};
 use crate::format::narinfo::{self, NarInfo};
 use crate::format::nixbase32;
 use crate::format::store_path::{self, StorePath};
 use crate::input::local_store::{self, BuildError};
 use crate::ops::write::{self, CacheError, CacheLock, STORE_PATHS};
+use crate::ops::{self, OpenCacheError};
 use crate::support::files::{self, DirLock, TempNames};
 use crate::support::progress::human_bytes;
 
@@ -48,13 +48,8 @@ const HASH_LEN: usize = 32;
 
 #[derive(Debug, Error)]
 pub enum PruneError {
-    #[error("'{0}' is not a binary cache: it has no nix-cache-info")]
-    NotACache(PathBuf),
-    #[error("'{path}': {source}")]
-    CacheInfo {
-        path: PathBuf,
-        source: CacheInfoError,
-    },
+    #[error(transparent)]
+    Open(#[from] OpenCacheError),
     #[error(
         "'{0}' is a symlink: what it points to is outside the cache, and prune deletes nothing there"
     )]
@@ -282,18 +277,7 @@ pub fn prune(dir: &Path, opts: &Options) -> Result<Report, PruneError> {
 /// Checks that `dir` is a cache whose `nar/` and `debuginfo/` are inside
 /// it; returns its store directory.
 fn open_cache(dir: &Path) -> Result<String, PruneError> {
-    let info_file = dir.join(cache_info::FILE_NAME);
-    let text = match fs::read_to_string(&info_file) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(PruneError::NotACache(dir.to_owned()));
-        }
-        Err(e) => return Err(read_error(&info_file)(e)),
-    };
-    let info: CacheInfo = text.parse().map_err(|source| PruneError::CacheInfo {
-        path: info_file.clone(),
-        source,
-    })?;
+    let info = ops::read_cache_info(dir)?;
     for sub in ["nar", "debuginfo"] {
         let sub = dir.join(sub);
         match sub.symlink_metadata() {

@@ -33,10 +33,10 @@ use std::sync::Mutex;
 
 use thiserror::Error;
 
-use crate::format::cache_info::{self, CacheInfo, CacheInfoError};
 use crate::format::narinfo::{self, NarInfo, Sig};
 use crate::format::signing::{SecretKey, Signature};
 use crate::format::store_path::DEFAULT_STORE_DIR;
+use crate::ops::{self, OpenCacheError};
 use crate::support::files::{self, TempNames, Transfer, share_or_copy};
 use crate::support::schedule;
 
@@ -44,13 +44,8 @@ use crate::support::schedule;
 pub enum SignError {
     #[error("no secret key given")]
     NoKeys,
-    #[error("'{0}' is not a binary cache: it has no nix-cache-info")]
-    NotACache(PathBuf),
-    #[error("'{path}': {source}")]
-    CacheInfo {
-        path: PathBuf,
-        source: CacheInfoError,
-    },
+    #[error(transparent)]
+    Open(#[from] OpenCacheError),
     #[error("cannot read '{path}': {source}")]
     Read { path: PathBuf, source: io::Error },
     #[error("cannot write '{path}': {source}")]
@@ -238,17 +233,10 @@ impl Source {
             return Err(SignError::NoKeys);
         }
         let root = fs::canonicalize(cache).map_err(read_error(cache))?;
-        let info_path = root.join(cache_info::FILE_NAME);
-        let text = match fs::read_to_string(&info_path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(SignError::NotACache(cache.to_owned()));
-            }
-            Err(e) => return Err(read_error(&info_path)(e)),
-        };
-        let info: CacheInfo = text.parse().map_err(|source| SignError::CacheInfo {
-            path: info_path.clone(),
-            source,
+        let info = ops::read_cache_info(&root).map_err(|e| match e {
+            // Named as the user gave it, not canonicalised.
+            OpenCacheError::NotACache(_) => OpenCacheError::NotACache(cache.to_owned()),
+            other => other,
         })?;
         let mut narinfos = Vec::new();
         for entry in fs::read_dir(&root).map_err(read_error(&root))? {
@@ -290,7 +278,7 @@ impl Source {
                     added,
                     present,
                 });
-                Ok(())
+                Ok::<_, SignError>(())
             },
         )?;
         Ok(signed.into_inner().unwrap())
