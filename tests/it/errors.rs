@@ -163,6 +163,22 @@ fn sign_of_a_missing_cache() {
     );
 }
 
+#[test]
+fn sign_of_a_directory_that_is_not_a_cache() {
+    let work = tempdir();
+    let mut cmd = mk_binary_cache();
+    cmd.args(["sign", "--key-file"])
+        .arg(fixture_file("keys/secret.key"))
+        .arg(work.path());
+    assert_eq!(
+        failure(&mut cmd, 1),
+        format!(
+            "mk-binary-cache: error: signing '{0}' in place: '{0}' is not a binary cache: it has no nix-cache-info\n",
+            p(work.path())
+        )
+    );
+}
+
 // The message of the issue that asked for this, with its cause once.
 #[test]
 fn verify_of_a_missing_cache() {
