@@ -76,11 +76,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The error and the causes its message does not already include (the
+/// client library's errors repeat their source in their own message).
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line = format!("{line}: {cause}");
+        }
+    }
+    line
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mk-binary-cache-publish: error: {e:#}");
+            eprintln!("mk-binary-cache-publish: error: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -47,6 +47,7 @@ elif command == "auth":
     # After this many requests without checking, moto checks every signature.
     count = b"0" if state == "on" else b"1e9"
     urllib.request.urlopen(urllib.request.Request(
-        f"{endpoint}/moto-api/reset-auth", data=count, method="POST")).read()
+        f"{endpoint}/moto-api/reset-auth", data=count, method="POST",
+        headers={"Content-Type": "text/plain"})).read()
 else:
     sys.exit(f"s3.py: unknown command {command}")

@@ -420,7 +420,11 @@ impl Bucket {
         PublishError::Store {
             what,
             url: self.location.to_string(),
-            key: format!("/{name}"),
+            key: if name.is_empty() {
+                String::new()
+            } else {
+                format!("/{name}")
+            },
             credentials: self.credentials.clone(),
             source: Box::new(source),
         }
