@@ -156,10 +156,19 @@ impl Moto {
         out.stdout
     }
 
-    /// A new bucket anyone may read.
+    /// A new bucket anyone may read, with a name no earlier run used (Nix
+    /// keeps what it read from `s3://NAME` in its disk cache, across runs).
     fn bucket(&self, name: &str) -> Bucket<'_> {
         static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!("{name}-{}", N.fetch_add(1, Ordering::Relaxed));
+        let run = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let name = format!(
+            "{name}-{run:x}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
         self.s3(&["create", &name]);
         Bucket { moto: self, name }
     }
@@ -319,7 +328,11 @@ fn nix_2_34_substitutes_every_path_from_the_published_bucket() {
     );
     assert!(
         requests.iter().any(|(m, t)| m == "GET" && *t == narinfo),
-        "Nix did not read {narinfo} from the server"
+        "Nix did not read {narinfo} from the server: {:#?}",
+        requests
+            .iter()
+            .filter(|(m, _)| m == "GET" || m == "HEAD")
+            .collect::<Vec<_>>()
     );
 }
 
@@ -517,4 +530,44 @@ fn bad_credentials_are_a_clear_error_and_nothing_is_written() {
         "{err}"
     );
     assert_eq!(bucket.objects().len(), 0, "publish wrote to the bucket");
+}
+
+#[test]
+fn a_large_file_goes_up_in_parts_in_bounded_memory() {
+    let moto = Moto::shared();
+    let bucket = moto.bucket("large");
+    let (_dir, cache) = fixture_cache();
+    // A 128 MiB build log, more than the memory allowed below.
+    let drv = basename(fixture_path("busybox"));
+    fs::create_dir_all(cache.join("log")).unwrap();
+    let line = format!("building '{drv}'... another line of a very long build log\n");
+    let log = cache.join(format!("log/{drv}.drv"));
+    fs::write(&log, line.repeat((128 << 20) / line.len())).unwrap();
+
+    let mut child = publisher()
+        .arg(&cache)
+        .arg(bucket.url())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (status, peak_kib, samples) = wait_with_peak_rss(&mut child);
+    assert!(status.success(), "publish exited with {status}");
+    assert!(samples > 0, "the publisher's memory was never sampled");
+    eprintln!("publishing a 128 MiB file in parts: peak RSS {peak_kib} KiB");
+    assert!(
+        peak_kib < 80 << 10,
+        "publishing a 128 MiB file took {peak_kib} KiB of memory"
+    );
+    let key = format!("log/{drv}.drv");
+    let parts = moto
+        .requests()
+        .iter()
+        .filter(|(m, t)| {
+            m == "PUT"
+                && t.starts_with(&format!("/{}/{key}?", bucket.name))
+                && t.contains("partNumber=")
+        })
+        .count();
+    assert_eq!(parts, 16, "parts of 8 MiB");
+    bucket.assert_holds(&cache);
 }
