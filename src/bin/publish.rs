@@ -62,7 +62,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let report = publish::publish(&cli.cache, &location, resolved, &options)?;
     if !cli.quiet {
         println!(
-            "published {} to {location} in {:.1} s: uploaded {} files ({} bytes, {} narinfos), \
+            "published {} to {location} in {:.2} s: uploaded {} files ({} bytes, {} narinfos), \
              skipped {} already there ({} narinfos)",
             cli.cache.display(),
             start.elapsed().as_secs_f64(),

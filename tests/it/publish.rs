@@ -571,3 +571,24 @@ fn a_large_file_goes_up_in_parts_in_bounded_memory() {
     assert_eq!(parts, 16, "parts of 8 MiB");
     bucket.assert_holds(&cache);
 }
+
+#[test]
+fn mk_binary_cache_publish_without_the_publisher_says_where_it_looked() {
+    // The builder alone, as mkBinaryCache's closure has it.
+    let dir = tempdir();
+    let bin = dir.path().join("mk-binary-cache");
+    fs::copy(env!("CARGO_BIN_EXE_mk-binary-cache"), &bin).unwrap();
+    let err = run_failing(Command::new(&bin).env("PATH", dir.path()).args([
+        "publish",
+        "cache",
+        "s3://bucket",
+    ]));
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "mk-binary-cache: error: publish needs mk-binary-cache-publish \
+             (cargo build --features publish): mk-binary-cache-publish is in neither {} nor PATH",
+            dir.path().display()
+        )
+    );
+}
