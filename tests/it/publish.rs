@@ -225,6 +225,15 @@ impl Bucket<'_> {
         format!("s3://{}?endpoint={}", self.name, self.moto.endpoint())
     }
 
+    /// The URL of the prefix `prefix` of the bucket.
+    fn url_of_prefix(&self, prefix: &str) -> String {
+        format!(
+            "s3://{}/{prefix}?endpoint={}",
+            self.name,
+            self.moto.endpoint()
+        )
+    }
+
     /// Every object: key -> (size, content type).
     fn objects(&self) -> BTreeMap<String, (u64, String)> {
         serde_json::from_slice(&self.moto.s3(&["list", &self.name])).unwrap()
@@ -240,7 +249,9 @@ impl Bucket<'_> {
     }
 
     /// The keys whose upload completed, in order: single PUTs, and the
-    /// completions of multipart uploads.
+    /// completions of multipart uploads. (The server logs a request once it
+    /// has answered it; `publish` sends a narinfo only after the answers for
+    /// what it depends on, so the log's order is the order of completion.)
     fn written(&self) -> Vec<String> {
         let prefix = format!("/{}/", self.name);
         self.moto
@@ -334,6 +345,27 @@ fn nix_2_34_substitutes_every_path_from_the_published_bucket() {
             .filter(|(m, _)| m == "GET" || m == "HEAD")
             .collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn nix_2_34_substitutes_every_path_from_a_prefix_of_a_bucket() {
+    let bucket = Moto::shared().bucket("prefix");
+    let cache = build_cache(&[]);
+    let url = bucket.url_of_prefix("team/x86_64");
+    run(publisher().arg(&cache).arg(&url));
+    assert!(
+        bucket
+            .objects()
+            .keys()
+            .all(|k| k.starts_with("team/x86_64/")),
+        "{:?}",
+        bucket.objects()
+    );
+
+    let nix = crate::nix_versions::nix_2_34::nix();
+    let substituted = nix.substitute(&url, &["--option", "require-sigs", "false"], &[]);
+    substituted.assert_success(nix);
+    nix.assert_store_holds_the_closure(&substituted.store);
 }
 
 #[test]

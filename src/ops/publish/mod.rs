@@ -17,7 +17,9 @@
 //!    an error before anything is written, unless `force`.
 //! 3. Upload in three phases, each finished before the next begins: every
 //!    other file (NARs, `.ls` listings, `debuginfo/`, `log/`…) not already
-//!    there with the same size (a NAR's name is the hash of its bytes);
+//!    there with the same size (a NAR's name is the hash of its bytes; a
+//!    `debuginfo/` link already there is kept whatever its size, as Nix
+//!    keeps it);
 //!    then the narinfos, by depth, a path only after every path it refers
 //!    to; then `store-paths`, merged with the bucket's. A reader therefore
 //!    never finds a narinfo whose NAR or references are missing, and a run
@@ -665,7 +667,12 @@ async fn run(
     let files: Vec<&File> = plan
         .files
         .iter()
-        .filter(|f| remote.get(&f.name).map(|(size, _)| *size) != Some(f.size))
+        .filter(|f| match remote.get(&f.name) {
+            None => true,
+            // As Nix's uploader, never replace a debug-info link.
+            Some(_) if f.name.starts_with("debuginfo/") => false,
+            Some((size, _)) => *size != f.size,
+        })
         .collect();
     report.skipped += plan.files.len() - files.len();
     report.uploaded += files.len();
