@@ -239,10 +239,6 @@ impl Bucket<'_> {
         serde_json::from_slice(&self.moto.s3(&["list", &self.name])).unwrap()
     }
 
-    fn get(&self, key: &str) -> Vec<u8> {
-        self.moto.s3(&["get", &self.name, key])
-    }
-
     fn put(&self, key: &str, file: &Path) {
         self.moto
             .s3(&["put", &self.name, key, file.to_str().unwrap()]);
@@ -273,16 +269,18 @@ impl Bucket<'_> {
     /// Checks that the bucket holds exactly the files of `cache`, byte for
     /// byte.
     fn assert_holds(&self, cache: &Path) {
-        let files = files_of(cache);
-        let objects = self.objects();
+        let copy = tempdir();
+        self.moto
+            .s3(&["download", &self.name, copy.path().to_str().unwrap()]);
+        let (theirs, ours) = (files_of(copy.path()), files_of(cache));
         assert_eq!(
-            objects.keys().collect::<Vec<_>>(),
-            files.keys().collect::<Vec<_>>(),
+            theirs.keys().collect::<Vec<_>>(),
+            ours.keys().collect::<Vec<_>>(),
             "the bucket's keys"
         );
-        for (name, contents) in files {
+        for (name, contents) in ours {
             assert!(
-                self.get(&name) == contents,
+                theirs[&name] == contents,
                 "{name} differs in the bucket from {}",
                 cache.display()
             );
@@ -623,4 +621,90 @@ fn mk_binary_cache_publish_without_the_publisher_says_where_it_looked() {
             dir.path().display()
         )
     );
+}
+
+/// A proxy in front of moto that answers every `nth` request itself with
+/// `503 Slow Down`, as a busy S3 does, and forwards the others. One request
+/// per connection: it closes each after the answer.
+struct FlakyProxy {
+    port: u16,
+    faults: std::sync::Arc<AtomicU32>,
+}
+
+impl FlakyProxy {
+    fn start(upstream: u16, nth: u32) -> FlakyProxy {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let faults = std::sync::Arc::new(AtomicU32::new(0));
+        let seen = std::sync::Arc::new(AtomicU32::new(0));
+        let counted = faults.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let (seen, faults) = (seen.clone(), counted.clone());
+                std::thread::spawn(move || {
+                    let _ = Self::serve(client, upstream, nth, &seen, &faults);
+                });
+            }
+        });
+        FlakyProxy { port, faults }
+    }
+
+    fn serve(
+        mut client: TcpStream,
+        upstream: u16,
+        nth: u32,
+        seen: &AtomicU32,
+        faults: &AtomicU32,
+    ) -> std::io::Result<()> {
+        use std::io::{Read, Write};
+        // The request's head, then as many bytes as Content-Length says.
+        let mut request = Vec::new();
+        let mut byte = [0u8; 1];
+        while !request.ends_with(b"\r\n\r\n") {
+            if client.read(&mut byte)? == 0 {
+                return Ok(());
+            }
+            request.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&request).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        let mut body = vec![0; length];
+        client.read_exact(&mut body)?;
+        if (seen.fetch_add(1, Ordering::SeqCst) + 1) % nth == 0 {
+            faults.fetch_add(1, Ordering::SeqCst);
+            client.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )?;
+            return Ok(());
+        }
+        let mut server = TcpStream::connect((Ipv4Addr::LOCALHOST, upstream))?;
+        server.write_all(&request)?;
+        server.write_all(&body)?;
+        // moto's server answers HTTP/1.0-style: it closes after the answer.
+        std::io::copy(&mut server, &mut client)?;
+        Ok(())
+    }
+}
+
+#[test]
+fn transient_errors_are_retried_with_backoff() {
+    let moto = Moto::shared();
+    let bucket = moto.bucket("flaky");
+    let proxy = FlakyProxy::start(moto.port, 3);
+    let cache = build_cache(&[]);
+    let url = format!(
+        "s3://{}?endpoint=http://127.0.0.1:{}",
+        bucket.name, proxy.port
+    );
+    let out = run(publisher().arg(&cache).arg(&url));
+    eprintln!("{out}");
+    assert!(
+        proxy.faults.load(Ordering::SeqCst) >= 5,
+        "the proxy failed too few requests to prove anything"
+    );
+    bucket.assert_holds(&cache);
 }

@@ -4,11 +4,12 @@ and reads back what `publish` wrote, independently of the client library
 
     s3.py ENDPOINT create BUCKET        a bucket anyone may read (as Nix 2.34 reads)
     s3.py ENDPOINT list BUCKET          {key: [size, content type]} as JSON
-    s3.py ENDPOINT get BUCKET KEY       the object's bytes on stdout
+    s3.py ENDPOINT download BUCKET DIR  every object into DIR/KEY
     s3.py ENDPOINT put BUCKET KEY FILE  upload FILE
     s3.py ENDPOINT auth on|off          moto checks signatures, or not
 """
 import json
+import os
 import sys
 import urllib.request
 
@@ -35,9 +36,13 @@ elif command == "list":
             head = s3.head_object(Bucket=bucket, Key=obj["Key"])
             out[obj["Key"]] = [obj["Size"], head["ContentType"]]
     json.dump(out, sys.stdout)
-elif command == "get":
-    bucket, key = args
-    sys.stdout.buffer.write(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+elif command == "download":
+    bucket, directory = args
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            path = os.path.join(directory, obj["Key"])
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            s3.download_file(bucket, obj["Key"], path)
 elif command == "put":
     bucket, key, path = args
     with open(path, "rb") as f:
