@@ -38,12 +38,16 @@ fn venv() -> PathBuf {
 
 /// `mk-binary-cache-publish`, built with the `publish` feature.
 fn publisher() -> Command {
-    let Some(bin) = option_env!("CARGO_BIN_EXE_mk-binary-cache-publish") else {
-        panic!(
-            "mk-binary-cache-publish was not built: the publish tests need \
-             `cargo test --features publish` (scripts/test passes --all-features)"
-        )
-    };
+    // Without the feature the program is not built (a copy left by an
+    // earlier build with it could be stale).
+    let bin = option_env!("CARGO_BIN_EXE_mk-binary-cache-publish")
+        .filter(|_| cfg!(feature = "publish"))
+        .unwrap_or_else(|| {
+            panic!(
+                "mk-binary-cache-publish was not built: the publish tests need \
+                 `cargo test --features publish` (scripts/test passes --all-features)"
+            )
+        });
     let mut cmd = Command::new(bin);
     credentials(&mut cmd, "testing", "testing");
     cmd
