@@ -143,6 +143,15 @@ pub enum PublishError {
     },
     #[error(transparent)]
     Credentials(#[from] credentials::CredentialsError),
+    #[error("starting the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("{url}/{name} is {size} bytes, more than a {what} can be ({MAX_NARINFO_SIZE})")]
+    TooLarge {
+        url: String,
+        name: String,
+        size: u64,
+        what: &'static str,
+    },
 }
 
 /// The content type Nix's own S3 uploader gives a file of a cache.
@@ -359,7 +368,11 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn open(location: &Location, resolved: Resolved) -> Result<Bucket, PublishError> {
+    fn open(
+        location: &Location,
+        resolved: Resolved,
+        part_size: usize,
+    ) -> Result<Bucket, PublishError> {
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(&location.bucket)
             .with_region(&resolved.region)
@@ -410,7 +423,8 @@ impl Bucket {
             store: Arc::new(store),
             location: location.clone(),
             credentials,
-            part_size: 0,
+            // S3's smallest part, but for the last.
+            part_size: part_size.max(5 << 20),
         })
     }
 
@@ -564,16 +578,12 @@ pub fn publish(
     opts: &Options,
 ) -> Result<Report, PublishError> {
     let plan = read_plan(cache)?;
-    let mut bucket = Bucket::open(location, resolved)?;
-    bucket.part_size = opts.part_size.max(5 << 20);
+    let bucket = Bucket::open(location, resolved, opts.part_size)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|source| PublishError::Io {
-            path: PathBuf::from("(the async runtime)"),
-            source,
-        })?;
+        .map_err(PublishError::Runtime)?;
     runtime.block_on(run(cache, &plan, &bucket, opts))
 }
 
@@ -588,7 +598,16 @@ async fn run(
     let url = bucket.location.to_string();
 
     // The store directory first: nothing is written to a bucket of another.
+    let too_large = |name: &str, size: u64, what| PublishError::TooLarge {
+        url: url.clone(),
+        name: name.to_string(),
+        size,
+        what,
+    };
     let upload_cache_info = match remote.get(cache_info::FILE_NAME) {
+        Some((size, _)) if *size > MAX_NARINFO_SIZE => {
+            return Err(too_large(cache_info::FILE_NAME, *size, "nix-cache-info"));
+        }
         Some(_) => {
             let bytes = bucket.get(cache_info::FILE_NAME).await?;
             let text = String::from_utf8_lossy(&bytes);
@@ -621,9 +640,12 @@ async fn run(
             let (file, bytes) = entry;
             let same = match remote.get(&file.name) {
                 None => false,
-                Some((_, etag)) => {
+                Some((size, etag)) => {
                     let same = match same_by_etag(etag.as_deref(), bytes) {
                         Some(answer) => answer,
+                        None if *size > MAX_NARINFO_SIZE => {
+                            return Err(too_large(&file.name, *size, "narinfo"));
+                        }
                         None => bucket.get(&file.name).await? == *bytes,
                     };
                     if !same {
