@@ -10,7 +10,12 @@ let
   final = if pkgs ? mk-binary-cache then pkgs else pkgs.appendOverlays [ (import ./nix/overlay.nix) ];
 in
 {
-  inherit (final) mk-binary-cache mkBinaryCache signBinaryCache;
+  inherit (final)
+    mk-binary-cache
+    mk-binary-cache-publish
+    mkBinaryCache
+    signBinaryCache
+    ;
 
   # A cache holding the closure of GNU hello.
   example = final.mkBinaryCache { rootPaths = [ final.hello ]; };

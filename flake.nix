@@ -32,7 +32,7 @@
         in
         {
           default = view.mk-binary-cache;
-          inherit (view) mk-binary-cache example;
+          inherit (view) mk-binary-cache mk-binary-cache-publish example;
         }
       );
 
@@ -51,6 +51,7 @@
         in
         {
           package = view.mk-binary-cache;
+          publish = view.mk-binary-cache-publish;
           inherit (view) example;
           inherit (view.mk-binary-cache.tests) version cache;
           default-nix = plain.example;

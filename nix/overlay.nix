@@ -1,4 +1,5 @@
-# Adds `mk-binary-cache` (the program), `mkBinaryCache` (the function that
+# Adds `mk-binary-cache` (the program), `mk-binary-cache-publish` (its
+# uploader to object storage), `mkBinaryCache` (the function that
 # uses it as a derivation builder, replacing nixpkgs' own) and
 # `signBinaryCache` (a script that signs a cache) to a package set.
 #
@@ -23,6 +24,10 @@ let
 in
 {
   mk-binary-cache = final.callPackage ./package.nix { };
+
+  # `mk-binary-cache-publish CACHE s3://…`, a separate package: the builder
+  # above stays small and offline.
+  mk-binary-cache-publish = final.callPackage ./package.nix { publish = true; };
 
   mkBinaryCache =
     if availableOn final.stdenv.buildPlatform builderProgram then

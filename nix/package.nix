@@ -3,15 +3,22 @@
 # Inside Nix the program links dynamically against nixpkgs' glibc; that is
 # fine, because the builder's closure is an input of every cache derivation.
 # `pkgsStatic.mk-binary-cache` gives a fully static one.
+#
+# With `publish = true` it is the other program, `mk-binary-cache-publish`,
+# which uploads a cache to S3-compatible object storage (the cargo feature
+# `publish`): a package of its own, so that the network client it carries
+# never enters the closure of mkBinaryCache's builder.
 {
   lib,
   rustPlatform,
   testers,
   callPackage,
+  # Build mk-binary-cache-publish instead of mk-binary-cache.
+  publish ? false,
 }:
 
 rustPlatform.buildRustPackage (finalAttrs: {
-  pname = "mk-binary-cache";
+  pname = if publish then "mk-binary-cache-publish" else "mk-binary-cache";
   # Cargo.toml is the one place the version is written.
   inherit ((lib.importTOML ../Cargo.toml).package) version;
 
@@ -30,6 +37,12 @@ rustPlatform.buildRustPackage (finalAttrs: {
 
   cargoLock.lockFile = ../Cargo.lock;
 
+  buildFeatures = lib.optional publish "publish";
+  cargoBuildFlags = lib.optionals publish [
+    "--bin"
+    "mk-binary-cache-publish"
+  ];
+
   # Only the unit tests run here. The integration tests (tests/it) check the
   # program against live Nix: they dump store paths, sign and verify with
   # Nix, and build caches with the sandbox on, none of which can run inside a
@@ -41,6 +54,9 @@ rustPlatform.buildRustPackage (finalAttrs: {
 
   passthru.tests = {
     version = testers.testVersion { package = finalAttrs.finalPackage; };
+  }
+  # The publisher's uploads are tested against an S3 server by tests/it.
+  // lib.optionalAttrs (!publish) {
 
     # A cache of a two-path closure, built by this package as the builder,
     # then read back by Nix into a scratch store.
@@ -71,10 +87,14 @@ rustPlatform.buildRustPackage (finalAttrs: {
   };
 
   meta = {
-    description = "Fast builder of flat-file Nix binary caches, a drop-in for mkBinaryCache";
+    description =
+      if publish then
+        "Uploads flat-file Nix binary caches to S3-compatible object storage, in an order safe for readers"
+      else
+        "Fast builder of flat-file Nix binary caches, a drop-in for mkBinaryCache";
     homepage = "https://github.com/mk-binary-cache/mk-binary-cache";
     license = lib.licenses.mit;
-    mainProgram = "mk-binary-cache";
+    mainProgram = finalAttrs.pname;
     # Linux only: the program reflinks with the FICLONE ioctl, which only
     # Linux has, and flushes with syncfs(2); it does not compile elsewhere.
     # The overlay keeps nixpkgs' own mkBinaryCache where this does not hold.

@@ -13,6 +13,7 @@ use mk_binary_cache::format::store_path::DEFAULT_STORE_DIR;
 use mk_binary_cache::input::{attrs, exclude, local_store};
 use mk_binary_cache::ops::{prune, sign, verify, write};
 use mk_binary_cache::support::progress::{Progress, Style};
+use mk_binary_cache::support::sibling;
 
 /// Writes flat-file Nix binary caches.
 ///
@@ -48,6 +49,17 @@ enum Command {
     /// temporary files. Crash-safe: killed at any point, it leaves a valid
     /// cache; waits for `build --to` runs into the same cache to finish.
     Prune(PruneArgs),
+    /// Upload a cache to S3-compatible object storage, in an order safe for
+    /// readers: `publish CACHE s3://BUCKET[/PREFIX]?endpoint=…&region=…`.
+    /// Runs `mk-binary-cache-publish` (installed beside this program, or in
+    /// PATH), which holds the network code; see `mk-binary-cache-publish
+    /// --help`.
+    #[command(disable_help_flag = true)]
+    Publish {
+        /// Arguments of mk-binary-cache-publish.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -330,6 +342,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sign(args) => sign(args).map(|()| ExitCode::SUCCESS),
         Command::Prune(args) => prune(args).map(|()| ExitCode::SUCCESS),
         Command::Verify(args) => verify(args),
+        Command::Publish { args } => Err(anyhow::Error::new(sibling::exec(
+            "mk-binary-cache-publish",
+            &args,
+        ))
+        .context("publish needs mk-binary-cache-publish (cargo build --features publish)")),
     }
 }
 

@@ -1,7 +1,9 @@
 //! Support code that knows no Nix format: files written atomically, scheduling
-//! work over threads, and reporting progress.
+//! work over threads, reporting progress, and handing over to a program
+//! installed beside this one.
 
 pub mod files;
 pub mod progress;
 pub mod schedule;
 pub mod shell;
+pub mod sibling;

@@ -496,3 +496,9 @@ pub fn wait_with_peak_rss(child: &mut std::process::Child) -> (std::process::Exi
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// A port nobody listens on now (the kernel's choice, then released).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).unwrap();
+    listener.local_addr().unwrap().port()
+}

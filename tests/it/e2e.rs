@@ -689,6 +689,10 @@ fn flake_outputs_evaluate_with_a_stand_in_nixpkgs() {
         f.checks.${s}.version.drvPath
         f.checks.${s}.cache.drvPath
         f.checks.${s}.default-nix.drvPath
+        # The publisher, a package of its own (evaluated: the stand-in
+        # builds every package from the static mk-binary-cache).
+        f.packages.${s}.mk-binary-cache-publish.drvPath
+        f.checks.${s}.publish.drvPath
         # A functor with `.override`, as callPackage makes of a function.
         (f.lib.${s}.mkBinaryCache ? __functor)
         (builtins.isFunction f.overlays.default)
@@ -700,12 +704,12 @@ fn flake_outputs_evaluate_with_a_stand_in_nixpkgs() {
         .env("MKBC_BUSYBOX_DIR", busybox_dir())
         .args(["--eval", "--strict", "--json", "-E", expr]));
     let values: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-    assert_eq!(values.len(), 10);
-    for v in &values[..7] {
+    assert_eq!(values.len(), 12);
+    for v in &values[..9] {
         assert!(v.as_str().is_some_and(|s| s.ends_with(".drv")), "{v}");
     }
-    assert_eq!(values[7], true);
-    assert_eq!(values[8], true);
+    assert_eq!(values[9], true);
+    assert_eq!(values[10], true);
 }
 
 #[test]

@@ -16,6 +16,7 @@ mod path_info;
 mod peak_alloc;
 mod props;
 mod prune;
+mod publish;
 mod sign_cache;
 mod signing;
 mod store_signatures;

@@ -45,7 +45,7 @@ fn debian_root() -> PathBuf {
 }
 
 /// A Debian root holding one Nix version, with the state the tests share.
-struct NixInRoot {
+pub(crate) struct NixInRoot {
     /// The root on the host: `target/roots/<suite>`.
     dir: PathBuf,
     /// What `nix --version` printed in it.
@@ -279,7 +279,12 @@ impl NixInRoot {
     /// from the substituter `url`, never building (`--max-jobs 0`), with
     /// `options`. Every path is named, so even the content-addressed ones
     /// (which `nix-build` would make by evaluating) must come from the cache.
-    fn substitute(&self, url: &str, options: &[&str], read_only: &[&Path]) -> Substituted {
+    pub(crate) fn substitute(
+        &self,
+        url: &str,
+        options: &[&str],
+        read_only: &[&Path],
+    ) -> Substituted {
         let (guard, store) = self.tempdir();
         let mut cmd = self.cmd("nix-store", read_only);
         cmd.arg("--store")
@@ -303,7 +308,7 @@ impl NixInRoot {
     /// Checks that `store` (a chroot store inside the root) holds every path
     /// of the fixture closure with the contents it has on the host, and that
     /// this Nix's `nix-store --verify --check-contents` finds no problem.
-    fn assert_store_holds_the_closure(&self, store: &Path) {
+    pub(crate) fn assert_store_holds_the_closure(&self, store: &Path) {
         let mut verify = self.cmd("nix-store", &[]);
         verify
             .arg("--store")
@@ -362,17 +367,17 @@ impl NixInRoot {
 }
 
 /// The outcome of [`NixInRoot::substitute`].
-struct Substituted {
-    command: String,
-    output: std::process::Output,
+pub(crate) struct Substituted {
+    pub(crate) command: String,
+    pub(crate) output: std::process::Output,
     /// Removes the store when dropped.
     _dir: tempfile::TempDir,
     /// The store, inside the root.
-    store: PathBuf,
+    pub(crate) store: PathBuf,
 }
 
 impl Substituted {
-    fn assert_success(&self, nix: &NixInRoot) {
+    pub(crate) fn assert_success(&self, nix: &NixInRoot) {
         assert!(
             self.output.status.success(),
             "{}: `{}` exited with {}:\n{}",
@@ -572,11 +577,11 @@ fn nix_store_verify_finds_no_problem_in_the_cache_build_to_wrote(nix: &NixInRoot
 /// The tests of one Nix version, in a module named after it.
 macro_rules! nix_version {
     ($module:ident, $suite:literal, $version:literal) => {
-        mod $module {
+        pub(crate) mod $module {
             use super::NixInRoot;
             use std::sync::OnceLock;
 
-            fn nix() -> &'static NixInRoot {
+            pub(crate) fn nix() -> &'static NixInRoot {
                 static NIX: OnceLock<Result<NixInRoot, String>> = OnceLock::new();
                 NixInRoot::once(&NIX, $suite, $version)
             }

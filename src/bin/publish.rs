@@ -1,0 +1,100 @@
+//! The `mk-binary-cache-publish` command (`mk-binary-cache publish`):
+//! argument parsing and exit codes only. Built with the `publish` feature.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+
+use mk_binary_cache::ops::publish::{self, Location, Options, ProcessEnvironment};
+
+/// Uploads a flat-file Nix binary cache, byte for byte, to S3-compatible
+/// object storage, in an order that is safe for readers at every moment:
+/// NARs and other files first, then each narinfo after those of its
+/// references, then `store-paths`. Files already there are skipped; a run
+/// that is interrupted is completed by the next.
+///
+/// Credentials are found as the AWS tools find them: the URL's profile,
+/// else AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, else the profile
+/// AWS_PROFILE names (or `default`) in ~/.aws/credentials and ~/.aws/config.
+#[derive(Parser)]
+#[command(name = "mk-binary-cache-publish", version, about, long_about)]
+struct Cli {
+    /// The flat-file cache to upload (a mkBinaryCache output, or a
+    /// `build --to` directory).
+    #[arg(value_name = "CACHE")]
+    cache: PathBuf,
+    /// Where to: `s3://BUCKET[/PREFIX]?region=R&endpoint=HOST[:PORT]&scheme=http&profile=P`,
+    /// the URL Nix uses for the same bucket.
+    #[arg(value_name = "URL")]
+    url: String,
+    /// Replace narinfos in the bucket that differ from the cache's (by
+    /// default that is an error, and nothing is uploaded).
+    #[arg(long)]
+    force: bool,
+    /// Files uploaded at once; each has at most two requests in flight.
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    jobs: u16,
+    /// Files larger than this many MiB go up in parts of this size (5 to 4096).
+    #[arg(long, value_name = "MiB", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(5..=4096))]
+    part_size: u16,
+    /// Print nothing but errors.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let location = Location::parse(&cli.url)?;
+    let resolved = publish::credentials::resolve(
+        location.profile.as_deref(),
+        location.region.as_deref(),
+        &ProcessEnvironment,
+    )?;
+    let options = Options {
+        force: cli.force,
+        jobs: cli.jobs.into(),
+        part_size: usize::from(cli.part_size) << 20,
+    };
+    let start = Instant::now();
+    let report = publish::publish(&cli.cache, &location, resolved, &options)?;
+    if !cli.quiet {
+        println!(
+            "published {} to {location} in {:.2} s: uploaded {} files ({} bytes, {} narinfos), \
+             skipped {} already there ({} narinfos)",
+            cli.cache.display(),
+            start.elapsed().as_secs_f64(),
+            report.uploaded,
+            report.uploaded_bytes,
+            report.narinfos_uploaded,
+            report.skipped,
+            report.narinfos_skipped,
+        );
+    }
+    Ok(())
+}
+
+/// The error and the causes its message does not already include (the
+/// client library's errors repeat their source in their own message).
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line = format!("{line}: {cause}");
+        }
+    }
+    line
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mk-binary-cache-publish: error: {}", error_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
