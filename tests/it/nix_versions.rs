@@ -134,6 +134,10 @@ impl NixInRoot {
                 fs::remove_dir_all(&dir).map_err(|e| format!("rm -r {}: {e}", dir.display()))?;
             }
         }
+        // A new store, made by one Nix command before the tests run many at
+        // once: two commands that both find no store race to make its state
+        // directory ("creating symlink … gcroots/profiles: File exists").
+        try_run(nix.cmd("nix-store", &[]).arg("--init"))?;
         let shared = nix.host(&nix.shared());
         fs::create_dir_all(&shared).map_err(|e| format!("mkdir {}: {e}", shared.display()))?;
         Ok(nix)
