@@ -147,6 +147,15 @@ def build_fixture(name, work, mode):
             "small": fixtures.build_small}[name](work, mode)
 
 
+def keep_output(closure):
+    """Whether a method's output stays until the end of the run instead of being deleted before the
+    next method: for thousands of files. After files are deleted, ext4 checks every inode it
+    allocates in the next 30 s against the recently deleted ones (`recently_deleted` took 30% of
+    the samples of a perf profile of the next run), which would slow down whichever method
+    comes next."""
+    return len(closure) > 1000
+
+
 def warm_up(closure):
     """Read every path once so all methods start with a warm page cache (in this process: a
     `nix-store --dump` per path would take minutes for 10,000 paths)."""
@@ -278,8 +287,7 @@ def main():
             log("measuring the limit of the small paths (writing their files, uncompressed)")
             results["limit"]["small"] = limit.measure_writes(
                 closures["small"], os.path.join(run_dir, "write-limit"), cores=CORES, log=log)
-            shutil.rmtree(os.path.join(run_dir, "write-limit"))
-            os.sync()
+            # Deleted with the run directory: see keep_output.
 
     for name, ci in closures.items():
         warm_up(ci)
@@ -310,7 +318,8 @@ def main():
                     f"rss {r['rss_mib']:.0f} MiB, out {(r['out_bytes'] or 0) / MiB:.1f} MiB, "
                     f"other cpu {r['other_cpu']:.1f} s, check: {'OK' if not r['problems'] else r['problems'][:3]}")
                 results["runs"].append(r)
-                shutil.rmtree(out, ignore_errors=True)
+                if not keep_output(ci):
+                    shutil.rmtree(out, ignore_errors=True)
                 shutil.rmtree(build_top, ignore_errors=True)
                 os.sync()
 

@@ -126,7 +126,8 @@ def table(results):
                             f"{r['other_cpu']:.1f} | {check} |")
             if lim is not None:
                 rows.append(f"| {CLOSURE_LABEL.get(cl, cl)} | {comp} | **the limit** | {lim:.2f} | "
-                            f"{lim * results['limit'][cl]['cores']:.2f} | - | - | - | 1.00x | - | - |")
+                            f"{results['limit'][cl].get('write_cpu', lim * results['limit'][cl]['cores']):.2f} | - | - | - | "
+                            "1.00x | - | - |")
     return "\n".join(rows)
 
 
@@ -267,7 +268,9 @@ def write(results, report_path, chart_path, command):
         "For the small paths, creating files costs more than their bytes, so their limit (for none and zstd)",
         "is the cost of writing the cache's files alone: one NAR file and one narinfo per path, uncompressed,",
         "made beforehand and written by one thread (open, write, close) into the output's file system;",
-        "limit = that thread's CPU time (user+sys) / 2 (`limit.measure_writes`). Nothing is read or hashed.",
+        "limit = that thread's CPU time (user+sys), not divided by the cores: creating entries in one",
+        "directory takes its lock, so a second thread would mostly wait (`limit.measure_writes`).",
+        "Nothing is read, hashed or renamed.",
         "",
         "## Targets",
         "",

@@ -42,7 +42,9 @@ pub enum CompressionError {
 /// what `nix copy` with `parallel-compression=true` writes. A NAR below one
 /// block is compressed single-threaded, as `nix copy` does without it. Each
 /// block is compressed on its own, so smaller blocks cost ratio: on the
-/// benchmark's 1 GiB file 4 MiB blocks wrote 19% more (BENCHMARKS.md).
+/// benchmark's 1 GiB file 4 MiB blocks wrote 19% more (BENCHMARKS.md). The
+/// price is memory, as for Nix: each encoder thread holds a block in and a
+/// block out beside its match finder, about 130 MiB a thread.
 const XZ_BLOCK_SIZE: u64 = 24 << 20;
 
 impl Compression {
