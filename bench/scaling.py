@@ -153,7 +153,13 @@ def main():
         measure("paths", root, args.compression, args.binary, run_dir, rows, n, args.repeat)
     shutil.rmtree(run_dir, ignore_errors=True)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "scaling.json"), "w") as f:
+    json_path = os.path.join(HERE, "results", "scaling.json")
+    if os.path.exists(json_path):
+        # An axis not measured this time (--sizes-mib "" or --leaves "") keeps its last results.
+        measured = {r["axis"] for r in rows}
+        rows = [r for r in json.load(open(json_path)) if r["axis"] not in measured] + rows
+        rows.sort(key=lambda r: (r["axis"] != "bytes", r["x"]))
+    with open(json_path, "w") as f:
         json.dump(rows, f, indent=1)
     text = table(rows)
     with open(os.path.join(HERE, "results", "scaling.md"), "w") as f:
