@@ -239,9 +239,10 @@ def write(results, report_path, chart_path, command):
         "- peer wall / ours: how many times longer the peer took than mk-binary-cache with the same compression.",
         "- other CPU: CPU time used on the machine during the run by processes outside the measured tree",
         "  (from /proc/stat); a large value means the run shared the 2 cores with other work.",
-        "- Every path is read once (`nix-store --dump` to /dev/null) before a closure's runs, so every method",
-        "  starts with a warm page cache (dropping caches is not possible everywhere). Each output is deleted",
-        "  and `sync` is run between methods.",
+        "- Every file of every path is read once before a closure's runs, so every method starts with a",
+        "  warm page cache (dropping caches is not possible everywhere). Each output is deleted (for",
+        "  closures of over 1,000 paths, at the end of the run instead: see `bench.keep_output`) and",
+        "  `sync` is run between methods.",
         "- Methods: mk-binary-cache runs as inside a Nix build (no arguments, `NIX_ATTRS_JSON_FILE`, "
         "`NIX_BUILD_CORES=2`, empty PATH);",
         "  `nix copy --to 'file://DIR?compression=...'` (`&parallel-compression=true` for the parallel row);",
