@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -137,11 +138,40 @@ def check_cache(out, closure, comp, verify_file_hash):
     return problems
 
 
+CLOSURES = ["mixed", "bigfile", "small"]
+
+
+def build_fixture(name, work, mode):
+    """The root store path of the named benchmark closure, built (or cached) in the store."""
+    return {"mixed": fixtures.build_mixed, "bigfile": fixtures.build_bigfile,
+            "small": fixtures.build_small}[name](work, mode)
+
+
+def keep_output(closure):
+    """Whether a method's output stays until the end of the run instead of being deleted before the
+    next method: for thousands of files. After files are deleted, ext4 checks every inode it
+    allocates in the next 30 s against the recently deleted ones (`recently_deleted` took 30% of
+    the samples of a perf profile of the next run), which would slow down whichever method
+    comes next."""
+    return len(closure) > 1000
+
+
 def warm_up(closure):
-    """Read every path once so all methods start with a warm page cache."""
+    """Read every path once so all methods start with a warm page cache (in this process: a
+    `nix-store --dump` per path would take minutes for 10,000 paths)."""
     t = time.time()
+
+    def read(p):
+        st = os.lstat(p)
+        if stat.S_ISDIR(st.st_mode):
+            for n in os.listdir(p):
+                read(os.path.join(p, n))
+        elif stat.S_ISREG(st.st_mode):
+            with open(p, "rb") as f:
+                while f.read(1 << 20):
+                    pass
     for e in closure:
-        subprocess.run(["nix-store", "--dump", e["path"]], check=True, stdout=subprocess.DEVNULL)
+        read(e["path"])
     log(f"warm-up: read {len(closure)} paths in {time.time() - t:.1f} s")
 
 
@@ -170,11 +200,13 @@ def method_cmd(method, comp, root, closure, out, build_top, binary):
     return cmd, base_env
 
 
-def methods_for(comp, wanted):
+def methods_for(closure, comp, wanted):
     ms = ["ours", "nix-copy"]
     if comp == "xz":
         ms.append("nix-copy-parallel")
-    ms.append("nixpkgs")
+    if closure != "small":
+        # The nixpkgs method spawns five processes per path: about 5 minutes for 10,000 paths.
+        ms.append("nixpkgs")
     return [m for m in ms if m in wanted]
 
 
@@ -182,7 +214,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small fixtures (~50 MB closure, 100 MB file)")
     ap.add_argument("--only", default=",".join(COMPRESSIONS), help="compressions, e.g. zstd or none,zstd")
-    ap.add_argument("--closures", default="mixed,bigfile", help="mixed,bigfile")
+    ap.add_argument("--closures", default="mixed,bigfile,small", help="mixed,bigfile,small")
     ap.add_argument("--methods", default=",".join(ALL_METHODS), help=",".join(ALL_METHODS))
     ap.add_argument("--binary", help="mk-binary-cache binary (bench/run builds one)")
     ap.add_argument("--no-limit", action="store_true", help="skip measuring the limit")
@@ -223,11 +255,7 @@ def main():
     shutil.rmtree(run_dir, ignore_errors=True)
     os.makedirs(run_dir)
 
-    roots = {}
-    if "mixed" in closures_wanted:
-        roots["mixed"] = fixtures.build_mixed(args.work, mode)
-    if "bigfile" in closures_wanted:
-        roots["bigfile"] = fixtures.build_bigfile(args.work, mode)
+    roots = {name: build_fixture(name, args.work, mode) for name in CLOSURES if name in closures_wanted}
     closures = {name: fixtures.closure_info(r) for name, r in roots.items()}
     for name, ci in closures.items():
         log(f"closure {name}: {len(ci)} paths, {sum(e['narSize'] for e in ci) / MiB:.1f} MiB NAR, "
@@ -249,13 +277,22 @@ def main():
 
     if not args.no_limit:
         gate()
-        log("measuring the limit (read + sha256 + single-threaded zstd -3 / xz -6 per NAR)")
-        results["limit"] = limit.measure(closures, comps, cores=CORES, log=log)
+        # Many small paths: the cost that bounds them is creating files, not compressing bytes.
+        big = {name: ci for name, ci in closures.items() if name != "small"}
+        results["limit"] = {}
+        if big:
+            log("measuring the limit (read + sha256 + single-threaded zstd -3 / xz -6 per NAR)")
+            results["limit"] = limit.measure(big, comps, cores=CORES, log=log)
+        if "small" in closures:
+            log("measuring the limit of the small paths (writing their files, uncompressed)")
+            results["limit"]["small"] = limit.measure_writes(
+                closures["small"], os.path.join(run_dir, "write-limit"), cores=CORES, log=log)
+            # Deleted with the run directory: see keep_output.
 
     for name, ci in closures.items():
         warm_up(ci)
         for comp in comps:
-            for method in methods_for(comp, methods_wanted):
+            for method in methods_for(name, comp, methods_wanted):
                 out = os.path.join(run_dir, f"{name}-{comp}-{method}")
                 build_top = os.path.join(run_dir, "build-top")
                 shutil.rmtree(build_top, ignore_errors=True)
@@ -281,13 +318,14 @@ def main():
                     f"rss {r['rss_mib']:.0f} MiB, out {(r['out_bytes'] or 0) / MiB:.1f} MiB, "
                     f"other cpu {r['other_cpu']:.1f} s, check: {'OK' if not r['problems'] else r['problems'][:3]}")
                 results["runs"].append(r)
-                shutil.rmtree(out, ignore_errors=True)
+                if not keep_output(ci):
+                    shutil.rmtree(out, ignore_errors=True)
                 shutil.rmtree(build_top, ignore_errors=True)
                 os.sync()
 
     shutil.rmtree(run_dir, ignore_errors=True)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    full_set = (mode == "full" and comps == COMPRESSIONS and set(closures) == {"mixed", "bigfile"})
+    full_set = (mode == "full" and comps == COMPRESSIONS and set(closures) == set(CLOSURES))
     tag = mode if full_set or mode == "quick" else f"{mode}-partial"
     json_path = os.path.join(HERE, "results", f"{tag}.json")
     with open(json_path, "w") as f:

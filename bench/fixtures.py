@@ -35,6 +35,10 @@ MIXED_PARAMS = {
     "full": {"total": 500 * MiB, "big": 150 * MiB, "paths": 200, "unit_cap": 24 * MiB},
     "quick": {"total": 50 * MiB, "big": 15 * MiB, "paths": 40, "unit_cap": 6 * MiB},
 }
+SMALL_PARAMS = {
+    "full": {"leaves": 10000, "groups": 100, "seed": 20261201},
+    "quick": {"leaves": 1000, "groups": 10, "seed": 20261201},
+}
 BIGFILE_PARAMS = {
     "full": {"size": 1024 * MiB, "seed": 20240601},
     "quick": {"size": 100 * MiB, "seed": 20240601},
@@ -381,22 +385,75 @@ def generate_blocks(size, seed):
         blk += 1
 
 
-def build_bigfile(work, mode):
-    params = BIGFILE_PARAMS[mode]
-    key, state_file, root = cached_fixture(work, "bigfile", mode, params)
+def build_bigfile(work, mode, size=None):
+    """The generated file as one store path; `size` bytes instead of the mode's (a prefix of it)."""
+    params = dict(BIGFILE_PARAMS[mode])
+    if size is not None:
+        params["size"] = size
+    tag = mode if size is None else f"{mode}-{size // MiB}M"
+    key, state_file, root = cached_fixture(work, "bigfile", tag, params)
     if root:
         return root
     name = f"bench-bigfile-{params['size'] // MiB}M.dat"
     tmp = os.path.join(work, name)
-    log(f"bigfile/{mode}: generating {params['size'] / MiB:.0f} MiB")
+    log(f"bigfile/{tag}: generating {params['size'] / MiB:.0f} MiB")
     with open(tmp, "wb") as f:
         for c in generate_blocks(params["size"], params["seed"]):
             f.write(c)
     out = run(["nix-store", "--add", tmp], stdout=subprocess.PIPE, text=True).stdout.strip()
     os.unlink(tmp)
-    add_gc_root(work, f"bigfile-{mode}", out)
+    add_gc_root(work, f"bigfile-{tag}", out)
     json.dump({"key": key, "root": out}, open(state_file, "w"))
-    log(f"bigfile/{mode}: root {out}")
+    log(f"bigfile/{tag}: root {out}")
+    return out
+
+
+# ----------------------------------------------------------------------------
+# many small paths
+
+
+def small_leaf_text(rng, words):
+    """1-4 KiB of word text, most leaves nearer 1 KiB (like small config files and scripts)."""
+    size = 1024 + int(3072 * rng.random() ** 2)
+    text, n = [], 0
+    while n < size:
+        w = rng.choice(words)
+        text.append(w)
+        n += len(w) + 1
+    return " ".join(text)[:size - 1] + "\n"
+
+
+def build_small(work, mode, leaves=None):
+    """`leaves` `builtins.toFile` leaves of 1-4 KiB in groups of 100 (or params' groups), each group a
+    `builtins.toFile` listing its leaves, and a root listing the groups: leaves + groups + 1 paths."""
+    params = dict(SMALL_PARAMS[mode])
+    if leaves is not None:
+        params.update(leaves=leaves, groups=max(1, leaves // 100))
+    tag = mode if leaves is None else f"{mode}-{leaves}"
+    key, state_file, root = cached_fixture(work, "small", tag, params)
+    if root:
+        return root
+    rng = random.Random(params["seed"])
+    words = _WORDS + [w.upper() for w in _WORDS] + [str(i) for i in range(100)]
+    n, groups = params["leaves"], params["groups"]
+    lines = ["let"]
+    for i in range(n):
+        lines.append(f'  l{i} = builtins.toFile "leaf-{i:05d}" "{small_leaf_text(rng, words)}";')
+    for g in range(groups):
+        members = " ".join(f"l{i}" for i in range(g, n, groups))
+        lines.append(f'  g{g} = builtins.toFile "group-{g:03d}" (builtins.concatStringsSep "\\n" [ {members} ]);')
+    all_groups = " ".join(f"g{g}" for g in range(groups))
+    lines.append(f'in builtins.toFile "bench-small-{n}-root" (builtins.concatStringsSep "\\n" [ {all_groups} ])')
+    expr_file = os.path.join(work, f"fixture-small-{tag}.nix")
+    with open(expr_file, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    log(f"small/{tag}: adding {n + groups + 1} paths to the store")
+    out = run(["nix-instantiate", "--eval", "--read-write-mode", expr_file],
+              stdout=subprocess.PIPE, text=True).stdout.strip().strip('"')
+    assert out.startswith("/nix/store/") and is_valid(out), out
+    add_gc_root(work, f"small-{tag}", out)
+    json.dump({"key": key, "root": out}, open(state_file, "w"))
+    log(f"small/{tag}: root {out}")
     return out
 
 

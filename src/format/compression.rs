@@ -37,13 +37,15 @@ pub enum CompressionError {
     },
 }
 
-/// xz block size for multithreaded compression. Nix's default for preset 6
-/// is 24 MiB (three times the dictionary). 4 MiB blocks spread a path over
-/// the cores more evenly and halve the match finder's working set (an
-/// encoder touches memory in proportion to the data it has seen, up to its
-/// dictionary), which keeps two encoders well under 200 MiB of memory; the
-/// ratio is within a few per cent.
-const XZ_BLOCK_SIZE: u64 = 4 << 20;
+/// xz block size for multithreaded compression: what liblzma picks by
+/// itself at the default preset 6 (three times its 8 MiB dictionary), and so
+/// what `nix copy` with `parallel-compression=true` writes. A NAR below one
+/// block is compressed single-threaded, as `nix copy` does without it. Each
+/// block is compressed on its own, so smaller blocks cost ratio: on the
+/// benchmark's 1 GiB file 4 MiB blocks wrote 19% more (BENCHMARKS.md). The
+/// price is memory, as for Nix: each encoder thread holds a block in and a
+/// block out beside its match finder, about 130 MiB a thread.
+const XZ_BLOCK_SIZE: u64 = 24 << 20;
 
 impl Compression {
     /// The value of the narinfo `Compression:` field.

@@ -103,6 +103,18 @@ fn reference_xz() -> &'static Path {
     })
 }
 
+/// `nix copy`'s xz cache with `parallel-compression=true` (liblzma's
+/// multithreaded encoder with its own block size).
+fn reference_xz_parallel() -> &'static Path {
+    static CACHE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    once_path(&CACHE, || {
+        nix_copy_reference(
+            "reference-xz-parallel",
+            "compression=xz&parallel-compression=true",
+        )
+    })
+}
+
 /// `nix copy`'s uncompressed cache with listings and the debug-info index.
 fn reference_none() -> &'static Path {
     static CACHE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -348,11 +360,22 @@ fn references_include_the_self_reference() {
 
 /// Whether our xz NAR of `path` is written single-threaded: below one xz
 /// block it is, exactly as `nix copy` writes it; from one block up it is
-/// split into blocks for every core, which changes the compressed bytes but
-/// not what they decompress to (see `nar_files_decompress_to_nix_store_dump`).
+/// split into blocks for every core, exactly as `nix copy` with
+/// `parallel-compression=true` writes it.
 fn xz_single_block(cache: &Path, path: &str) -> bool {
     let nar_size: u64 = narinfo_of(cache, path)["NarSize"].parse().unwrap();
     nar_size < Compression::Xz.multithread_threshold()
+}
+
+/// Asserts that our xz NAR files of `paths` are the very files of `reference`.
+fn xz_nar_files_equal(paths: &[&String], reference: &Path) {
+    for path in paths {
+        let ours = narinfo_of(xz_cache(), path);
+        let theirs = narinfo_of(reference, path);
+        for key in ["URL", "FileHash", "FileSize"] {
+            assert_eq!(ours.get(key), theirs.get(key), "{key} of {path}");
+        }
+    }
 }
 
 #[test]
@@ -367,13 +390,21 @@ fn xz_nar_files_below_one_block_are_byte_identical_to_nix_copy() {
         single.len() >= 5 && !multi.is_empty(),
         "the fixture covers both kinds"
     );
-    for path in single {
-        let ours = narinfo_of(xz_cache(), path);
-        let theirs = narinfo_of(reference_xz(), path);
-        for key in ["URL", "FileHash", "FileSize"] {
-            assert_eq!(ours.get(key), theirs.get(key), "{key} of {path}");
-        }
-    }
+    xz_nar_files_equal(&single, reference_xz());
+}
+
+#[test]
+fn xz_nar_files_of_several_blocks_are_byte_identical_to_nix_copy_parallel() {
+    // The 33 MiB NAR spans two blocks: our block size is the one liblzma
+    // picks for Nix at preset 6, so the multithreaded stream is the one
+    // `parallel-compression=true` writes, whatever the thread counts.
+    let multi: Vec<_> = fixture()
+        .closure
+        .iter()
+        .filter(|p| !xz_single_block(xz_cache(), p))
+        .collect();
+    assert!(!multi.is_empty(), "the fixture has a NAR of several blocks");
+    xz_nar_files_equal(&multi, reference_xz_parallel());
 }
 
 /// The narinfo texts are equal once Nix's `Deriver:` line (which the closure

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Several builds of mk-binary-cache (and optionally `nix copy`) back to back on the same closures.
+
+For comparing candidates of one setting, e.g. xz block sizes: build one binary per candidate, then
+
+    bench/candidates.py --closures bigfile,mixed --only xz \
+        4MiB=/tmp/mkbc-4 24MiB=/tmp/mkbc-24 [--peers nix-copy-parallel]
+
+Each (closure, compression) runs every candidate, then each peer, one after the other, so that they
+see about the same load; "other CPU" says how much else ran on the machine meanwhile. Prints a
+Markdown table and writes it, with the JSON, to bench/results/candidates.{md,json}.
+Uses bench/run's settings (NIX_CONF_DIR etc.) when called through `bench/run --candidates`; called
+directly, set NIX_CONF_DIR=scripts/nix NIX_USER_CONF_FILES= yourself.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import bench  # noqa: E402
+import fixtures  # noqa: E402
+
+MiB = bench.MiB
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("candidates", nargs="+", help="LABEL=BINARY")
+    ap.add_argument("--closures", default="bigfile", help="mixed,bigfile,small (see bench.py)")
+    ap.add_argument("--only", default="xz", help="compressions")
+    ap.add_argument("--peers", default="", help="nix-copy,nix-copy-parallel (run after the candidates)")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--work", default=os.environ.get("BENCH_WORK", "/var/tmp/mk-binary-cache-bench"))
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "candidates"))
+    args = ap.parse_args()
+    mode = "quick" if args.quick else "full"
+    cands = [c.split("=", 1) for c in args.candidates]
+    peers = [p for p in args.peers.split(",") if p]
+    run_dir = os.path.join(args.work, f"run-{os.getpid()}")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    os.makedirs(run_dir)
+    rows = []
+    for name in args.closures.split(","):
+        root = bench.build_fixture(name, args.work, mode)
+        ci = fixtures.closure_info(root)
+        bench.log(f"closure {name}: {len(ci)} paths, {sum(e['narSize'] for e in ci) / MiB:.1f} MiB NAR")
+        bench.warm_up(ci)
+        for comp in args.only.split(","):
+            for label, method, binary in [(lbl, "ours", b) for lbl, b in cands] + [(p, p, None) for p in peers]:
+                out = os.path.join(run_dir, "out")
+                build_top = os.path.join(run_dir, "build-top")
+                os.makedirs(build_top, exist_ok=True)
+                cmd, env = bench.method_cmd(method, comp, root, ci, out, build_top, binary)
+                os.sync()
+                r = bench.timed(cmd, env, os.path.join(run_dir, "rss.txt"))
+                r.pop("log", None) if r["rc"] == 0 else None
+                r.update({"closure": name, "compression": comp, "candidate": label})
+                r["out_bytes"] = bench.dir_bytes(out) if r["rc"] == 0 else None
+                r["problems"] = (bench.check_cache(out, ci, comp, verify_file_hash=(method == "ours"))
+                                 if r["rc"] == 0 else [f"exit code {r['rc']}: {r.get('log', '')[-500:]}"])
+                bench.log(f"{name} {comp} {label}: wall {r['wall']:.2f} s, cpu {r['cpu']:.2f} s, "
+                          f"rss {r['rss_mib']:.0f} MiB, out {(r['out_bytes'] or 0) / MiB:.1f} MiB, "
+                          f"other cpu {r['other_cpu']:.1f} s, check: {r['problems'][:2] or 'OK'}")
+                rows.append(r)
+                shutil.rmtree(out, ignore_errors=True)
+                shutil.rmtree(build_top, ignore_errors=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    lines = ["| closure | compression | candidate | wall s | CPU s | peak RSS MiB | output MiB | other CPU s | check |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        out = f"{r['out_bytes'] / MiB:.1f}" if r["out_bytes"] is not None else "-"
+        lines.append(f"| {r['closure']} | {r['compression']} | {r['candidate']} | {r['wall']:.2f} | {r['cpu']:.2f} | "
+                     f"{r['rss_mib']:.0f} | {out} | {r['other_cpu']:.1f} | {'OK' if not r['problems'] else 'FAIL'} |")
+    text = "\n".join(lines) + "\n"
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out + ".md", "w") as f:
+        f.write(text)
+    with open(args.out + ".json", "w") as f:
+        json.dump(rows, f, indent=1)
+    print(text)
+    return 1 if any(r["problems"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
