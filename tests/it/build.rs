@@ -367,12 +367,7 @@ fn a_run_killed_part_way_leaves_a_usable_cache_that_the_next_run_completes() {
     }
     // Nix can already copy what the cache holds.
     let store = tempdir();
-    run(nix_new(&["copy", "--no-check-sigs"])
-        .arg("--from")
-        .arg(format!("file://{}", cache.path().display()))
-        .arg("--to")
-        .arg(store.path())
-        .args(&held));
+    copy_out_of_cache(cache.path(), store.path(), &held);
 
     run(build_into(cache.path(), &["--compression", "xz"]).args(&fixture().roots));
     assert_eq!(assert_cache_consistent(cache.path()), fixture_closure());

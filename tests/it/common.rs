@@ -172,6 +172,21 @@ pub fn nix_new(sub: &[&str]) -> Command {
     cmd
 }
 
+/// `nix copy --no-check-sigs --from file://<cache> --to <store> <paths…>`,
+/// which must succeed: Nix itself reads `paths` out of the cache.
+pub fn copy_out_of_cache<S: AsRef<OsStr>>(
+    cache: &Path,
+    store: &Path,
+    paths: impl IntoIterator<Item = S>,
+) {
+    run(nix_new(&["copy", "--no-check-sigs"])
+        .arg("--from")
+        .arg(format!("file://{}", cache.display()))
+        .arg("--to")
+        .arg(store)
+        .args(paths));
+}
+
 fn copy_executable(from: &Path, to_dir: &Path, name: &str) -> Result<PathBuf, String> {
     let bin = to_dir.join("bin");
     fs::create_dir_all(&bin).map_err(|e| format!("mkdir {}: {e}", bin.display()))?;

@@ -326,12 +326,7 @@ fn override_attrs_compression_gives_a_cache_nix_reads_with_that_compression() {
         assert!(info["URL"].ends_with(".nar.xz"), "{root}: {}", info["URL"]);
     }
     let store = tempdir();
-    run(nix_new(&["copy", "--no-check-sigs"])
-        .arg("--from")
-        .arg(format!("file://{}", cache.display()))
-        .arg("--to")
-        .arg(store.path())
-        .args(&roots));
+    copy_out_of_cache(&cache, store.path(), &roots);
     assert_eq!(
         fs::read_to_string(in_store(store.path(), &roots[0])).unwrap(),
         "written by builtins.toFile\n"
@@ -438,12 +433,7 @@ fn a_path_inside_a_store_path_stands_for_the_store_path() {
     assert_eq!(store_paths_file(&cache), dev);
     assert_eq!(narinfo_hash_parts(&cache), closure_hash_parts(&dev));
     let store = tempdir();
-    run(nix_new(&["copy", "--no-check-sigs"])
-        .arg("--from")
-        .arg(format!("file://{}", cache.display()))
-        .arg("--to")
-        .arg(store.path())
-        .args(&dev));
+    copy_out_of_cache(&cache, store.path(), &dev);
     assert_eq!(
         fs::read_to_string(in_store(store.path(), &dev[0]).join("include/library.h")).unwrap(),
         "int answer(void);\n"

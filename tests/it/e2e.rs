@@ -200,12 +200,7 @@ fn uncompressed_cache_substitutes_every_path_into_a_fresh_store() {
 fn nix_copy_from_the_cache_copies_every_path() {
     let cache = zstd_cache();
     let store = tempdir();
-    run(nix_new(&["copy", "--no-check-sigs"])
-        .arg("--from")
-        .arg(format!("file://{}", cache.display()))
-        .arg("--to")
-        .arg(store.path())
-        .args(&fixture().closure));
+    copy_out_of_cache(cache, store.path(), &fixture().closure);
     assert_store_holds_fixture(store.path());
 }
 
@@ -215,12 +210,7 @@ fn reading_the_cache_leaves_its_store_path_intact() {
     // directories and nix-cache-info); the store path must not change.
     let cache = zstd_cache();
     let store = tempdir();
-    run(nix_new(&["copy", "--no-check-sigs"])
-        .arg("--from")
-        .arg(format!("file://{}", cache.display()))
-        .arg("--to")
-        .arg(store.path())
-        .args(&fixture().roots));
+    copy_out_of_cache(cache, store.path(), &fixture().roots);
     run(nix_cmd("nix-store").arg("--verify-path").arg(cache));
 }
 

@@ -443,9 +443,11 @@ fn substitutes_every_path_from_a_read_only_copy(nix: &NixInRoot) {
     nix.assert_store_holds_the_closure(&substituted.store);
 }
 
-fn accepts_the_signed_cache_with_its_public_key(nix: &NixInRoot) {
+/// Substitutes from the signed cache with `require-sigs` on, trusting only
+/// `key`.
+fn substitute_signed(nix: &NixInRoot, key: &str) -> Substituted {
     let signed = nix.signed();
-    let substituted = nix.substitute(
+    nix.substitute(
         &url(&signed.cache),
         &[
             "--option",
@@ -453,28 +455,20 @@ fn accepts_the_signed_cache_with_its_public_key(nix: &NixInRoot) {
             "true",
             "--option",
             "trusted-public-keys",
-            &signed.public_key,
+            key,
         ],
         &[],
-    );
+    )
+}
+
+fn accepts_the_signed_cache_with_its_public_key(nix: &NixInRoot) {
+    let substituted = substitute_signed(nix, &nix.signed().public_key);
     substituted.assert_success(nix);
     nix.assert_store_holds_the_closure(&substituted.store);
 }
 
 fn refuses_the_signed_cache_with_a_wrong_key(nix: &NixInRoot) {
-    let signed = nix.signed();
-    let substituted = nix.substitute(
-        &url(&signed.cache),
-        &[
-            "--option",
-            "require-sigs",
-            "true",
-            "--option",
-            "trusted-public-keys",
-            &signed.wrong_key,
-        ],
-        &[],
-    );
+    let substituted = substitute_signed(nix, &nix.signed().wrong_key);
     let stderr = String::from_utf8_lossy(&substituted.output.stderr);
     assert!(
         !substituted.output.status.success(),
@@ -494,7 +488,7 @@ fn refuses_the_signed_cache_with_a_wrong_key(nix: &NixInRoot) {
     let content_addressed: BTreeSet<&str> = fixture()
         .closure
         .iter()
-        .filter(|p| narinfo_of(&nix.host(&signed.cache), p).contains_key("CA"))
+        .filter(|p| narinfo_of(&nix.host(&nix.signed().cache), p).contains_key("CA"))
         .map(String::as_str)
         .collect();
     let present: BTreeSet<&str> = fixture()
