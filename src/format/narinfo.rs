@@ -98,6 +98,10 @@ pub enum ParseError {
     ZeroNarSize,
 }
 
+/// A narinfo is a few hundred bytes: readers read no further than this, so
+/// that a huge file posing as one is refused rather than read whole.
+pub const MAX_SIZE: u64 = 1 << 20;
+
 /// The name of the narinfo file of the store path with hash part
 /// `hash_part` in a cache: `<hash part>.narinfo`.
 pub fn file_name(hash_part: &str) -> String {

@@ -41,8 +41,7 @@ use crate::ops::{self, OpenCacheError};
 use crate::support::files::{self, DirLock, TempNames};
 use crate::support::progress::human_bytes;
 
-/// A narinfo is a few hundred bytes; a larger file is not read whole.
-const MAX_NARINFO_SIZE: u64 = 1 << 20;
+const MAX_NARINFO_SIZE: u64 = narinfo::MAX_SIZE;
 /// The length of a store path's hash part, which names its narinfo.
 const HASH_LEN: usize = 32;
 

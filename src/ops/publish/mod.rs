@@ -52,18 +52,15 @@ use thiserror::Error;
 use tokio::io::AsyncReadExt;
 
 use crate::format::cache_info::{self, CacheInfo};
-use crate::format::narinfo::NarInfo;
+use crate::format::narinfo::{self, NarInfo};
+use crate::ops::write::STORE_PATHS;
 use crate::format::store_path::DEFAULT_STORE_DIR;
 use crate::support::files::TempNames;
 
 pub use credentials::{Credentials, Environment, ProcessEnvironment, Resolved};
 pub use location::Location;
 
-/// The name of the roots list mkBinaryCache writes.
-pub const STORE_PATHS: &str = "store-paths";
-
-/// Narinfos are read no further than this, as everywhere else.
-const MAX_NARINFO_SIZE: u64 = 1 << 20;
+const MAX_NARINFO_SIZE: u64 = narinfo::MAX_SIZE;
 
 /// The default size of one part of a multipart upload (S3 needs at least
 /// 5 MiB for every part but the last).

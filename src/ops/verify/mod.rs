@@ -41,7 +41,7 @@ mod resolve;
 pub use report::{Counts, Problem, ProblemKind, Report};
 
 use crate::format::cache_info::{self, CacheInfo};
-use crate::format::narinfo::{NarInfo, Sig};
+use crate::format::narinfo::{self, NarInfo, Sig};
 use crate::format::signing::PublicKey;
 use crate::format::store_path::{DEFAULT_STORE_DIR, StorePath};
 use crate::support::progress::{Progress, human_bytes};
@@ -49,9 +49,8 @@ use crate::support::schedule;
 use nar_file::{BytesRead, check_nar};
 use resolve::{Unreachable, open_no_follow, resolve};
 
-/// A narinfo (or `nix-cache-info`) is a few hundred bytes; a larger file is
-/// not read whole.
-const MAX_NARINFO_SIZE: u64 = 1 << 20;
+/// A narinfo (or `nix-cache-info`, no bigger) is read no further than this.
+const MAX_NARINFO_SIZE: u64 = narinfo::MAX_SIZE;
 
 /// What to check a cache against.
 #[derive(Debug, Clone)]
