@@ -175,6 +175,10 @@ struct VerifyArgs {
     /// Make a path without a valid signature by a trusted key a problem.
     #[arg(long)]
     require_sigs: bool,
+    /// The cache is a delta cache (`exclude`, `build --exclude`): a
+    /// reference with no narinfo in it is not a problem.
+    #[arg(long)]
+    delta: bool,
     /// Print one JSON document (problems with path, kind and message, and
     /// counts) instead of lines.
     #[arg(long)]
@@ -229,6 +233,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         store_dir: args.store_dir,
         trusted_keys,
         require_sigs: args.require_sigs,
+        delta: args.delta,
         jobs: jobs_or_all_cores(args.jobs),
     };
     let style = if !args.json && Style::for_stderr() == Style::Bar {

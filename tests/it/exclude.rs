@@ -59,6 +59,37 @@ fn exclude_leaves_out_the_excluded_closure_and_keeps_every_reference() {
     assert_eq!(store_paths_file(delta.path()), [top()]);
 }
 
+// A delta cache is not closed under references on purpose: `verify` says
+// so, and with `--delta` checks all the rest and accepts it.
+#[test]
+fn verify_accepts_a_delta_cache_when_told_it_is_one() {
+    let delta = tempdir();
+    run(&mut build_into(
+        delta.path(),
+        &["-q", "--exclude", left_file(), top()],
+    ));
+    let verify = |extra: &[&str]| {
+        let mut cmd = crate::build::mk_binary_cache();
+        cmd.arg("verify").args(extra).arg(delta.path());
+        cmd.output().unwrap()
+    };
+    let closed = verify(&[]);
+    let stdout = String::from_utf8_lossy(&closed.stdout);
+    assert_eq!(closed.status.code(), Some(1), "{stdout}");
+    let leaf = fixture_path("leaf");
+    assert!(
+        stdout.contains(&format!("missing-reference: refers to {leaf}")),
+        "{stdout}"
+    );
+    let as_delta = verify(&["--delta"]);
+    assert!(
+        as_delta.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&as_delta.stdout),
+        String::from_utf8_lossy(&as_delta.stderr)
+    );
+}
+
 #[test]
 fn an_excluded_root_has_no_narinfo_but_stays_in_store_paths() {
     let delta = tempdir();

@@ -61,6 +61,10 @@ pub struct Options {
     pub trusted_keys: Vec<PublicKey>,
     /// Whether a path without a valid signature by a trusted key is a problem.
     pub require_sigs: bool,
+    /// Whether the cache is a delta cache (written with `exclude`), which
+    /// leaves out paths its consumers have already: a reference with no
+    /// narinfo is then no problem.
+    pub delta: bool,
     /// Worker threads.
     pub jobs: usize,
 }
@@ -71,6 +75,7 @@ impl Default for Options {
             store_dir: DEFAULT_STORE_DIR.to_owned(),
             trusted_keys: Vec::new(),
             require_sigs: false,
+            delta: false,
             jobs: 1,
         }
     }
@@ -102,7 +107,7 @@ pub fn verify(cache: &Path, opts: &Options, progress: &Progress) -> Result<Repor
     let names = narinfo_names(&root)?;
     let mut checked: Vec<Checked> = names.iter().map(|n| read_narinfo(&root, n, opts)).collect();
 
-    check_references(&mut checked);
+    check_references(&mut checked, opts.delta);
     let read = check_nars(&root, &mut checked, opts.jobs, progress);
 
     let mut counts = Counts {
@@ -166,8 +171,10 @@ fn check_nars(root: &Path, checked: &mut [Checked], jobs: usize, progress: &Prog
 }
 
 /// Reports every reference that has no narinfo describing it: a cache must
-/// be closed under references.
-fn check_references(checked: &mut [Checked]) {
+/// be closed under references, but for a `delta` one, whose missing
+/// references are where its consumers already are. A narinfo named for a
+/// reference that describes another path is a problem either way.
+fn check_references(checked: &mut [Checked], delta: bool) {
     let described: HashMap<String, Option<StorePath>> = checked
         .iter()
         .map(|c| {
@@ -179,6 +186,7 @@ fn check_references(checked: &mut [Checked]) {
         let Some(info) = &c.info else { continue };
         for reference in info.references.iter().filter(|r| **r != info.store_path) {
             let message = match described.get(reference.hash_part()) {
+                None if delta => continue,
                 None => format!("refers to {reference}, which has no narinfo in the cache"),
                 Some(Some(other)) if other != reference => format!(
                     "refers to {reference}, but {}.narinfo describes {other}",
