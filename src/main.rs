@@ -12,6 +12,7 @@ use mk_binary_cache::format::signing::{PublicKey, SecretKey};
 use mk_binary_cache::format::store_path::DEFAULT_STORE_DIR;
 use mk_binary_cache::input::{attrs, exclude, local_store};
 use mk_binary_cache::ops::{prune, sign, verify, write};
+use mk_binary_cache::support::error_line::error_line;
 use mk_binary_cache::support::progress::{Progress, Style};
 use mk_binary_cache::support::sibling;
 
@@ -355,20 +356,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The error and its causes on one line. The library's errors name their
-/// cause in their own message (so they read well alone), so a cause that
-/// the line already ends with is not repeated.
-fn error_line(e: &anyhow::Error) -> String {
-    let mut line = e.to_string();
-    for cause in e.chain().skip(1) {
-        let cause = cause.to_string();
-        if !line.ends_with(&cause) {
-            line = format!("{line}: {cause}");
-        }
-    }
-    line
-}
-
 /// Every subcommand's error is printed here, by [`error_line`].
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -383,25 +370,5 @@ fn main() -> ExitCode {
             eprintln!("mk-binary-cache: error: {}", error_line(&e));
             failure
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io;
-
-    #[test]
-    fn error_line_names_each_cause_once() {
-        let io = io::Error::other("No space left on device");
-        let dump = mk_binary_cache::format::nar::dump::DumpError::Output {
-            path: "/nix/store/x/data".into(),
-            source: io,
-        };
-        let e = anyhow::Error::new(dump).context("writing the cache to '/out'");
-        assert_eq!(
-            error_line(&e),
-            "writing the cache to '/out': cannot write the NAR of '/nix/store/x/data': No space left on device"
-        );
     }
 }

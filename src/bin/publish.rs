@@ -8,6 +8,7 @@ use std::time::Instant;
 use clap::Parser;
 
 use mk_binary_cache::ops::publish::{self, Location, Options, ProcessEnvironment};
+use mk_binary_cache::support::error_line::error_line;
 
 /// Uploads a flat-file Nix binary cache, byte for byte, to S3-compatible
 /// object storage, in an order that is safe for readers at every moment:
@@ -74,19 +75,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// The error and the causes its message does not already include (the
-/// client library's errors repeat their source in their own message).
-fn error_line(e: &anyhow::Error) -> String {
-    let mut line = e.to_string();
-    for cause in e.chain().skip(1) {
-        let cause = cause.to_string();
-        if !line.contains(&cause) {
-            line = format!("{line}: {cause}");
-        }
-    }
-    line
 }
 
 fn main() -> ExitCode {

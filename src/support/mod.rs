@@ -2,6 +2,7 @@
 //! work over threads, reporting progress, and handing over to a program
 //! installed beside this one.
 
+pub mod error_line;
 pub mod files;
 pub mod progress;
 pub mod schedule;
