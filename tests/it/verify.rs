@@ -630,7 +630,7 @@ fn the_report_does_not_depend_on_the_number_of_jobs() {
 /// Writes a cache of one store path whose NAR is a single file of `len`
 /// zero bytes, zstd-compressed, as our builder would describe it.
 fn cache_of_zeros(dir: &Path, len: u64) {
-    use mk_binary_cache::format::compression::Compression;
+    use mk_binary_cache::format::compression::{Compression, Workspace};
     use mk_binary_cache::format::hash::HashingWriter;
     use mk_binary_cache::format::nar::writer;
     use std::io::{Read, Write};
@@ -639,7 +639,10 @@ fn cache_of_zeros(dir: &Path, len: u64) {
     fs::write(dir.join("nix-cache-info"), "StoreDir: /nix/store\n").unwrap();
     let temp = dir.join("nar/tmp");
     let file = HashingWriter::new(fs::File::create(&temp).unwrap());
-    let mut encoder = Compression::Zstd.encoder(file, 1, len, 1).unwrap();
+    let mut workspace = Workspace::default();
+    let mut encoder = Compression::Zstd
+        .encoder(file, 1, len, 1, &mut workspace)
+        .unwrap();
     let mut nar = HashingWriter::new(&mut encoder);
     writer::open(&mut nar)
         .unwrap()

@@ -243,7 +243,7 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    use crate::format::compression::Compression;
+    use crate::format::compression::{Compression, Workspace};
 
     /// A NAR of one regular file holding `len` zero bytes.
     fn zeros_nar(len: u64) -> Vec<u8> {
@@ -256,8 +256,15 @@ mod tests {
     }
 
     fn compress(c: Compression, data: &[u8]) -> Vec<u8> {
+        let mut workspace = Workspace::default();
         let mut e = c
-            .encoder(Vec::new(), c.default_level(), data.len() as u64, 1)
+            .encoder(
+                Vec::new(),
+                c.default_level(),
+                data.len() as u64,
+                1,
+                &mut workspace,
+            )
             .unwrap();
         e.write_all(data).unwrap();
         e.finish().unwrap()

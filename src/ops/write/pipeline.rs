@@ -1,10 +1,12 @@
 //! One path's pass: dump the NAR, hash it (NarHash, NarSize), compress it,
 //! and hash what is written (FileHash, FileSize), with nothing held whole.
 
+use std::cell::RefCell;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use super::{CacheError, Options};
+use crate::format::compression::Workspace;
 use crate::format::hash::{HashingWriter, Sha256};
 use crate::format::nar::dump;
 use crate::format::nar::listing;
@@ -36,6 +38,11 @@ pub(super) struct Nar {
     pub(super) listing: Option<listing::Node>,
 }
 
+thread_local! {
+    /// Each worker's compressor state, kept from one path to the next.
+    static WORKSPACE: RefCell<Workspace> = RefCell::default();
+}
+
 /// Streams the NAR of `path` through `sink`'s compressor, returning the
 /// sink and what was learnt of the NAR. A listing is recorded when the
 /// options need one.
@@ -47,6 +54,20 @@ pub(super) fn compress_nar<S: Write>(
     threads: u32,
     progress: &Progress,
 ) -> Result<(S, Nar), CacheError> {
+    WORKSPACE.with_borrow_mut(|workspace| {
+        compress_nar_in(path, sink, sink_path, opts, threads, progress, workspace)
+    })
+}
+
+fn compress_nar_in<S: Write>(
+    path: &PathInfo,
+    sink: S,
+    sink_path: &Path,
+    opts: &Options,
+    threads: u32,
+    progress: &Progress,
+    workspace: &mut Workspace,
+) -> Result<(S, Nar), CacheError> {
     let source = PathBuf::from(path.path.to_absolute());
     let expected_size = nar_size_of(path)?;
     let nar_error = |source| CacheError::WriteNar {
@@ -56,7 +77,7 @@ pub(super) fn compress_nar<S: Write>(
     };
     let encoder = opts
         .compression
-        .encoder(sink, opts.level, expected_size, threads)
+        .encoder(sink, opts.level, expected_size, threads, workspace)
         .map_err(nar_error)?;
     // The NAR comes in many small tokens; batch them before hashing.
     let mut nar = BufWriter::with_capacity(
