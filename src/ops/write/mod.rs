@@ -3,14 +3,17 @@
 //! Each path is read once. Its NAR streams through a hasher (NarHash,
 //! NarSize), the compressor and a second hasher (FileHash, FileSize) into a
 //! temporary file, which is renamed to `nar/<FileHash>.nar<ext>` once
-//! complete; the listing and debug-info entries (recorded during the same
-//! pass) follow, and the narinfo comes last, once the narinfos of the path's
-//! references are written too (`Publication`). [`schedule`](crate::support::schedule) decides which path
-//! is written when, and with how many threads.
+//! complete (or, for a small NAR in a new output, into memory, and then
+//! straight to its name); the listing and debug-info entries (recorded during
+//! the same pass) follow, and the narinfo comes last, once the narinfos of
+//! the path's references are written too (`Publication`).
+//! [`schedule`](crate::support::schedule) decides which path is written when,
+//! and with how many threads.
 //!
 //! Two entry points:
 //! - [`write_cache`] makes a new cache, as a Nix builder does: the output
-//!   must not exist, and is removed if anything fails.
+//!   must not exist, and is removed if anything fails. Nothing reads it
+//!   before the run ends, so files are written in place, unsynced.
 //! - [`update_cache`] adds to a cache that may exist, as `mk-binary-cache
 //!   build` does. It is crash-safe: every file is written under a temporary
 //!   name unique to the process, fsynced and renamed, and a path's narinfo is
@@ -40,7 +43,7 @@ use crate::format::narinfo;
 use crate::format::store_path::{self, DEFAULT_STORE_DIR, PathInfo, StorePath};
 use crate::support::files::{DirLock, TempNames};
 use crate::support::progress::{Progress, Totals};
-use cache_dir::Cache;
+use cache_dir::{Cache, Mode};
 
 /// Directories Nix's `LocalBinaryCacheStore` creates when it opens a cache
 /// (`realisations/` up to 2.34, `build-trace-v2/` from 2.35, `debuginfo/` when
@@ -186,7 +189,7 @@ fn write_new(
     progress: &Progress,
 ) -> Result<Totals, CacheError> {
     fs::create_dir(out).map_err(write_error(out))?;
-    let cache = Cache::new(out, false);
+    let cache = Cache::new(out, Mode::New);
     let info = cache_info(opts).to_string();
     cache.write_file(&out.join(cache_info::FILE_NAME), info.as_bytes())?;
     cache.create_directories()?;
@@ -230,7 +233,7 @@ pub fn update_cache(
         return Err(CacheError::NotInStore(path.path.clone()));
     }
     fs::create_dir_all(dir).map_err(write_error(dir))?;
-    let cache = Cache::new(dir, true);
+    let cache = Cache::new(dir, Mode::Update);
     let info_file = dir.join(cache_info::FILE_NAME);
     match fs::read_to_string(&info_file) {
         Ok(text) => check_cache_info(&info_file, &text, opts)?,

@@ -6,7 +6,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use super::{CacheError, Options};
-use crate::format::compression::Workspace;
+use crate::format::compression::{Compression, Workspace};
 use crate::format::hash::{HashingWriter, Sha256};
 use crate::format::nar::dump;
 use crate::format::nar::listing;
@@ -24,7 +24,7 @@ pub(super) fn plan(closure: &[PathInfo]) -> Result<Vec<(u64, &PathInfo)>, CacheE
     Ok(sized)
 }
 
-fn nar_size_of(p: &PathInfo) -> Result<u64, CacheError> {
+pub(super) fn nar_size_of(p: &PathInfo) -> Result<u64, CacheError> {
     match p.nar_size {
         Some(size) => Ok(size),
         None => Ok(dump::nar_size(Path::new(&p.path.to_absolute()))?),
@@ -38,6 +38,61 @@ pub(super) struct Nar {
     pub(super) listing: Option<listing::Node>,
 }
 
+/// What one pass wrote: the file (FileHash, FileSize) and the NAR in it.
+pub(super) struct NarFile {
+    pub(super) hash: Sha256,
+    pub(super) size: u64,
+    pub(super) nar: Nar,
+}
+
+impl NarFile {
+    /// Its place in the cache, named for its FileHash: `nar/<hash>.nar<ext>`.
+    pub(super) fn url(&self, compression: Compression) -> String {
+        format!(
+            "nar/{}.nar{}",
+            self.hash.to_nix32(),
+            compression.extension()
+        )
+    }
+}
+
+/// Streams the NAR of `path` through its compressor into `sink`, hashing
+/// both what goes in and what comes out.
+pub(super) fn compress_and_hash<S: Write>(
+    path: &PathInfo,
+    sink: S,
+    sink_path: &Path,
+    opts: &Options,
+    threads: u32,
+    progress: &Progress,
+) -> Result<(S, NarFile), CacheError> {
+    match opts.compression {
+        // The file is the NAR itself: hashing it again would be wasted work.
+        Compression::None => {
+            compress_nar(path, sink, sink_path, opts, threads, progress).map(|(sink, nar)| {
+                let file = NarFile {
+                    hash: nar.hash,
+                    size: nar.size,
+                    nar,
+                };
+                (sink, file)
+            })
+        }
+        _ => compress_nar(
+            path,
+            HashingWriter::new(sink),
+            sink_path,
+            opts,
+            threads,
+            progress,
+        )
+        .map(|(sink, nar)| {
+            let (sink, hash, size) = sink.finish();
+            (sink, NarFile { hash, size, nar })
+        }),
+    }
+}
+
 thread_local! {
     /// Each worker's compressor state, kept from one path to the next.
     static WORKSPACE: RefCell<Workspace> = RefCell::default();
@@ -46,7 +101,7 @@ thread_local! {
 /// Streams the NAR of `path` through `sink`'s compressor, returning the
 /// sink and what was learnt of the NAR. A listing is recorded when the
 /// options need one.
-pub(super) fn compress_nar<S: Write>(
+fn compress_nar<S: Write>(
     path: &PathInfo,
     sink: S,
     sink_path: &Path,
