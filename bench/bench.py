@@ -210,6 +210,51 @@ def methods_for(closure, comp, wanted):
     return [m for m in ms if m in wanted]
 
 
+# Closures whose runs are short and noisy (thousands of file creations, which a shared machine's
+# other work slows down the most) are run several times; the report gives the median.
+REPEATS = {"small": 3}
+
+
+def run_method(name, method, comp, root, closure, out, run_dir, binary, gate, tag):
+    """One timed run of `method`, its cache checked; its output kept or deleted (see keep_output)."""
+    build_top = os.path.join(run_dir, "build-top")
+    shutil.rmtree(build_top, ignore_errors=True)
+    os.makedirs(build_top)
+    cmd, env = method_cmd(method, comp, root, closure, out, build_top, binary)
+    os.sync()
+    waited, busy = gate()
+    log(f"{tag} ... (waited {waited:.0f} s for an idle machine"
+        + (f", busy {busy:.0%} then)" if busy is not None else ")"))
+    r = timed(cmd, env, os.path.join(run_dir, "time-rss.txt"))
+    r.update({"closure": name, "compression": comp, "method": method,
+              "idle_wait": waited, "busy_before": busy})
+    if r["rc"] == 0:
+        r["out_bytes"] = dir_bytes(out)
+        r["problems"] = check_cache(out, closure, comp, verify_file_hash=(method == "ours"))
+    else:
+        r["out_bytes"] = None
+        r["problems"] = [f"exit code {r['rc']}"]
+        log(f"FAILED ({r['rc']}): {r['log'][-1500:]}")
+    if method != "ours" or r["rc"] == 0:
+        r.pop("log")
+    log(f"{tag}: wall {r['wall']:.2f} s, cpu {r['cpu']:.2f} s, "
+        f"rss {r['rss_mib']:.0f} MiB, out {(r['out_bytes'] or 0) / MiB:.1f} MiB, "
+        f"other cpu {r['other_cpu']:.1f} s, check: {'OK' if not r['problems'] else r['problems'][:3]}")
+    if not keep_output(closure):
+        shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(build_top, ignore_errors=True)
+    os.sync()
+    return r
+
+
+def median_run(tries):
+    """The run to report of several of one method: a failed or faulty one if any (a failure is never
+    averaged away), else the median by wall time; every run's wall time is kept with it."""
+    bad = [r for r in tries if r["rc"] != 0 or r["problems"]]
+    chosen = bad[0] if bad else sorted(tries, key=lambda r: r["wall"])[len(tries) // 2]
+    return {**chosen, "walls": [r["wall"] for r in tries]}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small fixtures (~50 MB closure, 100 MB file)")
@@ -218,6 +263,9 @@ def main():
     ap.add_argument("--methods", default=",".join(ALL_METHODS), help=",".join(ALL_METHODS))
     ap.add_argument("--binary", help="mk-binary-cache binary (bench/run builds one)")
     ap.add_argument("--no-limit", action="store_true", help="skip measuring the limit")
+    ap.add_argument("--repeat", type=int, default=0,
+                    help="runs of each method, reported as their median (default: 3 for the small paths, "
+                         "1 otherwise)")
     ap.add_argument("--work", default=os.environ.get("BENCH_WORK", "/var/tmp/mk-binary-cache-bench"))
     ap.add_argument("--report", help="write the Markdown report here (default: BENCHMARKS.md for a full "
                                      "run with everything, bench/results/<mode>.md otherwise)")
@@ -284,44 +332,31 @@ def main():
             log("measuring the limit (read + sha256 + single-threaded zstd -3 / xz -6 per NAR)")
             results["limit"] = limit.measure(big, comps, cores=CORES, log=log)
         if "small" in closures:
-            log("measuring the limit of the small paths (writing their files, uncompressed)")
-            results["limit"]["small"] = limit.measure_writes(
-                closures["small"], os.path.join(run_dir, "write-limit"), cores=CORES, log=log)
-            # Deleted with the run directory: see keep_output.
+            # Measured between the methods' runs, below.
+            file_writes = limit.FileWrites(closures["small"])
 
     for name, ci in closures.items():
         warm_up(ci)
+        repeats = args.repeat or REPEATS.get(name, 1)
         for comp in comps:
-            for method in methods_for(name, comp, methods_wanted):
-                out = os.path.join(run_dir, f"{name}-{comp}-{method}")
-                build_top = os.path.join(run_dir, "build-top")
-                shutil.rmtree(build_top, ignore_errors=True)
-                os.makedirs(build_top)
-                cmd, env = method_cmd(method, comp, roots[name], ci, out, build_top, args.binary)
-                os.sync()
-                waited, busy = gate()
-                log(f"{name} {comp} {method} ... (waited {waited:.0f} s for an idle machine"
-                    + (f", busy {busy:.0%} then)" if busy is not None else ")"))
-                r = timed(cmd, env, os.path.join(run_dir, "time-rss.txt"))
-                r.update({"closure": name, "compression": comp, "method": method,
-                          "idle_wait": waited, "busy_before": busy})
-                if r["rc"] == 0:
-                    r["out_bytes"] = dir_bytes(out)
-                    r["problems"] = check_cache(out, ci, comp, verify_file_hash=(method == "ours"))
-                else:
-                    r["out_bytes"] = None
-                    r["problems"] = [f"exit code {r['rc']}"]
-                    log(f"FAILED ({r['rc']}): {r['log'][-1500:]}")
-                if method != "ours" or r["rc"] == 0:
-                    r.pop("log")
-                log(f"{name} {comp} {method}: wall {r['wall']:.2f} s, cpu {r['cpu']:.2f} s, "
-                    f"rss {r['rss_mib']:.0f} MiB, out {(r['out_bytes'] or 0) / MiB:.1f} MiB, "
-                    f"other cpu {r['other_cpu']:.1f} s, check: {'OK' if not r['problems'] else r['problems'][:3]}")
-                results["runs"].append(r)
-                if not keep_output(ci):
-                    shutil.rmtree(out, ignore_errors=True)
-                shutil.rmtree(build_top, ignore_errors=True)
-                os.sync()
+            methods = methods_for(name, comp, methods_wanted)
+            tries = {method: [] for method in methods}
+            # Round after round of every method, so that a noisy spell on the shared machine falls on
+            # all of them, not on one.
+            for rep in range(repeats):
+                if name == "small" and not args.no_limit:
+                    # Kept until the end of the run, as the methods' outputs: see keep_output.
+                    gate()
+                    file_writes.measure(os.path.join(run_dir, f"write-limit-{comp}-{rep}"), log=log)
+                for method in methods:
+                    tag = f"{name} {comp} {method}" + (f" (run {rep + 1} of {repeats})" if repeats > 1 else "")
+                    out = os.path.join(run_dir, f"{name}-{comp}-{method}-{rep}")
+                    tries[method].append(run_method(name, method, comp, roots[name], ci, out, run_dir, args.binary,
+                                                    gate, tag))
+            for method in methods:
+                results["runs"].append(median_run(tries[method]))
+        if name == "small" and not args.no_limit:
+            results["limit"]["small"] = file_writes.result(CORES)
 
     shutil.rmtree(run_dir, ignore_errors=True)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)

@@ -30,7 +30,7 @@ def ok_wall(r):
 def limit_of(results, closure, comp):
     lim = (results.get("limit") or {}).get(closure, {})
     if "limit_write" in lim:
-        # Small paths: writing the files bounds every compression but xz (see limit.measure_writes).
+        # Small paths: writing the files bounds every compression but xz (see limit.FileWrites).
         return lim["limit_write"] if comp in ("none", "zstd") else None
     return lim.get(f"limit_{comp}")
 
@@ -107,6 +107,13 @@ def fmt(v, spec):
     return "-" if v is None else spec.format(v)
 
 
+def spread(values):
+    """` (lo–hi of n)` for repeated measurements, nothing for one."""
+    if not values or len(values) < 2:
+        return ""
+    return f" ({min(values):.2f}–{max(values):.2f} of {len(values)})"
+
+
 def table(results):
     rows = ["| closure | compression | method | wall s | CPU s | peak RSS MiB | output MiB | "
             "peer wall / ours | wall / limit | other CPU s | cache check |",
@@ -120,7 +127,8 @@ def table(results):
                 peer = "-" if r["method"] == "ours" else fmt(w / ours if w and ours else None, "{:.2f}x")
                 check = "OK" if not r["problems"] else ("FAIL: " + "; ".join(r["problems"][:2])).replace("|", "/")
                 rows.append(f"| {CLOSURE_LABEL.get(cl, cl)} | {comp} | {METHOD_LABEL[r['method']]} | "
-                            f"{fmt(w, '{:.2f}') if w is not None else 'failed'} | {r['cpu']:.2f} | "
+                            f"{fmt(w, '{:.2f}') + spread(r.get('walls')) if w is not None else 'failed'} | "
+                            f"{r['cpu']:.2f} | "
                             f"{r['rss_mib']:.0f} | {fmt(r['out_bytes'] / MiB if r['out_bytes'] else None, '{:.1f}')} | "
                             f"{peer} | {fmt(w / lim if w and lim else None, '{:.2f}x')} | "
                             f"{r['other_cpu']:.1f} | {check} |")
@@ -154,7 +162,8 @@ def limit_table(results):
                  "|---|---:|---:|---:|---:|---:|"]
         for cl, r in writes:
             rows.append(f"| {CLOSURE_LABEL.get(cl, cl)} | {r['files']} | {r['bytes'] / MiB:.1f} | "
-                        f"{r['write_wall']:.2f} | {r['write_cpu']:.2f} | {r['limit_write']:.2f} |")
+                        f"{r['write_wall']:.2f} | {r['write_cpu']:.2f}{spread(r.get('write_cpus'))} | "
+                        f"{r['limit_write']:.2f} |")
     return "\n".join(rows)
 
 
@@ -235,6 +244,8 @@ def write(results, report_path, chart_path, command):
         table(results),
         "",
         "- wall: elapsed time of the whole command. CPU: user+sys of the process tree (wait4 rusage).",
+        "  Where a method ran several times (the small paths: 3 rounds of every method, one after the",
+        "  other), the row is the run of median wall time, followed by the lowest and highest of the runs.",
         "  Peak RSS: ru_maxrss of the tree (the largest single process). Output: bytes of all files written.",
         "- peer wall / ours: how many times longer the peer took than mk-binary-cache with the same compression.",
         "- other CPU: CPU time used on the machine during the run by processes outside the measured tree",
@@ -270,8 +281,9 @@ def write(results, report_path, chart_path, command):
         "is the cost of writing the cache's files alone: one NAR file and one narinfo per path, uncompressed,",
         "made beforehand and written by one thread (open, write, close) into the output's file system;",
         "limit = that thread's CPU time (user+sys), not divided by the cores: creating entries in one",
-        "directory takes its lock, so a second thread would mostly wait (`limit.measure_writes`).",
-        "Nothing is read, hashed or renamed.",
+        "directory takes its lock, so a second thread would mostly wait (`limit.FileWrites`).",
+        "Nothing is read, hashed or renamed. It is measured before each round of the methods' runs, into",
+        "a new directory, and the median is the limit.",
         "",
         "## Targets",
         "",
@@ -282,6 +294,22 @@ def write(results, report_path, chart_path, command):
         lines.append(f"| {text} | {value} | {'PASS' if ok else 'n/a' if ok is None else 'FAIL'} |")
     lines.append("")
     text = "\n".join(lines)
+    kept = kept_sections(report_path)
     with open(report_path, "w") as f:
-        f.write(text)
+        f.write(text + kept)
     return text
+
+
+# What follows this line in the report is written by hand (studies made with bench/candidates.py,
+# bench/scaling.py and targeted runs), and a new run keeps it.
+KEEP_MARKER = "<!-- Below: kept by bench/run. -->"
+
+
+def kept_sections(report_path):
+    try:
+        with open(report_path) as f:
+            old = f.read()
+    except FileNotFoundError:
+        return ""
+    at = old.find(KEEP_MARKER)
+    return "\n" + old[at:] if at >= 0 else ""
