@@ -713,3 +713,38 @@ fn a_file_over_4_gib_is_cached_in_bounded_memory() {
     assert_eq!(hash.to_string(), info["NarHash"]);
     assert_eq!(size.to_string(), info["NarSize"]);
 }
+
+#[test]
+fn paths_with_the_same_contents_share_one_nar_file_in_a_new_output() {
+    // A NAR's file is named for its hash, not its path: two store paths
+    // with the same contents (the NAR holds no name) have one file. In a new
+    // output both workers may write it at once, each from memory: the file
+    // must come out whole, and nothing else be left beside it.
+    let store = FakeStore::new();
+    let closure: Vec<Value> = ["twin-a", "twin-b", "twin-c", "twin-d"]
+        .iter()
+        .map(|name| {
+            entry(&store.add(name, |p| {
+                fs::create_dir(p).unwrap();
+                fs::write(p.join("data"), noise("the same bytes", 50_000)).unwrap();
+            }))
+        })
+        .collect();
+    for compression in ["none", "zstd", "xz"] {
+        let out = store.tmp().join(format!("cache-{compression}"));
+        write_cache(&store, &attrs_json(&out, closure.clone(), compression)).unwrap();
+
+        assert_every_narinfo_has_its_nar(&out);
+        let urls: Vec<String> = common::narinfo_hash_parts(&out)
+            .iter()
+            .map(|part| common::narinfo(&out.join(format!("{part}.narinfo")))["URL"].clone())
+            .collect();
+        assert_eq!(urls.len(), 4, "{compression}");
+        assert!(
+            urls.iter().all(|u| *u == urls[0]),
+            "{compression}: {urls:?}"
+        );
+        let nar_dir: Vec<_> = fs::read_dir(out.join("nar")).unwrap().collect();
+        assert_eq!(nar_dir.len(), 1, "{compression}: {nar_dir:?}");
+    }
+}
