@@ -18,9 +18,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// directory of the file they become. Hidden, and with a suffix of their own,
 /// they are never taken for a narinfo or a NAR; the process ID keeps
 /// concurrent runs apart and tells a later run which files are stale.
-#[derive(Default)]
 pub struct TempNames {
+    /// This process's ID, asked once: each asking is a system call.
+    pid: u32,
     next: AtomicU64,
+}
+
+impl Default for TempNames {
+    fn default() -> Self {
+        TempNames {
+            pid: std::process::id(),
+            next: AtomicU64::new(0),
+        }
+    }
 }
 
 impl TempNames {
@@ -30,7 +40,7 @@ impl TempNames {
         let name = dest
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        dest.with_file_name(format!(".{name}.tmp.{}.{n}", std::process::id()))
+        dest.with_file_name(format!(".{name}.tmp.{}.{n}", self.pid))
     }
 
     /// The process that made a temporary file of this name, if it is one.
