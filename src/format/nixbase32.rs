@@ -11,6 +11,28 @@ use thiserror::Error;
 /// The 32 characters, in value order.
 pub const ALPHABET: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
 
+/// Each byte's value as a digit, or [`NOT_A_DIGIT`]: looked up once per
+/// character, where searching the alphabet was a fifth of the time spent
+/// reading a closure of 10,000 paths.
+const DIGITS: [u8; 256] = {
+    let mut digits = [NOT_A_DIGIT; 256];
+    let mut value = 0;
+    while value < ALPHABET.len() {
+        digits[ALPHABET[value] as usize] = value as u8;
+        value += 1;
+    }
+    digits
+};
+const NOT_A_DIGIT: u8 = 0xff;
+
+/// The value of the character `c`, if it is one of the alphabet's.
+pub fn digit(c: u8) -> Option<u8> {
+    match DIGITS[usize::from(c)] {
+        NOT_A_DIGIT => None,
+        value => Some(value),
+    }
+}
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("invalid nix32 character {0:?}")]
@@ -53,10 +75,7 @@ pub fn decode(s: &str, len: usize) -> Result<Vec<u8>, DecodeError> {
     }
     let mut out = vec![0u8; len];
     for (n, c) in s.bytes().rev().enumerate() {
-        let digit = ALPHABET
-            .iter()
-            .position(|&a| a == c)
-            .ok_or(DecodeError::InvalidChar(c as char))? as u16;
+        let digit = u16::from(digit(c).ok_or(DecodeError::InvalidChar(c as char))?);
         let b = n * 5;
         let (i, j) = (b / 8, b % 8);
         let shifted = digit << j;
@@ -108,6 +127,14 @@ mod tests {
     fn store_path_hash_is_32_chars() {
         assert_eq!(encoded_len(20), 32);
         assert_eq!(encoded_len(32), 52);
+    }
+
+    #[test]
+    fn digit_is_the_position_in_the_alphabet_for_every_byte() {
+        for c in 0..=u8::MAX {
+            let position = ALPHABET.iter().position(|&a| a == c);
+            assert_eq!(digit(c), position.map(|p| p as u8), "byte {c}");
+        }
     }
 
     #[test]

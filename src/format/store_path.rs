@@ -29,7 +29,13 @@ pub struct StorePath {
     base_name: String,
 }
 
-const HASH_LEN: usize = 32;
+/// The length of a store path's hash part, which names its narinfo.
+pub const HASH_LEN: usize = 32;
+
+/// Whether `s` is a store path's hash part: 32 nix32 characters.
+pub fn is_hash_part(s: &str) -> bool {
+    s.len() == HASH_LEN && s.bytes().all(|b| nixbase32::digit(b).is_some())
+}
 
 impl StorePath {
     /// Parses an absolute store path that must lie directly in `store_dir`.
@@ -53,10 +59,12 @@ impl StorePath {
         let malformed = || StorePathError::Malformed(base_name.to_owned());
         let (hash, name) = base_name.split_at_checked(HASH_LEN).ok_or_else(malformed)?;
         let name = name.strip_prefix('-').ok_or_else(malformed)?;
-        if !hash.bytes().all(|b| nixbase32::ALPHABET.contains(&b)) {
+        if !is_hash_part(hash) {
             return Err(malformed());
         }
-        let valid_char = |b: u8| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b);
+        let valid_char = |b: u8| {
+            b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.' | b'_' | b'?' | b'=')
+        };
         if name.is_empty()
             || name.len() > 211
             || name.starts_with('.')
@@ -144,6 +152,17 @@ mod tests {
         assert_eq!(p.hash_part(), "dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz");
         assert_eq!(p.name(), "appa");
         assert_eq!(p.to_string(), P);
+    }
+
+    #[test]
+    fn a_hash_part_is_32_nix32_characters() {
+        assert!(is_hash_part("dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz"));
+        // 'e', 'o', 't' and 'u' are not in Nix's alphabet; nor are capitals.
+        for bad in ["dmdglxp7bh69ngn7i0g9ib7d2r7v3wme", "Dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz"] {
+            assert!(!is_hash_part(bad), "{bad}");
+            assert!(StorePath::from_base_name(&format!("{bad}-x"), "/nix/store").is_err());
+        }
+        assert!(!is_hash_part("dmdglxp7bh69ngn7i0g9ib7d2r7v3wm"));
     }
 
     #[test]

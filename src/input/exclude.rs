@@ -22,8 +22,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::format::cache_info;
-use crate::format::nixbase32;
-use crate::format::store_path::{PathInfo, StorePath};
+use crate::format::store_path::{PathInfo, StorePath, is_hash_part};
 use crate::input::closure::{self, ClosureError};
 use crate::input::local_store::{self, BuildError};
 
@@ -109,10 +108,6 @@ impl Exclusion {
             .filter(|p| !self.contains(&p.path))
             .collect()
     }
-}
-
-fn is_hash_part(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| nixbase32::ALPHABET.contains(&b))
 }
 
 #[cfg(test)]

@@ -44,8 +44,6 @@ use plan::{in_dir, kept_closure, plan, read_narinfos};
 
 /// A narinfo is read no further than this.
 const MAX_NARINFO_SIZE: u64 = narinfo::MAX_SIZE;
-/// The length of a store path's hash part, which names its narinfo.
-const HASH_LEN: usize = 32;
 
 #[derive(Debug, Error)]
 pub enum PruneError {

@@ -7,10 +7,9 @@ use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use super::{HASH_LEN, Kind, MAX_NARINFO_SIZE, PruneError, Removal, read_error};
+use super::{Kind, MAX_NARINFO_SIZE, PruneError, Removal, read_error};
 use crate::format::narinfo::{self, NarInfo};
-use crate::format::nixbase32;
-use crate::format::store_path::StorePath;
+use crate::format::store_path::{StorePath, is_hash_part};
 use crate::support::files::TempNames;
 
 /// A narinfo in the cache: the file's size, and what it says (or why it
@@ -50,10 +49,6 @@ pub(super) fn read_narinfos(
         );
     }
     Ok(narinfos)
-}
-
-pub(super) fn is_hash_part(s: &str) -> bool {
-    s.len() == HASH_LEN && s.bytes().all(|b| nixbase32::ALPHABET.contains(&b))
 }
 
 /// Reads a narinfo without following a symlink (it would lead outside the

@@ -134,9 +134,12 @@ fn compress_nar_in<S: Write>(
         .compression
         .encoder(sink, opts.level, expected_size, threads, workspace)
         .map_err(nar_error)?;
-    // The NAR comes in many small tokens; batch them before hashing.
+    // The NAR comes in many small tokens; batch them before hashing. No
+    // larger than the NAR: a buffer allocated, touched and freed for each of
+    // 10,000 small paths cost more page faults than their compression.
+    let capacity = expected_size.clamp(4 << 10, 256 << 10) as usize;
     let mut nar = BufWriter::with_capacity(
-        256 << 10,
+        capacity,
         Reporting {
             inner: HashingWriter::new(encoder),
             progress,
