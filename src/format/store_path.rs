@@ -158,7 +158,10 @@ mod tests {
     fn a_hash_part_is_32_nix32_characters() {
         assert!(is_hash_part("dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz"));
         // 'e', 'o', 't' and 'u' are not in Nix's alphabet; nor are capitals.
-        for bad in ["dmdglxp7bh69ngn7i0g9ib7d2r7v3wme", "Dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz"] {
+        for bad in [
+            "dmdglxp7bh69ngn7i0g9ib7d2r7v3wme",
+            "Dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz",
+        ] {
             assert!(!is_hash_part(bad), "{bad}");
             assert!(StorePath::from_base_name(&format!("{bad}-x"), "/nix/store").is_err());
         }

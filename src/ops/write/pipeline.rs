@@ -66,31 +66,30 @@ pub(super) fn compress_and_hash<S: Write>(
     threads: u32,
     progress: &Progress,
 ) -> Result<(S, NarFile), CacheError> {
-    match opts.compression {
+    let pass = Pass {
+        path,
+        sink_path,
+        opts,
+        threads,
+        progress,
+    };
+    WORKSPACE.with_borrow_mut(|workspace| match opts.compression {
         // The file is the NAR itself: hashing it again would be wasted work.
-        Compression::None => {
-            compress_nar(path, sink, sink_path, opts, threads, progress).map(|(sink, nar)| {
-                let file = NarFile {
-                    hash: nar.hash,
-                    size: nar.size,
-                    nar,
-                };
-                (sink, file)
-            })
-        }
-        _ => compress_nar(
-            path,
-            HashingWriter::new(sink),
-            sink_path,
-            opts,
-            threads,
-            progress,
-        )
-        .map(|(sink, nar)| {
-            let (sink, hash, size) = sink.finish();
-            (sink, NarFile { hash, size, nar })
+        Compression::None => pass.compress_nar(sink, workspace).map(|(sink, nar)| {
+            let file = NarFile {
+                hash: nar.hash,
+                size: nar.size,
+                nar,
+            };
+            (sink, file)
         }),
-    }
+        _ => pass
+            .compress_nar(HashingWriter::new(sink), workspace)
+            .map(|(sink, nar)| {
+                let (sink, hash, size) = sink.finish();
+                (sink, NarFile { hash, size, nar })
+            }),
+    })
 }
 
 thread_local! {
@@ -98,74 +97,75 @@ thread_local! {
     static WORKSPACE: RefCell<Workspace> = RefCell::default();
 }
 
-/// Streams the NAR of `path` through `sink`'s compressor, returning the
-/// sink and what was learnt of the NAR. A listing is recorded when the
-/// options need one.
-fn compress_nar<S: Write>(
-    path: &PathInfo,
-    sink: S,
-    sink_path: &Path,
-    opts: &Options,
+/// One path's pass, and what it needs besides the sink.
+struct Pass<'a> {
+    path: &'a PathInfo,
+    /// The file the sink writes, for errors.
+    sink_path: &'a Path,
+    opts: &'a Options,
     threads: u32,
-    progress: &Progress,
-) -> Result<(S, Nar), CacheError> {
-    WORKSPACE.with_borrow_mut(|workspace| {
-        compress_nar_in(path, sink, sink_path, opts, threads, progress, workspace)
-    })
+    progress: &'a Progress,
 }
 
-fn compress_nar_in<S: Write>(
-    path: &PathInfo,
-    sink: S,
-    sink_path: &Path,
-    opts: &Options,
-    threads: u32,
-    progress: &Progress,
-    workspace: &mut Workspace,
-) -> Result<(S, Nar), CacheError> {
-    let source = PathBuf::from(path.path.to_absolute());
-    let expected_size = nar_size_of(path)?;
-    let nar_error = |source| CacheError::WriteNar {
-        path: path.path.clone(),
-        file: sink_path.to_owned(),
-        source,
-    };
-    let encoder = opts
-        .compression
-        .encoder(sink, opts.level, expected_size, threads, workspace)
-        .map_err(nar_error)?;
-    // The NAR comes in many small tokens; batch them before hashing. No
-    // larger than the NAR: a buffer allocated, touched and freed for each of
-    // 10,000 small paths cost more page faults than their compression.
-    let capacity = expected_size.clamp(4 << 10, 256 << 10) as usize;
-    let mut nar = BufWriter::with_capacity(
-        capacity,
-        Reporting {
-            inner: HashingWriter::new(encoder),
+impl Pass<'_> {
+    /// Streams the NAR of the path through `sink`'s compressor, returning
+    /// the sink and what was learnt of the NAR. A listing is recorded when
+    /// the options need one.
+    fn compress_nar<S: Write>(
+        &self,
+        sink: S,
+        workspace: &mut Workspace,
+    ) -> Result<(S, Nar), CacheError> {
+        let Pass {
+            path,
+            sink_path,
+            opts,
+            threads,
             progress,
-        },
-    );
-    let listing = if opts.write_nar_listing || opts.index_debug_info {
-        Some(listing::dump(&source, &mut nar)?)
-    } else {
-        dump::dump(&source, &mut nar)?;
-        None
-    };
-    let (encoder, hash, size) = nar
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .map_err(nar_error)?
-        .inner
-        .finish();
-    let sink = encoder.finish().map_err(nar_error)?;
-    Ok((
-        sink,
-        Nar {
-            hash,
-            size,
-            listing,
-        },
-    ))
+        } = *self;
+        let source = PathBuf::from(path.path.to_absolute());
+        let expected_size = nar_size_of(path)?;
+        let nar_error = |source| CacheError::WriteNar {
+            path: path.path.clone(),
+            file: sink_path.to_owned(),
+            source,
+        };
+        let encoder = opts
+            .compression
+            .encoder(sink, opts.level, expected_size, threads, workspace)
+            .map_err(nar_error)?;
+        // The NAR comes in many small tokens; batch them before hashing, in a
+        // buffer no larger than the NAR needs.
+        let capacity = expected_size.clamp(4 << 10, 256 << 10) as usize;
+        let mut nar = BufWriter::with_capacity(
+            capacity,
+            Reporting {
+                inner: HashingWriter::new(encoder),
+                progress,
+            },
+        );
+        let listing = if opts.write_nar_listing || opts.index_debug_info {
+            Some(listing::dump(&source, &mut nar)?)
+        } else {
+            dump::dump(&source, &mut nar)?;
+            None
+        };
+        let (encoder, hash, size) = nar
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .map_err(nar_error)?
+            .inner
+            .finish();
+        let sink = encoder.finish().map_err(nar_error)?;
+        Ok((
+            sink,
+            Nar {
+                hash,
+                size,
+                listing,
+            },
+        ))
+    }
 }
 
 /// Tells the progress display how many NAR bytes went through.
