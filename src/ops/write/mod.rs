@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 mod cache_dir;
+mod commit;
 mod pipeline;
 mod publication;
 
