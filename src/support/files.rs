@@ -278,4 +278,27 @@ mod tests {
         assert!(share_or_copy(&a, &b).is_err());
         assert_eq!(fs::read(&b).unwrap(), b"old");
     }
+
+    #[test]
+    fn rename_new_renames_onto_a_name_that_is_free() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (from, to) = (tmp.path().join("from"), tmp.path().join("to"));
+        fs::write(&from, "new").unwrap();
+        assert!(rename_new(&from, &to).unwrap());
+        assert_eq!(fs::read(&to).unwrap(), b"new");
+        assert!(!from.exists());
+    }
+
+    #[test]
+    fn rename_new_leaves_a_file_that_exists_and_says_so() {
+        // The caller then syncs its file before replacing this one, which a
+        // narinfo may point to.
+        let tmp = tempfile::tempdir().unwrap();
+        let (from, to) = (tmp.path().join("from"), tmp.path().join("to"));
+        fs::write(&from, "new").unwrap();
+        fs::write(&to, "old").unwrap();
+        assert!(!rename_new(&from, &to).unwrap());
+        assert_eq!(fs::read(&to).unwrap(), b"old");
+        assert_eq!(fs::read(&from).unwrap(), b"new");
+    }
 }

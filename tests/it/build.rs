@@ -515,3 +515,225 @@ fn a_path_not_in_the_store_is_refused_before_anything_is_written() {
     );
     assert!(!cache.exists());
 }
+
+/// Adds to the store a closure of `builtins.toFile` paths, `mids × per`
+/// leaves under `mids` middle paths under one root (three levels of
+/// references), and writes its `nix path-info --json --recursive` to
+/// `dir`; returns that file and the closure's size. Runs given the file
+/// start no Nix of their own, so that strace sees only `mk-binary-cache`.
+fn text_closure(dir: &Path, tag: &str, mids: usize, per: usize) -> (PathBuf, usize) {
+    let expr = format!(
+        r#"let
+             leaf = i: builtins.toFile "group-commit-leaf-${{toString i}}" "leaf ${{toString i}}\n";
+             mid = m: builtins.toFile "group-commit-{tag}-mid-${{toString m}}"
+               (builtins.concatStringsSep "\n" (builtins.genList (j: leaf (m * {per} + j)) {per}));
+           in builtins.toFile "group-commit-{tag}-root"
+             (builtins.concatStringsSep "\n" (builtins.genList mid {mids}))"#
+    );
+    let root = run(nix_cmd("nix-instantiate").args([
+        "--eval",
+        "--read-write-mode",
+        "--json",
+        "-E",
+        &expr,
+    ]));
+    let root: String = serde_json::from_str(&root).unwrap();
+    let json = run(&mut nix_new(&["path-info", "--json", "--recursive", &root]));
+    let file = dir.join(format!("{tag}.json"));
+    fs::write(&file, json).unwrap();
+    let paths = closure_of(&[&root]).len();
+    assert_eq!(paths, 1 + mids + mids * per);
+    (file, paths)
+}
+
+/// `build -q --to cache --closure-json closure <args>` under strace, which
+/// traces `calls` (and, with `inject`, acts on them; strace counts the
+/// calls of each thread and system call apart, so a test that kills at the
+/// n-th call runs one thread and names one call); returns the exit status and the trace, one line per call, file
+/// descriptors shown with their paths.
+fn build_traced(
+    cache: &Path,
+    closure: &Path,
+    args: &[&str],
+    calls: &str,
+    inject: Option<&str>,
+) -> (i32, String) {
+    let work = tempdir();
+    let trace = work.path().join("trace");
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-y", "-qq", "-o"])
+        .arg(&trace)
+        .args(["-e", &format!("trace={calls}")]);
+    if let Some(inject) = inject {
+        cmd.args(["-e", &format!("inject={calls}:{inject}")]);
+    }
+    cmd.arg(env!("CARGO_BIN_EXE_mk-binary-cache"))
+        .args(["build", "-q", "--to"])
+        .arg(cache)
+        .arg("--closure-json")
+        .arg(closure)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    hermetic_nix(&mut cmd);
+    let status = cmd.status().unwrap_or_else(|e| {
+        panic!("cannot run strace ({e}): the sync tests need it (apt-get install strace)")
+    });
+    let code = status.code().or(status.signal().map(|s| 128 + s)).unwrap();
+    (code, fs::read_to_string(&trace).unwrap())
+}
+
+/// The calls in a trace (a call another thread interrupted is one call).
+fn calls_in(trace: &str) -> usize {
+    trace.lines().filter(|l| !l.contains(" resumed>")).count()
+}
+
+const SYNCS: &str = "fsync,fdatasync,syncfs,sync";
+
+#[test]
+fn updating_a_cache_syncs_a_number_of_times_that_does_not_grow_with_its_paths() {
+    // One syncfs per batch of narinfos, and a directory fsync per level of
+    // references in it, rather than fsyncs for each NAR and narinfo.
+    let work = tempdir();
+    let mut counts = Vec::new();
+    for (tag, mids, per) in [("fifty", 4, 11), ("four-hundred", 8, 50)] {
+        let (closure, paths) = text_closure(work.path(), tag, mids, per);
+        let cache = work.path().join(tag);
+        let (code, trace) = build_traced(&cache, &closure, &[], SYNCS, None);
+        assert_eq!(code, 0, "the build failed");
+        assert_eq!(assert_cache_consistent(&cache).len(), paths);
+        counts.push((paths, calls_in(&trace)));
+    }
+    for &(paths, syncs) in &counts {
+        assert!(syncs <= 20, "{paths} paths took {syncs} syncs: {counts:?}");
+    }
+}
+
+#[test]
+fn a_run_killed_at_any_sync_or_rename_leaves_a_consistent_cache_that_the_next_completes() {
+    // SIGKILL as the run enters each of its syncs and renames in turn: what
+    // is in the cache then is closed under references, and every narinfo's
+    // NAR is complete (FileHash, NarHash); the next run completes the cache.
+    let work = tempdir();
+    let (closure, paths) = text_closure(work.path(), "killed", 3, 3);
+    // strace counts each system call apart (NARs go with `renameat2`,
+    // narinfos with `rename`).
+    for calls in ["syncfs", "fsync", "rename", "renameat2"] {
+        let one_thread = ["--jobs", "1"];
+        let (_, trace) = build_traced(&work.path().join(calls), &closure, &one_thread, calls, None);
+        let total = calls_in(&trace);
+        assert!(total > 0, "the run made no {calls} call");
+        for n in 1..=total {
+            let cache = work.path().join(format!("{calls}-killed-at-{n}"));
+            let kill = format!("signal=KILL:when={n}");
+            let (code, _) = build_traced(&cache, &closure, &one_thread, calls, Some(&kill));
+            assert_eq!(code, 128 + libc::SIGKILL, "not killed at {calls} {n}");
+            // Killed before `nix-cache-info` was in place: nothing else is.
+            if cache.join("nix-cache-info").exists() {
+                assert_cache_consistent(&cache);
+                assert_verify_accepts(&cache);
+            } else {
+                assert_eq!(narinfo_count(&cache), 0, "{calls} {n}");
+            }
+            run(build_into(&cache, &["-q", "--closure-json"]).arg(&closure));
+            assert_eq!(assert_cache_consistent(&cache).len(), paths, "{calls} {n}");
+            assert_verify_accepts(&cache);
+            assert!(
+                temp_files(&cache).is_empty(),
+                "{calls} {n}: stale temporary files"
+            );
+            fs::remove_dir_all(&cache).unwrap();
+        }
+    }
+}
+
+/// One call of a trace: the lines where it began and ended (apart when
+/// another thread's calls came in between), its name and its arguments.
+struct Call<'t> {
+    began: usize,
+    ended: usize,
+    name: &'t str,
+    args: &'t str,
+}
+
+/// The calls of a `strace -f` trace, in the order they began.
+fn calls_of(trace: &str) -> Vec<Call<'_>> {
+    let mut calls: Vec<Call> = Vec::new();
+    let mut open: Vec<(&str, usize)> = Vec::new();
+    for (line_no, line) in trace.lines().enumerate() {
+        let (pid, rest) = line.split_once(' ').unwrap();
+        let rest = rest.trim_start();
+        if rest.starts_with("<... ") {
+            let at = open.iter().position(|(p, _)| *p == pid).unwrap();
+            calls[open.remove(at).1].ended = line_no;
+            continue;
+        }
+        let (name, args) = rest.split_once('(').unwrap();
+        if rest.ends_with("<unfinished ...>") {
+            open.push((pid, calls.len()));
+        }
+        calls.push(Call {
+            began: line_no,
+            ended: line_no,
+            name,
+            args,
+        });
+    }
+    calls
+}
+
+/// The destination of a rename call: its second quoted path.
+fn renamed_to(args: &str) -> &str {
+    args.split('"').nth(3).unwrap()
+}
+
+#[test]
+fn narinfos_are_renamed_after_a_syncfs_and_after_their_references_are_durable() {
+    // What makes the cache survive a power loss, read from the order of the
+    // calls: a narinfo is renamed into place after a syncfs that began when
+    // its NAR was in place, and after an fsync of the cache directory that began when the narinfos of
+    // its references were renamed.
+    let work = tempdir();
+    let (closure, paths) = text_closure(work.path(), "ordered", 4, 11);
+    let cache = work.path().join("cache");
+    let calls = "syncfs,fsync,rename,renameat,renameat2";
+    let (code, trace) = build_traced(&cache, &closure, &[], calls, None);
+    assert_eq!(code, 0, "the build failed");
+    let calls = calls_of(&trace);
+    let renamed = |dest: &Path| {
+        let dest = dest.to_str().unwrap();
+        calls
+            .iter()
+            .find(|c| c.name.starts_with("rename") && renamed_to(c.args) == dest)
+            .unwrap_or_else(|| panic!("{dest} was not renamed into place"))
+    };
+    let cache_dir = format!("<{}>", cache.display());
+    let synced_between = |before: &Call, after: &Call, sync: &dyn Fn(&Call) -> bool| {
+        calls
+            .iter()
+            .any(|c| sync(c) && before.ended < c.began && c.ended < after.began)
+    };
+    let mut checked = 0;
+    for hash in narinfo_hash_parts(&cache) {
+        let file = cache.join(format!("{hash}.narinfo"));
+        let info = NarInfo::parse(&fs::read_to_string(&file).unwrap(), "/nix/store").unwrap();
+        let narinfo = renamed(&file);
+        let nar = renamed(&cache.join(&info.url));
+        assert!(
+            synced_between(nar, narinfo, &|c| c.name == "syncfs"),
+            "{hash}.narinfo was renamed with no syncfs after its NAR's rename"
+        );
+        for reference in info.references.iter().filter(|r| **r != info.store_path) {
+            let reference = renamed(&cache.join(format!("{}.narinfo", reference.hash_part())));
+            assert!(
+                synced_between(reference, narinfo, &|c| {
+                    c.name == "fsync" && c.args.contains(&cache_dir)
+                }),
+                "{hash}.narinfo was renamed before the rename of its reference {:?} was durable",
+                renamed_to(reference.args)
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, paths);
+}
