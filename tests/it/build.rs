@@ -737,3 +737,22 @@ fn narinfos_are_renamed_after_a_syncfs_and_after_their_references_are_durable() 
     }
     assert_eq!(checked, paths);
 }
+
+#[test]
+fn a_nar_a_power_loss_left_empty_under_its_name_is_replaced_by_the_next_run() {
+    // NARs are renamed into place unsynced; after a power loss one can be
+    // empty under its final name, with no narinfo yet. The next run must
+    // not take that file for the NAR it would write.
+    let work = tempdir();
+    let (closure, paths) = text_closure(work.path(), "emptied", 2, 3);
+    let cache = work.path().join("cache");
+    run(build_into(&cache, &["-q", "--closure-json"]).arg(&closure));
+    for hash in narinfo_hash_parts(&cache) {
+        let file = cache.join(format!("{hash}.narinfo"));
+        let info = NarInfo::parse(&fs::read_to_string(&file).unwrap(), "/nix/store").unwrap();
+        fs::write(cache.join(&info.url), "").unwrap();
+        fs::remove_file(file).unwrap();
+    }
+    run(build_into(&cache, &["-q", "--closure-json"]).arg(&closure));
+    assert_eq!(assert_cache_consistent(&cache).len(), paths);
+}

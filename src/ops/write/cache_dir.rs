@@ -290,8 +290,10 @@ impl<'a> Cache<'a> {
         Ok(())
     }
 
-    /// Writes `dest` atomically unless it exists; returns whether it did.
-    /// Unsynced: the commit of the narinfo it was written for syncs it.
+    /// Writes `dest` atomically unless a debug-info entry is there; returns
+    /// whether it did. Unsynced: the commit of the narinfo it was written
+    /// for syncs it. In [`Mode::Update`] a `dest` that is no entry (left
+    /// empty by a power loss) is replaced, by a synced file.
     fn create_file(&self, dest: &Path, contents: &[u8]) -> Result<bool, CacheError> {
         if self.mode == Mode::New {
             return match File::create_new(dest).and_then(|mut f| f.write_all(contents)) {
@@ -306,7 +308,13 @@ impl<'a> Cache<'a> {
             // A hard link, unlike a rename, never replaces its destination.
             .and_then(|()| match fs::hard_link(&tmp, dest) {
                 Ok(()) => Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if debuginfo::is_index_entry(&fs::read(dest)?) {
+                        return Ok(false);
+                    }
+                    File::open(&tmp)?.sync_all()?;
+                    fs::rename(&tmp, dest).map(|()| true)
+                }
                 Err(e) => Err(e),
             });
         let _ = fs::remove_file(&tmp);
