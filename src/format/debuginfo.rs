@@ -41,18 +41,6 @@ impl DebugFile {
     }
 }
 
-/// Whether `bytes` are an index entry: a JSON object naming an `archive`
-/// and a `member`. An entry that is not (empty, as a power loss can leave a
-/// file renamed into place unsynced) is to be replaced, not kept.
-pub fn is_index_entry(bytes: &[u8]) -> bool {
-    let Ok(serde_json::Value::Object(entry)) = serde_json::from_slice(bytes) else {
-        return false;
-    };
-    ["archive", "member"]
-        .iter()
-        .all(|key| entry.get(*key).is_some_and(serde_json::Value::is_string))
-}
-
 /// The debug-info files in the NAR whose listing is `root`, in NAR order.
 pub fn debug_files(root: &Node) -> Vec<DebugFile> {
     let Some(Node::Directory { entries: dirs }) = root.get(&BUILD_ID_DIR) else {
@@ -170,19 +158,6 @@ mod tests {
         )]);
         assert!(debug_files(&root).is_empty());
         assert!(debug_files(&file()).is_empty());
-    }
-
-    #[test]
-    fn an_empty_or_partial_file_is_not_an_index_entry() {
-        let entry = DebugFile {
-            file_name: format!("ab{ID}.debug"),
-            member: format!("lib/debug/.build-id/ab/{ID}.debug"),
-        }
-        .index_entry("nar/x.nar.xz");
-        assert!(is_index_entry(entry.as_bytes()));
-        assert!(!is_index_entry(b""));
-        assert!(!is_index_entry(&entry.as_bytes()[..entry.len() / 2]));
-        assert!(!is_index_entry(br#"{"archive":"../nar/x.nar"}"#));
     }
 
     #[test]

@@ -330,6 +330,30 @@ fn kill_build_when(cache: &Path, ready: impl Fn(&Path) -> bool) {
     );
 }
 
+/// Runs a build of `closure` (xz, one thread) into `cache`, killing it with
+/// SIGKILL as it renames its `n`th narinfo into place. Narinfos are
+/// committed together at the end of a run this small, so a kill cannot be
+/// timed from outside: a first run into a copy of the cache tells which of
+/// its renames that is.
+fn kill_build_at_narinfo(cache: &Path, closure: &Path, n: usize) {
+    let args = ["--compression", "xz", "--jobs", "1"];
+    let copy = cache.with_extension("copy");
+    run(Command::new("cp").arg("-a").arg(cache).arg(&copy));
+    let (code, trace) = build_traced(&copy, closure, &args, "rename", None);
+    assert_eq!(code, 0, "the build failed");
+    fs::remove_dir_all(&copy).unwrap();
+    let at = trace
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| renamed_to(l).is_some_and(|to| to.ends_with(".narinfo")))
+        .nth(n - 1)
+        .unwrap_or_else(|| panic!("fewer than {n} narinfos renamed:\n{trace}"))
+        .0;
+    let kill = format!("signal=KILL:when={}", at + 1);
+    let (code, _) = build_traced(cache, closure, &args, "rename", Some(&kill));
+    assert_eq!(code, 128 + libc::SIGKILL, "not killed at narinfo {n}");
+}
+
 fn narinfo_count(cache: &Path) -> usize {
     fs::read_dir(cache)
         .map(|d| {
@@ -357,11 +381,14 @@ fn a_run_killed_part_way_leaves_a_usable_cache_that_the_next_run_completes() {
     assert!(assert_cache_consistent(cache.path()).is_empty());
     assert_verify_accepts(cache.path());
 
-    // … then by later runs, each right after it published a narinfo.
+    // … then by later runs, each as it renames a narinfo into place.
+    let work = tempdir();
+    let closure = closure_json(&work.path().join("closure.json"), &fixture().roots);
     let mut held = BTreeSet::new();
     for published in [1, 1, 2] {
         let before = narinfo_count(cache.path());
-        kill_build_when(cache.path(), |c| narinfo_count(c) >= before + published);
+        kill_build_at_narinfo(cache.path(), &closure, published + 1);
+        assert_eq!(narinfo_count(cache.path()), before + published);
         held = assert_cache_consistent(cache.path());
         assert_verify_accepts(cache.path());
     }
@@ -416,9 +443,7 @@ fn two_runs_into_one_cache_at_once_do_not_corrupt_it() {
 fn closure_json_from_nix_path_info_gives_the_same_cache() {
     let fixture = fixture();
     let file = tempdir();
-    let closure_json = file.path().join("closure.json");
-    let json = run(nix_new(&["path-info", "--json", "--recursive"]).args(&fixture.roots));
-    fs::write(&closure_json, json).unwrap();
+    let closure_json = closure_json(&file.path().join("closure.json"), &fixture.roots);
 
     let from_file = tempdir();
     run(build_into(from_file.path(), &["--compression", "none"])
@@ -538,12 +563,21 @@ fn text_closure(dir: &Path, tag: &str, mids: usize, per: usize) -> (PathBuf, usi
         &expr,
     ]));
     let root: String = serde_json::from_str(&root).unwrap();
-    let json = run(&mut nix_new(&["path-info", "--json", "--recursive", &root]));
-    let file = dir.join(format!("{tag}.json"));
-    fs::write(&file, json).unwrap();
+    let file = closure_json(
+        &dir.join(format!("{tag}.json")),
+        std::slice::from_ref(&root),
+    );
     let paths = closure_of(&[&root]).len();
     assert_eq!(paths, 1 + mids + mids * per);
     (file, paths)
+}
+
+/// Writes to `file` the closure of `roots` as `nix path-info --json
+/// --recursive` gives it; returns the file's path.
+fn closure_json(file: &Path, roots: &[String]) -> PathBuf {
+    let json = run(nix_new(&["path-info", "--json", "--recursive"]).args(roots));
+    fs::write(file, json).unwrap();
+    file.to_owned()
 }
 
 /// `build -q --to cache --closure-json closure <args>` under strace, which
@@ -683,8 +717,8 @@ fn calls_of(trace: &str) -> Vec<Call<'_>> {
 }
 
 /// The destination of a rename call: its second quoted path.
-fn renamed_to(args: &str) -> &str {
-    args.split('"').nth(3).unwrap()
+fn renamed_to(args: &str) -> Option<&str> {
+    args.split('"').nth(3)
 }
 
 #[test]
@@ -704,7 +738,7 @@ fn narinfos_are_renamed_after_a_syncfs_and_after_their_references_are_durable() 
         let dest = dest.to_str().unwrap();
         calls
             .iter()
-            .find(|c| c.name.starts_with("rename") && renamed_to(c.args) == dest)
+            .find(|c| c.name.starts_with("rename") && renamed_to(c.args) == Some(dest))
             .unwrap_or_else(|| panic!("{dest} was not renamed into place"))
     };
     let cache_dir = format!("<{}>", cache.display());
@@ -730,7 +764,7 @@ fn narinfos_are_renamed_after_a_syncfs_and_after_their_references_are_durable() 
                     c.name == "fsync" && c.args.contains(&cache_dir)
                 }),
                 "{hash}.narinfo was renamed before the rename of its reference {:?} was durable",
-                renamed_to(reference.args)
+                renamed_to(reference.args).unwrap()
             );
         }
         checked += 1;

@@ -290,10 +290,11 @@ impl<'a> Cache<'a> {
         Ok(())
     }
 
-    /// Writes `dest` atomically unless a debug-info entry is there; returns
-    /// whether it did. Unsynced: the commit of the narinfo it was written
-    /// for syncs it. In [`Mode::Update`] a `dest` that is no entry (left
-    /// empty by a power loss) is replaced, by a synced file.
+    /// Writes `dest` atomically unless it exists; returns whether it did.
+    /// Unsynced: the commit of the narinfo it was written for syncs it. In
+    /// [`Mode::Update`] an empty `dest`, as a power loss leaves a file
+    /// renamed into place unsynced, counts as none, and is replaced by a
+    /// synced file.
     fn create_file(&self, dest: &Path, contents: &[u8]) -> Result<bool, CacheError> {
         if self.mode == Mode::New {
             return match File::create_new(dest).and_then(|mut f| f.write_all(contents)) {
@@ -309,7 +310,7 @@ impl<'a> Cache<'a> {
             .and_then(|()| match fs::hard_link(&tmp, dest) {
                 Ok(()) => Ok(true),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    if debuginfo::is_index_entry(&fs::read(dest)?) {
+                    if fs::metadata(dest)?.len() > 0 {
                         return Ok(false);
                     }
                     File::open(&tmp)?.sync_all()?;
