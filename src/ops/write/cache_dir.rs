@@ -343,7 +343,11 @@ impl<'a> Cache<'a> {
             // first one writes it.
             match File::create_new(&dest).and_then(|mut f| f.write_all(&bytes)) {
                 Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                    return Err(write_error(&dest)(e));
+                    return Err(CacheError::WriteNar {
+                        path: path.path.clone(),
+                        file: dest,
+                        source: e,
+                    });
                 }
                 _ => {}
             }
