@@ -790,3 +790,30 @@ fn a_nar_a_power_loss_left_empty_under_its_name_is_replaced_by_the_next_run() {
     run(build_into(&cache, &["-q", "--closure-json"]).arg(&closure));
     assert_eq!(assert_cache_consistent(&cache).len(), paths);
 }
+
+#[test]
+fn nars_on_a_filesystem_of_their_own_are_synced_before_their_narinfos() {
+    // `nar/` may be a mount of its own (or a symlink to one): a sync of
+    // the cache directory's filesystem alone would leave the NARs
+    // undurable under durable narinfos.
+    let work = tempdir();
+    let (closure, paths) = text_closure(work.path(), "mounted", 2, 3);
+    let cache = work.path().join("cache");
+    let empty = work.path().join("empty.json");
+    fs::write(&empty, "[]").unwrap();
+    run(build_into(&cache, &["--closure-json"]).arg(&empty));
+    let _mount = crate::faults::Mount::tmpfs(&cache.join("nar"), "size=4m");
+    let (code, trace) = build_traced(&cache, &closure, &[], "syncfs", None);
+    assert_eq!(code, 0, "the build failed");
+    assert_eq!(assert_cache_consistent(&cache).len(), paths);
+    let synced: BTreeSet<PathBuf> = trace
+        .lines()
+        .filter_map(|l| {
+            let (_, fd) = l.split_once("syncfs(")?;
+            let (_, path) = fd.split_once('<')?;
+            Some(PathBuf::from(path.split_once('>')?.0))
+        })
+        .collect();
+    assert!(synced.contains(&cache.join("nar")), "{trace}");
+    assert!(synced.contains(&cache), "{trace}");
+}

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -209,7 +210,7 @@ impl<'a> Cache<'a> {
             fs::write(&tmp, info.to_string()).map_err(write_error(&dest))
         });
         let renamed = written
-            .and_then(|()| files::sync_filesystem(self.root).map_err(write_error(self.root)))
+            .and_then(|()| self.sync_filesystems())
             .and_then(|()| {
                 for level in commit::levels(batch) {
                     for i in level {
@@ -231,6 +232,24 @@ impl<'a> Cache<'a> {
             }
         }
         renamed
+    }
+
+    /// Syncs the filesystem of the cache, and those of `nar/` and
+    /// `debuginfo/` where they are others (a mount, or a symlink to one).
+    fn sync_filesystems(&self) -> Result<(), CacheError> {
+        let mut synced = Vec::new();
+        for dir in [
+            self.root.to_owned(),
+            self.root.join("nar"),
+            self.root.join("debuginfo"),
+        ] {
+            let device = fs::metadata(&dir).map_err(read_error(&dir))?.dev();
+            if !synced.contains(&device) {
+                files::sync_filesystem(&dir).map_err(write_error(&dir))?;
+                synced.push(device);
+            }
+        }
+        Ok(())
     }
 
     /// Writes the NAR, listing and debug-info entries of `path`, in that
