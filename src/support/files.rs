@@ -3,8 +3,9 @@
 //! and filesystems, directory locks, and copies that share their bytes.
 //!
 //! A file is written under a temporary name in the directory of its final
-//! name, synced, then renamed (or hard-linked) into place; the directory is
-//! synced before anything relies on the rename.
+//! name, made durable (synced itself, or by a sync of its filesystem), then
+//! renamed (or hard-linked) into place; the directory is synced before
+//! anything relies on the rename.
 
 use std::ffi::OsStr;
 use std::fs::{self, File, Permissions};
@@ -92,6 +93,35 @@ pub fn remove_temporary(path: &Path) -> io::Result<()> {
 /// Makes the renames done in `dir` durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir).and_then(|d| d.sync_all())
+}
+
+/// Renames `from` to `to` unless `to` exists (`RENAME_NOREPLACE`); returns
+/// whether it did. A filesystem that cannot rename so counts as one where
+/// `to` exists: the caller then replaces `to` the careful way.
+pub fn rename_new(from: &Path, to: &Path) -> io::Result<bool> {
+    let c_path = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    };
+    let (from, to) = (c_path(from)?, c_path(to)?);
+    // SAFETY: two NUL-terminated paths that live across the call.
+    let renamed = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    } == 0;
+    if renamed {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EEXIST | libc::EINVAL | libc::ENOSYS) => Ok(false),
+        _ => Err(error),
+    }
 }
 
 /// Flushes everything written to the filesystem holding `dir` to disk: one
@@ -257,5 +287,28 @@ mod tests {
         fs::write(&b, "old").unwrap();
         assert!(share_or_copy(&a, &b).is_err());
         assert_eq!(fs::read(&b).unwrap(), b"old");
+    }
+
+    #[test]
+    fn rename_new_renames_onto_a_name_that_is_free() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (from, to) = (tmp.path().join("from"), tmp.path().join("to"));
+        fs::write(&from, "new").unwrap();
+        assert!(rename_new(&from, &to).unwrap());
+        assert_eq!(fs::read(&to).unwrap(), b"new");
+        assert!(!from.exists());
+    }
+
+    #[test]
+    fn rename_new_leaves_a_file_that_exists_and_says_so() {
+        // The caller then syncs its file before replacing this one, which a
+        // narinfo may point to.
+        let tmp = tempfile::tempdir().unwrap();
+        let (from, to) = (tmp.path().join("from"), tmp.path().join("to"));
+        fs::write(&from, "new").unwrap();
+        fs::write(&to, "old").unwrap();
+        assert!(!rename_new(&from, &to).unwrap());
+        assert_eq!(fs::read(&to).unwrap(), b"old");
+        assert_eq!(fs::read(&from).unwrap(), b"new");
     }
 }

@@ -330,6 +330,30 @@ fn kill_build_when(cache: &Path, ready: impl Fn(&Path) -> bool) {
     );
 }
 
+/// Runs a build of `closure` (xz, one thread) into `cache`, killing it with
+/// SIGKILL as it renames its `n`th narinfo into place. Narinfos are
+/// committed together at the end of a run this small, so a kill cannot be
+/// timed from outside: a first run into a copy of the cache tells which of
+/// its renames that is.
+fn kill_build_at_narinfo(cache: &Path, closure: &Path, n: usize) {
+    let args = ["--compression", "xz", "--jobs", "1"];
+    let copy = cache.with_extension("copy");
+    run(Command::new("cp").arg("-a").arg(cache).arg(&copy));
+    let (code, trace) = build_traced(&copy, closure, &args, "rename", None);
+    assert_eq!(code, 0, "the build failed");
+    fs::remove_dir_all(&copy).unwrap();
+    let at = trace
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| renamed_to(l).is_some_and(|to| to.ends_with(".narinfo")))
+        .nth(n - 1)
+        .unwrap_or_else(|| panic!("fewer than {n} narinfos renamed:\n{trace}"))
+        .0;
+    let kill = format!("signal=KILL:when={}", at + 1);
+    let (code, _) = build_traced(cache, closure, &args, "rename", Some(&kill));
+    assert_eq!(code, 128 + libc::SIGKILL, "not killed at narinfo {n}");
+}
+
 fn narinfo_count(cache: &Path) -> usize {
     fs::read_dir(cache)
         .map(|d| {
@@ -357,11 +381,14 @@ fn a_run_killed_part_way_leaves_a_usable_cache_that_the_next_run_completes() {
     assert!(assert_cache_consistent(cache.path()).is_empty());
     assert_verify_accepts(cache.path());
 
-    // … then by later runs, each right after it published a narinfo.
+    // … then by later runs, each as it renames a narinfo into place.
+    let work = tempdir();
+    let closure = closure_json(&work.path().join("closure.json"), &fixture().roots);
     let mut held = BTreeSet::new();
     for published in [1, 1, 2] {
         let before = narinfo_count(cache.path());
-        kill_build_when(cache.path(), |c| narinfo_count(c) >= before + published);
+        kill_build_at_narinfo(cache.path(), &closure, published + 1);
+        assert_eq!(narinfo_count(cache.path()), before + published);
         held = assert_cache_consistent(cache.path());
         assert_verify_accepts(cache.path());
     }
@@ -416,9 +443,7 @@ fn two_runs_into_one_cache_at_once_do_not_corrupt_it() {
 fn closure_json_from_nix_path_info_gives_the_same_cache() {
     let fixture = fixture();
     let file = tempdir();
-    let closure_json = file.path().join("closure.json");
-    let json = run(nix_new(&["path-info", "--json", "--recursive"]).args(&fixture.roots));
-    fs::write(&closure_json, json).unwrap();
+    let closure_json = closure_json(&file.path().join("closure.json"), &fixture.roots);
 
     let from_file = tempdir();
     run(build_into(from_file.path(), &["--compression", "none"])
@@ -514,4 +539,281 @@ fn a_path_not_in_the_store_is_refused_before_anything_is_written() {
         "{stderr}"
     );
     assert!(!cache.exists());
+}
+
+/// Adds to the store a closure of `builtins.toFile` paths, `mids × per`
+/// leaves under `mids` middle paths under one root (three levels of
+/// references), and writes its `nix path-info --json --recursive` to
+/// `dir`; returns that file and the closure's size. Runs given the file
+/// start no Nix of their own, so that strace sees only `mk-binary-cache`.
+fn text_closure(dir: &Path, tag: &str, mids: usize, per: usize) -> (PathBuf, usize) {
+    let expr = format!(
+        r#"let
+             leaf = i: builtins.toFile "group-commit-leaf-${{toString i}}" "leaf ${{toString i}}\n";
+             mid = m: builtins.toFile "group-commit-{tag}-mid-${{toString m}}"
+               (builtins.concatStringsSep "\n" (builtins.genList (j: leaf (m * {per} + j)) {per}));
+           in builtins.toFile "group-commit-{tag}-root"
+             (builtins.concatStringsSep "\n" (builtins.genList mid {mids}))"#
+    );
+    let root = run(nix_cmd("nix-instantiate").args([
+        "--eval",
+        "--read-write-mode",
+        "--json",
+        "-E",
+        &expr,
+    ]));
+    let root: String = serde_json::from_str(&root).unwrap();
+    let file = closure_json(
+        &dir.join(format!("{tag}.json")),
+        std::slice::from_ref(&root),
+    );
+    let paths = closure_of(&[&root]).len();
+    assert_eq!(paths, 1 + mids + mids * per);
+    (file, paths)
+}
+
+/// Writes to `file` the closure of `roots` as `nix path-info --json
+/// --recursive` gives it; returns the file's path.
+fn closure_json(file: &Path, roots: &[String]) -> PathBuf {
+    let json = run(nix_new(&["path-info", "--json", "--recursive"]).args(roots));
+    fs::write(file, json).unwrap();
+    file.to_owned()
+}
+
+/// `build -q --to cache --closure-json closure <args>` under strace, which
+/// traces `calls` (and, with `inject`, acts on them; strace counts the
+/// calls of each thread and system call apart, so a test that kills at the
+/// n-th call runs one thread and names one call); returns the exit status and the trace, one line per call, file
+/// descriptors shown with their paths.
+fn build_traced(
+    cache: &Path,
+    closure: &Path,
+    args: &[&str],
+    calls: &str,
+    inject: Option<&str>,
+) -> (i32, String) {
+    let work = tempdir();
+    let trace = work.path().join("trace");
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-y", "-qq", "-o"])
+        .arg(&trace)
+        .args(["-e", &format!("trace={calls}")]);
+    if let Some(inject) = inject {
+        cmd.args(["-e", &format!("inject={calls}:{inject}")]);
+    }
+    cmd.arg(env!("CARGO_BIN_EXE_mk-binary-cache"))
+        .args(["build", "-q", "--to"])
+        .arg(cache)
+        .arg("--closure-json")
+        .arg(closure)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    hermetic_nix(&mut cmd);
+    let status = cmd.status().unwrap_or_else(|e| {
+        panic!("cannot run strace ({e}): the sync tests need it (apt-get install strace)")
+    });
+    let code = status.code().or(status.signal().map(|s| 128 + s)).unwrap();
+    (code, fs::read_to_string(&trace).unwrap())
+}
+
+/// The calls in a trace (a call another thread interrupted is one call).
+fn calls_in(trace: &str) -> usize {
+    trace.lines().filter(|l| !l.contains(" resumed>")).count()
+}
+
+const SYNCS: &str = "fsync,fdatasync,syncfs,sync";
+
+#[test]
+fn updating_a_cache_syncs_a_number_of_times_that_does_not_grow_with_its_paths() {
+    // One syncfs per batch of narinfos, and a directory fsync per level of
+    // references in it, rather than fsyncs for each NAR and narinfo.
+    let work = tempdir();
+    let mut counts = Vec::new();
+    for (tag, mids, per) in [("fifty", 4, 11), ("four-hundred", 8, 50)] {
+        let (closure, paths) = text_closure(work.path(), tag, mids, per);
+        let cache = work.path().join(tag);
+        let (code, trace) = build_traced(&cache, &closure, &[], SYNCS, None);
+        assert_eq!(code, 0, "the build failed");
+        assert_eq!(assert_cache_consistent(&cache).len(), paths);
+        counts.push((paths, calls_in(&trace)));
+    }
+    for &(paths, syncs) in &counts {
+        assert!(syncs <= 20, "{paths} paths took {syncs} syncs: {counts:?}");
+    }
+}
+
+#[test]
+fn a_run_killed_at_any_sync_or_rename_leaves_a_consistent_cache_that_the_next_completes() {
+    // SIGKILL as the run enters each of its syncs and renames in turn: what
+    // is in the cache then is closed under references, and every narinfo's
+    // NAR is complete (FileHash, NarHash); the next run completes the cache.
+    let work = tempdir();
+    let (closure, paths) = text_closure(work.path(), "killed", 3, 3);
+    // strace counts each system call apart (NARs go with `renameat2`,
+    // narinfos with `rename`).
+    for calls in ["syncfs", "fsync", "rename", "renameat2"] {
+        let one_thread = ["--jobs", "1"];
+        let (_, trace) = build_traced(&work.path().join(calls), &closure, &one_thread, calls, None);
+        let total = calls_in(&trace);
+        assert!(total > 0, "the run made no {calls} call");
+        for n in 1..=total {
+            let cache = work.path().join(format!("{calls}-killed-at-{n}"));
+            let kill = format!("signal=KILL:when={n}");
+            let (code, _) = build_traced(&cache, &closure, &one_thread, calls, Some(&kill));
+            assert_eq!(code, 128 + libc::SIGKILL, "not killed at {calls} {n}");
+            // Killed before `nix-cache-info` was in place: nothing else is.
+            if cache.join("nix-cache-info").exists() {
+                assert_cache_consistent(&cache);
+                assert_verify_accepts(&cache);
+            } else {
+                assert_eq!(narinfo_count(&cache), 0, "{calls} {n}");
+            }
+            run(build_into(&cache, &["-q", "--closure-json"]).arg(&closure));
+            assert_eq!(assert_cache_consistent(&cache).len(), paths, "{calls} {n}");
+            assert_verify_accepts(&cache);
+            assert!(
+                temp_files(&cache).is_empty(),
+                "{calls} {n}: stale temporary files"
+            );
+            fs::remove_dir_all(&cache).unwrap();
+        }
+    }
+}
+
+/// One call of a trace: the lines where it began and ended (apart when
+/// another thread's calls came in between), its name and its arguments.
+struct Call<'t> {
+    began: usize,
+    ended: usize,
+    name: &'t str,
+    args: &'t str,
+}
+
+/// The calls of a `strace -f` trace, in the order they began.
+fn calls_of(trace: &str) -> Vec<Call<'_>> {
+    let mut calls: Vec<Call> = Vec::new();
+    let mut open: Vec<(&str, usize)> = Vec::new();
+    for (line_no, line) in trace.lines().enumerate() {
+        let (pid, rest) = line.split_once(' ').unwrap();
+        let rest = rest.trim_start();
+        if rest.starts_with("<... ") {
+            let at = open.iter().position(|(p, _)| *p == pid).unwrap();
+            calls[open.remove(at).1].ended = line_no;
+            continue;
+        }
+        let (name, args) = rest.split_once('(').unwrap();
+        if rest.ends_with("<unfinished ...>") {
+            open.push((pid, calls.len()));
+        }
+        calls.push(Call {
+            began: line_no,
+            ended: line_no,
+            name,
+            args,
+        });
+    }
+    calls
+}
+
+/// The destination of a rename call: its second quoted path.
+fn renamed_to(args: &str) -> Option<&str> {
+    args.split('"').nth(3)
+}
+
+#[test]
+fn narinfos_are_renamed_after_a_syncfs_and_after_their_references_are_durable() {
+    // What makes the cache survive a power loss, read from the order of the
+    // calls: a narinfo is renamed into place after a syncfs that began when
+    // its NAR was in place, and after an fsync of the cache directory that began when the narinfos of
+    // its references were renamed.
+    let work = tempdir();
+    let (closure, paths) = text_closure(work.path(), "ordered", 4, 11);
+    let cache = work.path().join("cache");
+    let calls = "syncfs,fsync,rename,renameat,renameat2";
+    let (code, trace) = build_traced(&cache, &closure, &[], calls, None);
+    assert_eq!(code, 0, "the build failed");
+    let calls = calls_of(&trace);
+    let renamed = |dest: &Path| {
+        let dest = dest.to_str().unwrap();
+        calls
+            .iter()
+            .find(|c| c.name.starts_with("rename") && renamed_to(c.args) == Some(dest))
+            .unwrap_or_else(|| panic!("{dest} was not renamed into place"))
+    };
+    let cache_dir = format!("<{}>", cache.display());
+    let synced_between = |before: &Call, after: &Call, sync: &dyn Fn(&Call) -> bool| {
+        calls
+            .iter()
+            .any(|c| sync(c) && before.ended < c.began && c.ended < after.began)
+    };
+    let mut checked = 0;
+    for hash in narinfo_hash_parts(&cache) {
+        let file = cache.join(format!("{hash}.narinfo"));
+        let info = NarInfo::parse(&fs::read_to_string(&file).unwrap(), "/nix/store").unwrap();
+        let narinfo = renamed(&file);
+        let nar = renamed(&cache.join(&info.url));
+        assert!(
+            synced_between(nar, narinfo, &|c| c.name == "syncfs"),
+            "{hash}.narinfo was renamed with no syncfs after its NAR's rename"
+        );
+        for reference in info.references.iter().filter(|r| **r != info.store_path) {
+            let reference = renamed(&cache.join(format!("{}.narinfo", reference.hash_part())));
+            assert!(
+                synced_between(reference, narinfo, &|c| {
+                    c.name == "fsync" && c.args.contains(&cache_dir)
+                }),
+                "{hash}.narinfo was renamed before the rename of its reference {:?} was durable",
+                renamed_to(reference.args).unwrap()
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, paths);
+}
+
+#[test]
+fn a_nar_a_power_loss_left_empty_under_its_name_is_replaced_by_the_next_run() {
+    // NARs are renamed into place unsynced; after a power loss one can be
+    // empty under its final name, with no narinfo yet. The next run must
+    // not take that file for the NAR it would write.
+    let work = tempdir();
+    let (closure, paths) = text_closure(work.path(), "emptied", 2, 3);
+    let cache = work.path().join("cache");
+    run(build_into(&cache, &["-q", "--closure-json"]).arg(&closure));
+    for hash in narinfo_hash_parts(&cache) {
+        let file = cache.join(format!("{hash}.narinfo"));
+        let info = NarInfo::parse(&fs::read_to_string(&file).unwrap(), "/nix/store").unwrap();
+        fs::write(cache.join(&info.url), "").unwrap();
+        fs::remove_file(file).unwrap();
+    }
+    run(build_into(&cache, &["-q", "--closure-json"]).arg(&closure));
+    assert_eq!(assert_cache_consistent(&cache).len(), paths);
+}
+
+#[test]
+fn nars_on_a_filesystem_of_their_own_are_synced_before_their_narinfos() {
+    // `nar/` may be a mount of its own (or a symlink to one): a sync of
+    // the cache directory's filesystem alone would leave the NARs
+    // undurable under durable narinfos.
+    let work = tempdir();
+    let (closure, paths) = text_closure(work.path(), "mounted", 2, 3);
+    let cache = work.path().join("cache");
+    let empty = work.path().join("empty.json");
+    fs::write(&empty, "[]").unwrap();
+    run(build_into(&cache, &["--closure-json"]).arg(&empty));
+    let _mount = crate::faults::Mount::tmpfs(&cache.join("nar"), "size=4m");
+    let (code, trace) = build_traced(&cache, &closure, &[], "syncfs", None);
+    assert_eq!(code, 0, "the build failed");
+    assert_eq!(assert_cache_consistent(&cache).len(), paths);
+    let synced: BTreeSet<PathBuf> = trace
+        .lines()
+        .filter_map(|l| {
+            let (_, fd) = l.split_once("syncfs(")?;
+            let (_, path) = fd.split_once('<')?;
+            Some(PathBuf::from(path.split_once('>')?.0))
+        })
+        .collect();
+    assert!(synced.contains(&cache.join("nar")), "{trace}");
+    assert!(synced.contains(&cache), "{trace}");
 }

@@ -217,7 +217,7 @@ fn assert_every_narinfo_has_its_nar(cache: &Path) {
 // ---------------------------------------------------------------------------
 // Mounts, undone when the guard goes.
 
-struct Mount(PathBuf);
+pub(crate) struct Mount(PathBuf);
 
 /// Runs `mount ARGS AT`, panicking with what it said if it fails.
 fn mount(args: &[&str], at: &Path) {
@@ -248,7 +248,7 @@ impl Mount {
     }
 
     /// A tmpfs with `options` (size=…, nr_inodes=…) at the directory `at`.
-    fn tmpfs(at: &Path, options: &str) -> Mount {
+    pub(crate) fn tmpfs(at: &Path, options: &str) -> Mount {
         Mount::new(&["-t", "tmpfs", "-o", options, "tmpfs"], at)
     }
 

@@ -260,6 +260,23 @@ fn an_existing_debug_info_entry_is_not_overwritten() {
     assert_eq!(ours[1], theirs[1], "the other entry is written");
 }
 
+#[test]
+fn an_empty_debug_info_entry_is_replaced() {
+    // Entries are renamed into place unsynced (a group commit syncs them
+    // before the narinfo); a power loss before that can leave one empty,
+    // which is no entry, and must not be kept as one.
+    let p = probe();
+    let cache = tempdir();
+    let work = tempdir();
+    let empty = work.path().join("empty.json");
+    fs::write(&empty, "[]").unwrap();
+    run(build_into(cache.path(), &["--closure-json"]).arg(&empty));
+    fs::write(cache.path().join(format!("debuginfo/ab{ID}.debug")), "").unwrap();
+    run(build_into(cache.path(), &OUR_FLAGS).arg(&p.store_path));
+    let theirs = files(p.reference.path(), "debuginfo");
+    assert_eq!(files(cache.path(), "debuginfo"), theirs);
+}
+
 /// Adds a store path holding the build ID `ID` (and `padding` bytes more, to
 /// make its NAR the larger), named after `i` so that retries differ.
 fn add_debug_twin(work: &Path, i: usize, padding: usize) -> String {

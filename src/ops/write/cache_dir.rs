@@ -1,13 +1,15 @@
 //! A cache directory being written: its files written atomically (and,
-//! when updating, durably), each path's NAR, listing and debug-info entries,
-//! its narinfo, and `store-paths`.
+//! when updating, durably, narinfos by group commit), each path's NAR,
+//! listing and debug-info entries, its narinfo, and `store-paths`.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use super::commit::{self, BatchPolicy, GroupCommit};
 use super::pipeline::{check, compress_and_hash, nar_size_of, plan};
 use super::publication::Publication;
 use super::{CacheError, DIRECTORIES, Options, STORE_PATHS, read_error, write_error};
@@ -31,7 +33,11 @@ pub(super) enum Mode {
     New,
     /// A cache that others may read, or write to, during the run, and that
     /// a crash must not damage: every file is written under a temporary
-    /// name, synced, and renamed into place (see [`super::update_cache`]).
+    /// name and renamed into place. NARs, listings and debug-info entries
+    /// are not synced one by one: narinfos are committed in batches
+    /// ([`super::commit`]), each after one sync of the filesystem, which
+    /// makes everything they point to durable first (see
+    /// [`super::update_cache`]).
     Update,
 }
 
@@ -79,7 +85,8 @@ impl<'a> Cache<'a> {
     }
 
     /// Writes `contents` to `dest`, replacing it: in [`Mode::Update`]
-    /// through a temporary file and a rename.
+    /// through a temporary file, synced, and a rename. For files no
+    /// narinfo points to (`nix-cache-info`, `store-paths`).
     pub(super) fn write_file(&self, dest: &Path, contents: &[u8]) -> Result<(), CacheError> {
         if self.mode == Mode::New {
             return fs::write(dest, contents).map_err(write_error(dest));
@@ -88,7 +95,7 @@ impl<'a> Cache<'a> {
         let written = File::create(&tmp)
             .and_then(|mut f| {
                 f.write_all(contents)?;
-                self.sync(&f)
+                f.sync_all()
             })
             .and_then(|()| fs::rename(&tmp, dest));
         written.map_err(|e| {
@@ -97,12 +104,34 @@ impl<'a> Cache<'a> {
         })
     }
 
-    fn sync(&self, file: &File) -> io::Result<()> {
-        if self.mode == Mode::Update {
-            file.sync_all()
-        } else {
-            Ok(())
+    /// Writes `contents` to `dest`, a file a narinfo will point to: in
+    /// [`Mode::Update`] through a temporary file, unsynced (the commit of
+    /// the narinfo syncs it), and [`Self::place`].
+    fn write_entry(&self, dest: &Path, contents: &[u8]) -> Result<(), CacheError> {
+        if self.mode == Mode::New {
+            return fs::write(dest, contents).map_err(write_error(dest));
         }
+        let tmp = self.temp.next(dest);
+        let written = File::create(&tmp)
+            .and_then(|mut f| f.write_all(contents))
+            .and_then(|()| self.place(&tmp, dest));
+        written.map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            write_error(dest)(e)
+        })
+    }
+
+    /// Renames the unsynced temporary file `tmp` to `dest`. A `dest` that
+    /// exists may be what a committed narinfo points to (a path with the
+    /// same NAR, or one another run committed since this run looked): it is
+    /// replaced only by a synced file, or a crash could leave that narinfo
+    /// pointing at an empty one.
+    fn place(&self, tmp: &Path, dest: &Path) -> io::Result<()> {
+        if files::rename_new(tmp, dest)? {
+            return Ok(());
+        }
+        File::open(tmp)?.sync_all()?;
+        fs::rename(tmp, dest)
     }
 
     /// Makes the renames done in `dir` durable.
@@ -127,14 +156,9 @@ impl<'a> Cache<'a> {
         let plan = plan(closure)?;
         progress.begin(plan.len(), plan.iter().map(|(size, _)| size).sum());
         let publication = Publication::new(closure);
+        let group = GroupCommit::new(BatchPolicy::default());
         let totals = Mutex::new(Totals::default());
-        let publish = |info: &NarInfo| {
-            self.write_file(
-                &self.narinfo_path(&info.store_path),
-                info.to_string().as_bytes(),
-            )?;
-            // A dependent's narinfo must not outlive this one in a crash.
-            self.sync_dir(self.root)?;
+        let done = |info: &NarInfo| {
             let file_size = info.file_size.unwrap_or(info.nar_size);
             progress.item_done(format_args!(
                 "cached {}: NAR {} -> {} {}",
@@ -144,7 +168,20 @@ impl<'a> Cache<'a> {
                 human_bytes(file_size),
             ));
             totals.lock().unwrap().add(info.nar_size, file_size);
+        };
+        let commit = |batch: Vec<NarInfo>| {
+            self.commit(&batch)?;
+            batch.iter().for_each(done);
             Ok(())
+        };
+        let publish = |info: NarInfo| match self.mode {
+            Mode::New => {
+                let text = info.to_string();
+                self.write_file(&self.narinfo_path(&info.store_path), text.as_bytes())?;
+                done(&info);
+                Ok(())
+            }
+            Mode::Update => group.add(info, commit),
         };
         let threshold = opts.compression.multithread_threshold();
         schedule::run(
@@ -157,12 +194,67 @@ impl<'a> Cache<'a> {
                 publication.ready(info, publish)
             },
         )?;
+        group.finish(commit)?;
         Ok(totals.into_inner().unwrap())
     }
 
+    /// Commits a batch of narinfos whose references are committed or in
+    /// the batch (see [`super::commit`]): on return, they are durable.
+    fn commit(&self, batch: &[NarInfo]) -> Result<(), CacheError> {
+        let mut temps = Vec::with_capacity(batch.len());
+        let written = batch.iter().try_for_each(|info| {
+            let dest = self.narinfo_path(&info.store_path);
+            let tmp = self.temp.next(&dest);
+            // Pushed first, so that a partial one is removed too.
+            temps.push(Some(tmp.clone()));
+            fs::write(&tmp, info.to_string()).map_err(write_error(&dest))
+        });
+        let renamed = written
+            .and_then(|()| self.sync_filesystems())
+            .and_then(|()| {
+                for level in commit::levels(batch) {
+                    for i in level {
+                        let dest = self.narinfo_path(&batch[i].store_path);
+                        let tmp = temps[i].take().expect("each narinfo is renamed once");
+                        if let Err(e) = fs::rename(&tmp, &dest) {
+                            temps[i] = Some(tmp);
+                            return Err(write_error(&dest)(e));
+                        }
+                    }
+                    // The next level's narinfos must not outlive these in a crash.
+                    self.sync_dir(self.root)?;
+                }
+                Ok(())
+            });
+        if renamed.is_err() {
+            for tmp in temps.into_iter().flatten() {
+                let _ = fs::remove_file(tmp);
+            }
+        }
+        renamed
+    }
+
+    /// Syncs the filesystem of the cache, and those of `nar/` and
+    /// `debuginfo/` where they are others (a mount, or a symlink to one).
+    fn sync_filesystems(&self) -> Result<(), CacheError> {
+        let mut synced = Vec::new();
+        for dir in [
+            self.root.to_owned(),
+            self.root.join("nar"),
+            self.root.join("debuginfo"),
+        ] {
+            let device = fs::metadata(&dir).map_err(read_error(&dir))?.dev();
+            if !synced.contains(&device) {
+                files::sync_filesystem(&dir).map_err(write_error(&dir))?;
+                synced.push(device);
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the NAR, listing and debug-info entries of `path`, in that
-    /// order, and makes them durable; returns its narinfo, still to be
-    /// written.
+    /// order (durable once the narinfo is committed); returns its narinfo,
+    /// still to be published.
     fn write_path(
         &self,
         path: &PathInfo,
@@ -174,16 +266,11 @@ impl<'a> Cache<'a> {
         if let Some(listing) = listing {
             if opts.write_nar_listing {
                 let ls = self.root.join(format!("{}.ls", path.path.hash_part()));
-                self.write_file(&ls, &listing.to_ls_json())?;
+                self.write_entry(&ls, &listing.to_ls_json())?;
             }
             if opts.index_debug_info {
                 self.index_debug_info(&path.path, &info.url, &listing)?;
             }
-        }
-        // The narinfo must never be seen before what it points to.
-        self.sync_dir(&self.root.join("nar"))?;
-        if opts.index_debug_info {
-            self.sync_dir(&self.root.join("debuginfo"))?;
         }
         Ok(info)
     }
@@ -210,7 +297,7 @@ impl<'a> Cache<'a> {
             let entry = file.index_entry(nar_url);
             match written.get(&file.file_name) {
                 Some(by) if by <= path => continue,
-                Some(_) => self.write_file(&dest, entry.as_bytes())?,
+                Some(_) => self.write_entry(&dest, entry.as_bytes())?,
                 None => {
                     if !self.create_file(&dest, entry.as_bytes())? {
                         continue;
@@ -223,6 +310,10 @@ impl<'a> Cache<'a> {
     }
 
     /// Writes `dest` atomically unless it exists; returns whether it did.
+    /// Unsynced: the commit of the narinfo it was written for syncs it. In
+    /// [`Mode::Update`] an empty `dest`, as a power loss leaves a file
+    /// renamed into place unsynced, counts as none, and is replaced by a
+    /// synced file.
     fn create_file(&self, dest: &Path, contents: &[u8]) -> Result<bool, CacheError> {
         if self.mode == Mode::New {
             return match File::create_new(dest).and_then(|mut f| f.write_all(contents)) {
@@ -233,14 +324,17 @@ impl<'a> Cache<'a> {
         }
         let tmp = self.temp.next(dest);
         let result = File::create(&tmp)
-            .and_then(|mut f| {
-                f.write_all(contents)?;
-                self.sync(&f)
-            })
+            .and_then(|mut f| f.write_all(contents))
             // A hard link, unlike a rename, never replaces its destination.
             .and_then(|()| match fs::hard_link(&tmp, dest) {
                 Ok(()) => Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if fs::metadata(dest)?.len() > 0 {
+                        return Ok(false);
+                    }
+                    File::open(&tmp)?.sync_all()?;
+                    fs::rename(&tmp, dest).map(|()| true)
+                }
                 Err(e) => Err(e),
             });
         let _ = fs::remove_file(&tmp);
@@ -280,13 +374,8 @@ impl<'a> Cache<'a> {
         } else {
             let tmp = self.temp.next(&nar_dir.join(path.path.hash_part()));
             let sink = File::create(&tmp).map_err(write_error(&tmp))?;
-            let checked = compress_and_hash(path, sink, &tmp, opts, threads, progress).and_then(
-                |(sink, file)| {
-                    check(path, file.nar.hash, file.nar.size)?;
-                    self.sync(&sink).map_err(write_error(&tmp))?;
-                    Ok(file)
-                },
-            );
+            let checked = compress_and_hash(path, sink, &tmp, opts, threads, progress)
+                .and_then(|(_, file)| check(path, file.nar.hash, file.nar.size).map(|()| file));
             let file = match checked {
                 Ok(file) => file,
                 Err(e) => {
@@ -296,7 +385,14 @@ impl<'a> Cache<'a> {
             };
             let url = file.url(opts.compression);
             let dest = self.root.join(&url);
-            fs::rename(&tmp, &dest).map_err(write_error(&dest))?;
+            let placed = match self.mode {
+                Mode::New => fs::rename(&tmp, &dest),
+                Mode::Update => self.place(&tmp, &dest),
+            };
+            placed.map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                write_error(&dest)(e)
+            })?;
             (url, file.hash, file.size, file.nar)
         };
         let info = NarInfo {

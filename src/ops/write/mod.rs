@@ -16,9 +16,11 @@
 //!   before the run ends, so files are written in place, unsynced.
 //! - [`update_cache`] adds to a cache that may exist, as `mk-binary-cache
 //!   build` does. It is crash-safe: every file is written under a temporary
-//!   name unique to the process, fsynced and renamed, and a path's narinfo is
-//!   renamed into place only once its NAR (and listing) and the narinfos of
-//!   its references are durable. A run killed at any moment leaves every
+//!   name unique to the process and renamed, and a path's narinfo is renamed
+//!   into place only once its own contents, its NAR (and listing) and the
+//!   narinfos of its references are durable. Narinfos are made durable in
+//!   batches ([`commit`]): one `syncfs` per batch rather than fsyncs per
+//!   file. A run killed at any moment, or a power loss, leaves every
 //!   narinfo pointing at a complete NAR and at references the cache holds, at
 //!   worst with an unreferenced NAR or a stale temporary file, which the next
 //!   run replaces or removes; paths with a narinfo are skipped, so the next
@@ -32,6 +34,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 mod cache_dir;
+mod commit;
 mod pipeline;
 mod publication;
 

@@ -7,11 +7,14 @@ use super::CacheError;
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::{PathInfo, StorePath};
 
-/// Publishes narinfos references first: a path's narinfo is written once
-/// its NAR is ready and the narinfos of all its references are written, so
+/// Publishes narinfos references first: a path's narinfo is published once
+/// its NAR is ready and the narinfos of all its references are published, so
 /// that a consumer, or a run killed part-way, never sees a path whose
 /// references the cache lacks. References outside the paths being written
-/// are taken to be in the cache already.
+/// are taken to be in the cache already. To publish is to write the narinfo
+/// in [`Mode::New`](super::cache_dir::Mode::New), and to make it pending in
+/// a group commit ([`super::commit`]) in `Mode::Update`, which keeps the
+/// order among the narinfos it commits together.
 pub(super) struct Publication {
     state: Mutex<PublicationState>,
 }
@@ -61,7 +64,7 @@ impl Publication {
     pub(super) fn ready(
         &self,
         info: NarInfo,
-        publish: impl Fn(&NarInfo) -> Result<(), CacheError>,
+        publish: impl Fn(NarInfo) -> Result<(), CacheError>,
     ) -> Result<(), CacheError> {
         let mut publishable = Vec::new();
         {
@@ -73,13 +76,10 @@ impl Publication {
             }
         }
         while let Some(info) = publishable.pop() {
-            publish(&info)?;
+            let path = info.store_path.clone();
+            publish(info)?;
             let mut state = self.state.lock().unwrap();
-            for dependent in state
-                .dependents
-                .remove(&info.store_path)
-                .unwrap_or_default()
-            {
+            for dependent in state.dependents.remove(&path).unwrap_or_default() {
                 let waiting = state.waiting_for.get_mut(&dependent).unwrap();
                 *waiting -= 1;
                 if *waiting == 0 {
@@ -141,7 +141,7 @@ mod tests {
         ];
         let publication = Publication::new(&closure);
         let published = Mutex::new(Vec::new());
-        let publish = |i: &NarInfo| {
+        let publish = |i: NarInfo| {
             published
                 .lock()
                 .unwrap()
