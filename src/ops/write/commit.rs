@@ -175,29 +175,8 @@ pub(super) fn levels(batch: &[NarInfo]) -> Vec<Vec<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::hash::Sha256;
+    use crate::ops::write::testing::narinfo;
     use std::thread;
-
-    fn path(name: &str) -> StorePath {
-        let hash = format!("{:0<32}", name.len());
-        StorePath::from_base_name(&format!("{hash}-{name}"), "/nix/store").unwrap()
-    }
-
-    fn narinfo(name: &str, references: &[&str]) -> NarInfo {
-        NarInfo {
-            store_path: path(name),
-            nar_hash: Sha256::digest(name.as_bytes()),
-            nar_size: 1,
-            references: references.iter().map(|r| path(r)).collect(),
-            url: format!("nar/{name}.nar"),
-            compression: "none".to_owned(),
-            file_hash: None,
-            file_size: None,
-            deriver: None,
-            signatures: Vec::new(),
-            ca: None,
-        }
-    }
 
     fn names(batch: &[NarInfo], levels: &[Vec<usize>]) -> Vec<Vec<String>> {
         levels

@@ -379,6 +379,55 @@ fn is_empty_but_for_temp_files(dir: &Path) -> Result<bool, CacheError> {
     Ok(true)
 }
 
+/// Paths and narinfos for the unit tests of this module's parts.
+#[cfg(test)]
+mod testing {
+    use crate::format::hash::Sha256;
+    use crate::format::narinfo::NarInfo;
+    use crate::format::store_path::{PathInfo, StorePath};
+
+    /// A store path named `name`, with a hash part made from its length.
+    pub(super) fn path(name: &str) -> StorePath {
+        let hash = format!("{:0<32}", name.len());
+        StorePath::from_base_name(&format!("{hash}-{name}"), "/nix/store").unwrap()
+    }
+
+    /// The path `name` referring to `references`, as a closure lists it.
+    pub(super) fn path_info(name: &str, references: &[&str]) -> PathInfo {
+        PathInfo {
+            path: path(name),
+            nar_hash: None,
+            nar_size: Some(1),
+            references: references.iter().map(|r| path(r)).collect(),
+            deriver: None,
+            ca: None,
+            signatures: Vec::new(),
+        }
+    }
+
+    /// A narinfo for `info`.
+    pub(super) fn narinfo_of(info: &PathInfo) -> NarInfo {
+        NarInfo {
+            store_path: info.path.clone(),
+            nar_hash: Sha256::digest(info.path.name().as_bytes()),
+            nar_size: 1,
+            references: info.references.clone(),
+            url: format!("nar/{}.nar", info.path.name()),
+            compression: "none".to_owned(),
+            file_hash: None,
+            file_size: None,
+            deriver: None,
+            signatures: Vec::new(),
+            ca: None,
+        }
+    }
+
+    /// A narinfo for the path `name` referring to `references`.
+    pub(super) fn narinfo(name: &str, references: &[&str]) -> NarInfo {
+        narinfo_of(&path_info(name, references))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

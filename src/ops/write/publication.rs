@@ -94,50 +94,17 @@ impl Publication {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::hash::Sha256;
-
-    fn path(name: &str) -> StorePath {
-        let hash = format!("{:0<32}", name.len());
-        StorePath::from_base_name(&format!("{hash}-{name}"), "/nix/store").unwrap()
-    }
-
-    fn info(name: &str, references: &[&str]) -> PathInfo {
-        PathInfo {
-            path: path(name),
-            nar_hash: None,
-            nar_size: Some(1),
-            references: references.iter().map(|r| path(r)).collect(),
-            deriver: None,
-            ca: None,
-            signatures: Vec::new(),
-        }
-    }
-
-    fn narinfo(p: &PathInfo) -> NarInfo {
-        NarInfo {
-            store_path: p.path.clone(),
-            nar_hash: Sha256::digest(b""),
-            nar_size: 1,
-            references: p.references.clone(),
-            url: String::new(),
-            compression: "none".to_owned(),
-            file_hash: None,
-            file_size: None,
-            deriver: None,
-            signatures: Vec::new(),
-            ca: None,
-        }
-    }
+    use crate::ops::write::testing::{narinfo_of, path_info};
 
     #[test]
     fn narinfos_are_published_after_those_of_their_references() {
         // top -> {left, right, top}, left -> leaf, right -> {leaf, cached};
         // `cached` is already in the cache, so nobody waits for it.
         let closure = [
-            info("top", &["left", "right", "top"]),
-            info("left", &["leaf"]),
-            info("right", &["leaf", "cached"]),
-            info("leaf", &[]),
+            path_info("top", &["left", "right", "top"]),
+            path_info("left", &["leaf"]),
+            path_info("right", &["leaf", "cached"]),
+            path_info("leaf", &[]),
         ];
         let publication = Publication::new(&closure);
         let published = Mutex::new(Vec::new());
@@ -150,7 +117,7 @@ mod tests {
         };
         // NARs finish in the worst order: every dependent before its references.
         for p in &closure {
-            publication.ready(narinfo(p), publish).unwrap();
+            publication.ready(narinfo_of(p), publish).unwrap();
             if p.path.name() != "leaf" {
                 assert!(published.lock().unwrap().is_empty());
             }
