@@ -247,10 +247,7 @@ fn listings_and_the_index_are_not_written_unless_asked_for() {
 fn an_existing_debug_info_entry_is_not_overwritten() {
     let p = probe();
     let cache = tempdir();
-    let work = tempdir();
-    let empty = work.path().join("empty.json");
-    fs::write(&empty, "[]").unwrap();
-    run(build_into(cache.path(), &["--closure-json"]).arg(&empty));
+    make_empty_cache(cache.path());
     let kept = cache.path().join(format!("debuginfo/ab{ID}.debug"));
     fs::write(&kept, "written before").unwrap();
     run(build_into(cache.path(), &OUR_FLAGS).arg(&p.store_path));
@@ -267,14 +264,20 @@ fn an_empty_debug_info_entry_is_replaced() {
     // which is no entry, and must not be kept as one.
     let p = probe();
     let cache = tempdir();
-    let work = tempdir();
-    let empty = work.path().join("empty.json");
-    fs::write(&empty, "[]").unwrap();
-    run(build_into(cache.path(), &["--closure-json"]).arg(&empty));
+    make_empty_cache(cache.path());
     fs::write(cache.path().join(format!("debuginfo/ab{ID}.debug")), "").unwrap();
     run(build_into(cache.path(), &OUR_FLAGS).arg(&p.store_path));
     let theirs = files(p.reference.path(), "debuginfo");
     assert_eq!(files(cache.path(), "debuginfo"), theirs);
+}
+
+/// Makes a cache of no paths at `cache`, with every directory, for a test
+/// to put entries in before a run.
+fn make_empty_cache(cache: &Path) {
+    let work = tempdir();
+    let empty = work.path().join("empty.json");
+    fs::write(&empty, "[]").unwrap();
+    run(build_into(cache, &["--closure-json"]).arg(&empty));
 }
 
 /// Adds a store path holding the build ID `ID` (and `padding` bytes more, to
