@@ -7,7 +7,10 @@ For comparing candidates of one setting, e.g. xz block sizes: build one binary p
         4MiB=/tmp/mkbc-4 24MiB=/tmp/mkbc-24 [--peers nix-copy-parallel]
 
 Each (closure, compression) runs every candidate, then each peer, one after the other, so that they
-see about the same load; "other CPU" says how much else ran on the machine meanwhile. Prints a
+see about the same load; "other CPU" says how much else ran on the machine meanwhile. With
+`--repeat N` that round runs N times, and each row is a run of median wall time, with the lowest and
+highest (for the small paths, whose times swing with the file system's state). Outputs of closures
+of over 1,000 paths are kept until the end, as in bench.py (see bench.keep_output). Prints a
 Markdown table and writes it, with the JSON, to bench/results/candidates.{md,json}.
 Uses bench/run's settings (NIX_CONF_DIR etc.) when called through `bench/run --candidates`; called
 directly, set NIX_CONF_DIR=scripts/nix NIX_USER_CONF_FILES= yourself.
@@ -35,6 +38,7 @@ def main():
     ap.add_argument("--only", default="xz", help="compressions")
     ap.add_argument("--peers", default="", help="nix-copy,nix-copy-parallel (run after the candidates)")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of every candidate and peer")
     ap.add_argument("--work", default=os.environ.get("BENCH_WORK", "/var/tmp/mk-binary-cache-bench"))
     ap.add_argument("--out", default=os.path.join(HERE, "results", "candidates"))
     args = ap.parse_args()
@@ -51,8 +55,10 @@ def main():
         bench.log(f"closure {name}: {len(ci)} paths, {sum(e['narSize'] for e in ci) / MiB:.1f} MiB NAR")
         bench.warm_up(ci)
         for comp in args.only.split(","):
-            for label, method, binary in [(lbl, "ours", b) for lbl, b in cands] + [(p, p, None) for p in peers]:
-                out = os.path.join(run_dir, "out")
+            tries = {}
+            runs = [(lbl, "ours", b) for lbl, b in cands] + [(p, p, None) for p in peers]
+            for rep, (label, method, binary) in [(rep, r) for rep in range(args.repeat) for r in runs]:
+                out = os.path.join(run_dir, f"out-{name}-{comp}-{label}-{rep}")
                 build_top = os.path.join(run_dir, "build-top")
                 os.makedirs(build_top, exist_ok=True)
                 cmd, env = bench.method_cmd(method, comp, root, ci, out, build_top, binary)
@@ -66,15 +72,19 @@ def main():
                 bench.log(f"{name} {comp} {label}: wall {r['wall']:.2f} s, cpu {r['cpu']:.2f} s, "
                           f"rss {r['rss_mib']:.0f} MiB, out {(r['out_bytes'] or 0) / MiB:.1f} MiB, "
                           f"other cpu {r['other_cpu']:.1f} s, check: {r['problems'][:2] or 'OK'}")
-                rows.append(r)
-                shutil.rmtree(out, ignore_errors=True)
+                tries.setdefault(label, []).append(r)
+                if not bench.keep_output(ci):
+                    shutil.rmtree(out, ignore_errors=True)
                 shutil.rmtree(build_top, ignore_errors=True)
+            rows.extend(bench.median_run(t) for t in tries.values())
     shutil.rmtree(run_dir, ignore_errors=True)
     lines = ["| closure | compression | candidate | wall s | CPU s | peak RSS MiB | output MiB | other CPU s | check |",
              "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         out = f"{r['out_bytes'] / MiB:.1f}" if r["out_bytes"] is not None else "-"
-        lines.append(f"| {r['closure']} | {r['compression']} | {r['candidate']} | {r['wall']:.2f} | {r['cpu']:.2f} | "
+        walls = r["walls"]
+        spread = f" ({min(walls):.2f}–{max(walls):.2f} of {len(walls)})" if len(walls) > 1 else ""
+        lines.append(f"| {r['closure']} | {r['compression']} | {r['candidate']} | {r['wall']:.2f}{spread} | {r['cpu']:.2f} | "
                      f"{r['rss_mib']:.0f} | {out} | {r['other_cpu']:.1f} | {'OK' if not r['problems'] else 'FAIL'} |")
     text = "\n".join(lines) + "\n"
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
