@@ -59,23 +59,11 @@ def main():
             runs = [(lbl, "ours", b) for lbl, b in cands] + [(p, p, None) for p in peers]
             for rep, (label, method, binary) in [(rep, r) for rep in range(args.repeat) for r in runs]:
                 out = os.path.join(run_dir, f"out-{name}-{comp}-{label}-{rep}")
-                build_top = os.path.join(run_dir, "build-top")
-                os.makedirs(build_top, exist_ok=True)
-                cmd, env = bench.method_cmd(method, comp, root, ci, out, build_top, binary)
-                os.sync()
-                r = bench.timed(cmd, env, os.path.join(run_dir, "rss.txt"))
-                r.pop("log", None) if r["rc"] == 0 else None
-                r.update({"closure": name, "compression": comp, "candidate": label})
-                r["out_bytes"] = bench.dir_bytes(out) if r["rc"] == 0 else None
-                r["problems"] = (bench.check_cache(out, ci, comp, verify_file_hash=(method == "ours"))
-                                 if r["rc"] == 0 else [f"exit code {r['rc']}: {r.get('log', '')[-500:]}"])
-                bench.log(f"{name} {comp} {label}: wall {r['wall']:.2f} s, cpu {r['cpu']:.2f} s, "
-                          f"rss {r['rss_mib']:.0f} MiB, out {(r['out_bytes'] or 0) / MiB:.1f} MiB, "
-                          f"other cpu {r['other_cpu']:.1f} s, check: {r['problems'][:2] or 'OK'}")
+                # No waiting for an idle machine: candidates are compared with each other, in turn.
+                r = bench.run_method(name, method, comp, root, ci, out, run_dir, binary,
+                                     gate=lambda: (0.0, None), tag=f"{name} {comp} {label}")
+                r["candidate"] = label
                 tries.setdefault(label, []).append(r)
-                if not bench.keep_output(ci):
-                    shutil.rmtree(out, ignore_errors=True)
-                shutil.rmtree(build_top, ignore_errors=True)
             rows.extend(bench.median_run(t) for t in tries.values())
     shutil.rmtree(run_dir, ignore_errors=True)
     lines = ["| closure | compression | candidate | wall s | CPU s | peak RSS MiB | output MiB | other CPU s | check |",
