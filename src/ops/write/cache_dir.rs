@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::commit::{self, BatchPolicy, GroupCommit};
-use super::pipeline::{check, compress_and_hash, nar_size_of, plan};
+use super::pipeline::{check, compress_and_hash, plan};
 use super::publication::Publication;
 use super::{CacheError, DIRECTORIES, Options, STORE_PATHS, read_error, write_error};
 use crate::format::debuginfo;
@@ -189,8 +189,8 @@ impl<'a> Cache<'a> {
             |(size, _)| *size,
             threshold,
             opts.jobs,
-            |(_, path), threads| {
-                let info = self.write_path(path, opts, threads, progress)?;
+            |&(size, path), threads| {
+                let info = self.write_path(path, size, opts, threads, progress)?;
                 publication.ready(info, publish)
             },
         )?;
@@ -258,11 +258,12 @@ impl<'a> Cache<'a> {
     fn write_path(
         &self,
         path: &PathInfo,
+        nar_size: u64,
         opts: &Options,
         threads: u32,
         progress: &Progress,
     ) -> Result<NarInfo, CacheError> {
-        let (info, listing) = self.write_nar(path, opts, threads, progress)?;
+        let (info, listing) = self.write_nar(path, nar_size, opts, threads, progress)?;
         if let Some(listing) = listing {
             if opts.write_nar_listing {
                 let ls = self.root.join(format!("{}.ls", path.path.hash_part()));
@@ -346,15 +347,23 @@ impl<'a> Cache<'a> {
     fn write_nar(
         &self,
         path: &PathInfo,
+        nar_size: u64,
         opts: &Options,
         threads: u32,
         progress: &Progress,
     ) -> Result<(NarInfo, Option<listing::Node>), CacheError> {
         let nar_dir = self.root.join("nar");
-        let in_memory = self.mode == Mode::New && nar_size_of(path)? <= IN_MEMORY_NAR;
+        let in_memory = self.mode == Mode::New && nar_size <= IN_MEMORY_NAR;
         let (url, file_hash, file_size, nar) = if in_memory {
-            let (bytes, file) =
-                compress_and_hash(path, Vec::new(), &nar_dir, opts, threads, progress)?;
+            let (bytes, file) = compress_and_hash(
+                path,
+                nar_size,
+                Vec::new(),
+                &nar_dir,
+                opts,
+                threads,
+                progress,
+            )?;
             check(path, file.nar.hash, file.nar.size)?;
             let url = file.url(opts.compression);
             let dest = self.root.join(&url);
@@ -374,7 +383,7 @@ impl<'a> Cache<'a> {
         } else {
             let tmp = self.temp.next(&nar_dir.join(path.path.hash_part()));
             let sink = File::create(&tmp).map_err(write_error(&tmp))?;
-            let checked = compress_and_hash(path, sink, &tmp, opts, threads, progress)
+            let checked = compress_and_hash(path, nar_size, sink, &tmp, opts, threads, progress)
                 .and_then(|(_, file)| check(path, file.nar.hash, file.nar.size).map(|()| file));
             let file = match checked {
                 Ok(file) => file,

@@ -24,7 +24,7 @@ pub(super) fn plan(closure: &[PathInfo]) -> Result<Vec<(u64, &PathInfo)>, CacheE
     Ok(sized)
 }
 
-pub(super) fn nar_size_of(p: &PathInfo) -> Result<u64, CacheError> {
+fn nar_size_of(p: &PathInfo) -> Result<u64, CacheError> {
     match p.nar_size {
         Some(size) => Ok(size),
         None => Ok(dump::nar_size(Path::new(&p.path.to_absolute()))?),
@@ -56,10 +56,11 @@ impl NarFile {
     }
 }
 
-/// Streams the NAR of `path` through its compressor into `sink`, hashing
-/// both what goes in and what comes out.
+/// Streams the NAR of `path`, of `nar_size` bytes as [`plan`] found, through
+/// its compressor into `sink`, hashing both what goes in and what comes out.
 pub(super) fn compress_and_hash<S: Write>(
     path: &PathInfo,
+    nar_size: u64,
     sink: S,
     sink_path: &Path,
     opts: &Options,
@@ -68,6 +69,7 @@ pub(super) fn compress_and_hash<S: Write>(
 ) -> Result<(S, NarFile), CacheError> {
     let pass = Pass {
         path,
+        nar_size,
         sink_path,
         opts,
         threads,
@@ -100,6 +102,8 @@ thread_local! {
 /// One path's pass, and what it needs besides the sink.
 struct Pass<'a> {
     path: &'a PathInfo,
+    /// What the NAR's size should be: it sizes buffers and picks the encoder.
+    nar_size: u64,
     /// The file the sink writes, for errors.
     sink_path: &'a Path,
     opts: &'a Options,
@@ -118,13 +122,13 @@ impl Pass<'_> {
     ) -> Result<(S, Nar), CacheError> {
         let Pass {
             path,
+            nar_size: expected_size,
             sink_path,
             opts,
             threads,
             progress,
         } = *self;
         let source = PathBuf::from(path.path.to_absolute());
-        let expected_size = nar_size_of(path)?;
         let nar_error = |source| CacheError::WriteNar {
             path: path.path.clone(),
             file: sink_path.to_owned(),
