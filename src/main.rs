@@ -320,8 +320,13 @@ fn prune(args: PruneArgs) -> anyhow::Result<()> {
         keep: (!args.keep.is_empty()).then_some(args.keep),
         dry_run: args.dry_run,
     };
-    let report = prune::prune(&args.cache, &options)
-        .with_context(|| format!("pruning '{}'", args.cache.display()))?;
+    let report = prune::prune(&args.cache, &options, || {
+        eprintln!(
+            "mk-binary-cache: waiting for another run that holds the lock of {}…",
+            args.cache.display()
+        )
+    })
+    .with_context(|| format!("pruning '{}'", args.cache.display()))?;
     for root in &report.roots_not_cached {
         eprintln!("mk-binary-cache: note: root '{root}' has no narinfo in this cache");
     }
