@@ -546,3 +546,160 @@ fn is_empty_but_for_temp_files(dir: &Path) -> Result<bool, CacheDirError> {
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn wanted(priority: Option<i64>, want_mass_query: Option<bool>) -> CacheInfo {
+        CacheInfo {
+            store_dir: Some(DEFAULT_STORE_DIR.to_owned()),
+            want_mass_query,
+            priority,
+        }
+    }
+
+    #[test]
+    fn an_existing_cache_info_must_agree_with_what_a_run_asks_for() {
+        let path = Path::new("/c/nix-cache-info");
+        let found = |text: &str| text.parse::<CacheInfo>().unwrap();
+        let merged = merge_cache_info(
+            path,
+            found("StoreDir: /nix/store\nPriority: 30\n"),
+            &wanted(Some(30), None),
+        );
+        assert_eq!(merged.unwrap().priority, Some(30));
+        let e = merge_cache_info(path, found("StoreDir: /gnu/store\n"), &wanted(None, None))
+            .unwrap_err();
+        assert!(
+            matches!(&e, CacheDirError::CacheInfoMismatch { key: "StoreDir", found, .. } if found == "/gnu/store"),
+            "{e}"
+        );
+        let e = merge_cache_info(
+            path,
+            found("StoreDir: /nix/store\nPriority: 40\n"),
+            &wanted(Some(30), None),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "'/c/nix-cache-info' says Priority: 40, but this run asks for Priority: 30"
+        );
+        let e = merge_cache_info(path, found("WantMassQuery: 0\n"), &wanted(None, Some(true)))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "'/c/nix-cache-info' says WantMassQuery: 0, but this run asks for WantMassQuery: 1"
+        );
+    }
+
+    #[test]
+    fn a_setting_the_cache_info_lacks_is_added_and_others_kept() {
+        let path = Path::new("/c/nix-cache-info");
+        // No StoreDir means /nix/store to Nix: it agrees, and is not added.
+        let merged = merge_cache_info(
+            path,
+            "Priority: 10\n".parse().unwrap(),
+            &wanted(None, Some(false)),
+        )
+        .unwrap();
+        assert_eq!(
+            merged,
+            CacheInfo {
+                store_dir: None,
+                want_mass_query: Some(false),
+                priority: Some(10),
+            }
+        );
+    }
+
+    #[test]
+    fn narinfos_are_the_entries_named_for_a_hash_part_whatever_their_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CacheDir::unchecked(dir.path());
+        let (a, b) = ("0".repeat(32), "1".repeat(32));
+        fs::write(cache.narinfo_path(&a), "").unwrap();
+        // A symlink is listed, to be refused when read.
+        symlink("/etc/hostname", cache.narinfo_path(&b)).unwrap();
+        for other in [
+            "x.narinfo",
+            ".tmp.narinfo",
+            "00000000000000000000000000000000e.narinfo",
+        ] {
+            fs::write(dir.path().join(other), "").unwrap();
+        }
+        fs::create_dir(dir.path().join("nar")).unwrap();
+        fs::write(dir.path().join("nar").join(format!("{a}.narinfo")), "").unwrap();
+        assert_eq!(cache.narinfos().unwrap(), [a, b]);
+    }
+
+    #[test]
+    fn a_narinfo_is_read_only_as_a_file_of_the_cache_and_no_larger_than_a_narinfo() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CacheDir::unchecked(dir.path());
+        let [link, huge, fifo, missing] = ["0", "1", "2", "3"].map(|c| c.repeat(32));
+        let outside = dir.path().join("outside");
+        fs::write(&outside, "StorePath: /nix/store/x\n").unwrap();
+        symlink(&outside, cache.narinfo_path(&link)).unwrap();
+        let file = File::create(cache.narinfo_path(&huge)).unwrap();
+        file.set_len(narinfo::MAX_SIZE + 1).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(cache.narinfo_path(&fifo))
+            .status();
+        assert!(made.unwrap().success());
+
+        let e = cache.read_narinfo_bytes(&link).unwrap_err();
+        assert!(matches!(e, CacheDirError::Symlink(_)), "{e}");
+        assert!(matches!(
+            cache.has_narinfo(&link),
+            Err(CacheDirError::Symlink(_))
+        ));
+        let e = cache.read_narinfo_bytes(&huge).unwrap_err();
+        assert!(matches!(e, CacheDirError::TooLarge { .. }), "{e}");
+        assert!(matches!(
+            cache.has_narinfo(&huge),
+            Err(CacheDirError::TooLarge { .. })
+        ));
+        // Opened without blocking, and refused.
+        let e = cache.read_narinfo_bytes(&fifo).unwrap_err();
+        assert!(matches!(e, CacheDirError::NotAFile(_)), "{e}");
+        assert!(!cache.has_narinfo(&missing).unwrap());
+    }
+
+    #[test]
+    fn a_cache_with_a_symlinked_subdirectory_is_not_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        CacheDir::create_new(&cache, wanted(None, None)).unwrap();
+        fs::rename(cache.join("debuginfo"), dir.path().join("elsewhere")).unwrap();
+        symlink(dir.path().join("elsewhere"), cache.join("debuginfo")).unwrap();
+        let e = CacheDir::open(&cache).unwrap_err();
+        assert!(
+            matches!(&e, CacheDirError::Symlink(p) if p.ends_with("debuginfo")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn store_paths_are_merged_in_order_without_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CacheDir::create_new(&dir.path().join("c"), wanted(None, None)).unwrap();
+        let p = |name: &str| {
+            StorePath::parse(
+                &format!("/nix/store/{}-{name}", "0".repeat(32)),
+                "/nix/store",
+            )
+            .unwrap()
+        };
+        assert!(cache.store_paths().unwrap().is_empty());
+        cache.add_store_paths(&[p("b"), p("a")]).unwrap();
+        cache.add_store_paths(&[p("a"), p("c")]).unwrap();
+        assert_eq!(cache.store_paths().unwrap(), [p("b"), p("a"), p("c")]);
+        cache.replace_store_paths(&[p("c")]).unwrap();
+        assert_eq!(
+            fs::read_to_string(cache.store_paths_file()).unwrap(),
+            format!("{}\n", p("c"))
+        );
+    }
+}
