@@ -14,6 +14,10 @@
 //! ([`add_signature_lines`]): signing an unsigned `nix copy` cache gives the
 //! very narinfos `nix copy` writes when given the key.
 //!
+//! Narinfos are found and read through [`CacheDir`]: one that is a symlink,
+//! or larger than a narinfo can be, stops the run with its path, as does a
+//! `nar/` that is a symlink; nothing is changed then.
+//!
 //! Signing vouches for what the narinfos say without reading the NARs: run
 //! `mk-binary-cache verify` first on a cache you did not build.
 //!

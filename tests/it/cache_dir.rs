@@ -369,7 +369,11 @@ fn build_to_writes_a_priority_or_mass_query_the_cache_info_lacks() {
         fs::read_to_string(&info).unwrap(),
         "StoreDir: /nix/store\nX-Note: kept\nPriority: 30\n"
     );
-    run(build_into(&cache, &["-q", "--want-mass-query", "true", "--closure-json"]).arg(&closure));
+    run(build_into(
+        &cache,
+        &["-q", "--want-mass-query", "true", "--closure-json"],
+    )
+    .arg(&closure));
     assert_eq!(
         fs::read_to_string(&info).unwrap(),
         "StoreDir: /nix/store\nX-Note: kept\nPriority: 30\nWantMassQuery: 1\n"

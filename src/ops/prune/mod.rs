@@ -19,7 +19,9 @@
 //! directory, `nar/` and `debuginfo/`, never a path read from a file: a
 //! symlink is removed as a link, never followed, and a `nar/` or
 //! `debuginfo/` that is itself a symlink is refused, since what it holds is
-//! outside the cache. It holds the cache lock (see `cache::DirLock`)
+//! outside the cache. A narinfo that is a symlink, or larger than a
+//! narinfo can be, is refused too: prune decides nothing on what it might
+//! say. It holds the cache lock ([`CacheDir::lock`])
 //! exclusively, so it never runs while a `build --to` into the same
 //! directory is between finding what the cache holds and listing its roots.
 
