@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::build::{build_into, mk_binary_cache, temp_files};
+use crate::build::{build_into, empty_closure, mk_binary_cache, temp_files};
 use crate::common::*;
 use crate::publish::{Moto, publisher};
 
@@ -160,17 +160,10 @@ fn run_measured(cmd: &mut Command) -> Ran {
         .stderr(err_file.reopen().unwrap())
         .spawn()
         .unwrap();
-    let status_file = format!("/proc/{}/status", child.id());
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut peak_kib = 0u64;
     let status = loop {
-        if let Ok(text) = fs::read_to_string(&status_file)
-            && let Some(kib) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().strip_suffix(" kB"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        {
+        if let Some(kib) = peak_rss_kib(child.id()) {
             peak_kib = peak_kib.max(kib);
         }
         if let Some(status) = child.try_wait().unwrap() {
@@ -345,13 +338,6 @@ fn publish_refuses_a_drifted_cache_and_uploads_nothing() {
         assert!(bucket.objects().is_empty(), "{d:?}: publish uploaded");
         assert!(snapshot(work.path()) == before, "{d:?}: the cache changed");
     }
-}
-
-/// An empty closure file in `dir`.
-fn empty_closure(dir: &Path) -> PathBuf {
-    let file = dir.join("empty.json");
-    fs::write(&file, "[]").unwrap();
-    file
 }
 
 #[test]
