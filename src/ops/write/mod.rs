@@ -43,7 +43,6 @@ use crate::format::cache_info::CacheInfo;
 use crate::format::compression::Compression;
 use crate::format::hash::Sha256;
 use crate::format::nar::dump::DumpError;
-use crate::format::narinfo;
 use crate::format::store_path::{DEFAULT_STORE_DIR, PathInfo, StorePath};
 use crate::support::files::{self, TempNames};
 use crate::support::progress::{Progress, Totals};
@@ -182,8 +181,9 @@ pub fn update_cache(
     // that names a path this machine lacks) is refused before anything is
     // written, so that a bad input leaves no cache behind. (A narinfo that
     // is not a regular file is refused below, naming it.)
+    let layout = CacheDir::unchecked(dir);
     let unreadable = closure.iter().find(|p| {
-        fs::symlink_metadata(dir.join(narinfo::file_name(p.path.hash_part()))).is_err()
+        fs::symlink_metadata(layout.narinfo_path(p.path.hash_part())).is_err()
             && fs::symlink_metadata(p.path.to_string()).is_err()
     });
     if let Some(path) = unreadable {
