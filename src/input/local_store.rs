@@ -18,8 +18,7 @@ use std::process::Command;
 
 use thiserror::Error;
 
-use crate::format::store_path::{self, PathInfo, StorePath, StorePathError};
-use crate::input::attrs::containing_store_path;
+use crate::format::store_path::{self, PathInfo, StorePath, StorePathError, containing_store_path};
 use crate::input::closure::{self, ClosureError};
 use crate::support::shell::show;
 
