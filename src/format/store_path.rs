@@ -185,7 +185,12 @@ mod tests {
     #[test]
     fn the_containing_store_path_of_a_path_inside_one_is_that_store_path() {
         for inside in [P.to_owned(), format!("{P}/bin/app"), format!("{P}/")] {
-            assert_eq!(containing_store_path(&inside, "/nix/store").unwrap().to_string(), P);
+            assert_eq!(
+                containing_store_path(&inside, "/nix/store")
+                    .unwrap()
+                    .to_string(),
+                P
+            );
         }
         assert!(containing_store_path("/tmp/x", "/nix/store").is_err());
         assert!(containing_store_path("/nix/store", "/nix/store").is_err());

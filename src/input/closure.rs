@@ -496,10 +496,9 @@ fn check_acyclic(infos: &[PathInfo]) -> Result<(), ClosureError> {
     let graph = Graph::by_key(&paths, |i| &infos[i].references);
     match graph.levels() {
         Ok(_) => Ok(()),
-        Err(Cycle(nodes)) => Err(ReferenceCycle(
-            nodes.into_iter().map(|i| infos[i].path.clone()).collect(),
-        )
-        .into()),
+        Err(Cycle(nodes)) => {
+            Err(ReferenceCycle(nodes.into_iter().map(|i| infos[i].path.clone()).collect()).into())
+        }
     }
 }
 
@@ -817,6 +816,11 @@ mod tests {
     #[test]
     fn a_path_that_refers_to_itself_is_no_cycle() {
         let own = json!([{"path": A, "narHash": HASH, "narSize": 1, "references": [A]}]);
-        assert_eq!(from_export_references_graph(&own, "/nix/store").unwrap().len(), 1);
+        assert_eq!(
+            from_export_references_graph(&own, "/nix/store")
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

@@ -265,7 +265,10 @@ mod tests {
         let Cycle(nodes) = graph(&[&[1], &[2], &[1], &[0]]).levels().unwrap_err();
         assert_eq!(nodes, [1, 2]);
         // Two nodes naming each other, as a hostile cache can.
-        assert_eq!(graph(&[&[1], &[0]]).levels().unwrap_err(), Cycle(vec![0, 1]));
+        assert_eq!(
+            graph(&[&[1], &[0]]).levels().unwrap_err(),
+            Cycle(vec![0, 1])
+        );
     }
 
     #[test]

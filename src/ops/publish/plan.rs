@@ -111,11 +111,18 @@ pub(super) fn levels(
 ) -> Result<Levels, ReferenceCycle> {
     let infos: Vec<&NarInfo> = narinfos.values().map(|(_, _, info)| info).collect();
     let hashes: Vec<&str> = narinfos.keys().map(String::as_str).collect();
-    Graph::by_key(&hashes, |i| infos[i].references.iter().map(|r| r.hash_part()))
-        .levels()
-        .map_err(|Cycle(nodes)| {
-            ReferenceCycle(nodes.into_iter().map(|i| infos[i].store_path.clone()).collect())
-        })
+    Graph::by_key(&hashes, |i| {
+        infos[i].references.iter().map(|r| r.hash_part())
+    })
+    .levels()
+    .map_err(|Cycle(nodes)| {
+        ReferenceCycle(
+            nodes
+                .into_iter()
+                .map(|i| infos[i].store_path.clone())
+                .collect(),
+        )
+    })
 }
 
 pub(super) fn read_narinfo(path: &Path) -> Result<Vec<u8>, PublishError> {

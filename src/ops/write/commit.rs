@@ -144,7 +144,10 @@ pub(super) fn levels(batch: &[NarInfo]) -> Result<Vec<Vec<usize>>, ReferenceCycl
     match Graph::by_key(&paths, |i| &batch[i].references).levels() {
         Ok(levels) => Ok(levels.groups()),
         Err(Cycle(nodes)) => Err(ReferenceCycle(
-            nodes.into_iter().map(|i| batch[i].store_path.clone()).collect(),
+            nodes
+                .into_iter()
+                .map(|i| batch[i].store_path.clone())
+                .collect(),
         )),
     }
 }
@@ -201,7 +204,10 @@ mod tests {
             narinfo("mid", &["leaf"]),
             narinfo("leaf", &[]),
         ];
-        assert_eq!(names(&batch, &levels(&batch).unwrap()), [["leaf"], ["mid"], ["top"]]);
+        assert_eq!(
+            names(&batch, &levels(&batch).unwrap()),
+            [["leaf"], ["mid"], ["top"]]
+        );
     }
 
     #[test]
