@@ -36,6 +36,7 @@ use thiserror::Error;
 use crate::format::narinfo::{self, NarInfo, Sig};
 use crate::format::signing::{SecretKey, Signature};
 use crate::format::store_path::{DEFAULT_STORE_DIR, ReferenceCycle, StorePath};
+use crate::input::local_store;
 use crate::ops::{self, OpenCacheError};
 use crate::support::files::{self, TempNames, Transfer, share_or_copy};
 use crate::support::graph::{Cycle, Graph};
@@ -126,8 +127,9 @@ impl fmt::Display for Summary {
 /// path must never change, and root could change it.
 pub fn sign_in_place(cache: &Path, keys: &[SecretKey], jobs: usize) -> Result<Summary, SignError> {
     let source = Source::open(cache, keys)?;
-    let local_store = std::env::var_os("NIX_STORE_DIR").unwrap_or_else(|| DEFAULT_STORE_DIR.into());
-    if source.root.starts_with(&source.store_dir) || source.root.starts_with(local_store) {
+    if source.root.starts_with(&source.store_dir)
+        || source.root.starts_with(local_store::store_dir())
+    {
         return Err(SignError::InStore(cache.to_owned()));
     }
     let signed = source.sign_all(keys, jobs)?;
