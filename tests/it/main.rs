@@ -9,6 +9,7 @@ mod exclude;
 mod faults;
 mod hostile;
 mod http;
+mod layers;
 mod listing;
 mod nar_reader;
 mod nix_versions;
