@@ -61,7 +61,7 @@ pub enum ClosureError {
     Legacy { line: usize, what: String },
     #[error("closure lists '{0}' twice")]
     Duplicate(String),
-    #[error("closure: {0}")]
+    #[error(transparent)]
     Cycle(#[from] ReferenceCycle),
 }
 
@@ -804,7 +804,7 @@ mod tests {
         let e = from_export_references_graph(&cycle, "/nix/store").unwrap_err();
         assert_eq!(
             e.to_string(),
-            format!("closure: the references of these paths form a cycle: {A} -> {B} -> {A}")
+            format!("the references of these paths form a cycle: {A} -> {B} -> {A}")
         );
         let e = from_path_info_json(&cycle.to_string(), "/nix/store").unwrap_err();
         assert!(matches!(e, ClosureError::Cycle(_)), "{e}");

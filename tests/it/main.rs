@@ -2,6 +2,7 @@
 
 mod build;
 mod common;
+mod cycles;
 mod dropin;
 mod e2e;
 mod errors;
