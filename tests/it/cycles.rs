@@ -17,7 +17,7 @@
 //!   always does, and leaves them as they are.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::json;
@@ -85,15 +85,18 @@ fn build_refuses_a_closure_file_with_a_cycle_and_creates_no_cache() {
     assert!(cache.symlink_metadata().is_err(), "a cache was created");
 }
 
-/// A cache of the fixture in which the narinfos of its two roots were
-/// edited to refer to each other; returns the two roots.
-fn cyclic_cache(cache: &Path) -> (&'static str, &'static str) {
+/// A cache of the fixture, in `work/cache`, in which the narinfos of its
+/// two roots were edited to refer to each other: `work` (a temporary
+/// directory, removed when dropped), the cache and the two roots.
+fn cyclic_cache() -> (tempfile::TempDir, PathBuf, &'static str, &'static str) {
+    let work = tempdir();
+    let cache = work.path().join("cache");
     let roots = &fixture().roots;
-    run(build_into(cache, &["-q"]).args(roots));
+    run(build_into(&cache, &["-q"]).args(roots));
     let (a, b) = (roots[0].as_str(), roots[1].as_str());
-    add_reference(cache, a, b);
-    add_reference(cache, b, a);
-    (a, b)
+    add_reference(&cache, a, b);
+    add_reference(&cache, b, a);
+    (work, cache, a, b)
 }
 
 /// Edits the narinfo of `from` in `cache` to name `to` among its references.
@@ -113,9 +116,7 @@ fn add_reference(cache: &Path, from: &str, to: &str) {
 
 #[test]
 fn sign_refuses_a_cache_whose_narinfos_form_a_cycle_and_changes_nothing() {
-    let work = tempdir();
-    let cache = work.path().join("cache");
-    let (a, b) = cyclic_cache(&cache);
+    let (work, cache, a, b) = cyclic_cache();
     let key = generate_key(work.path(), "test-1");
     let before = tree(&cache);
     let mut cmd = mk_binary_cache();
@@ -140,9 +141,7 @@ fn sign_refuses_a_cache_whose_narinfos_form_a_cycle_and_changes_nothing() {
 
 #[test]
 fn verify_reports_a_cycle_on_each_narinfo_on_it() {
-    let work = tempdir();
-    let cache = work.path().join("cache");
-    let (a, b) = cyclic_cache(&cache);
+    let (_work, cache, a, b) = cyclic_cache();
     let mut cmd = mk_binary_cache();
     cmd.arg("verify").arg(&cache);
     let (stdout, _) = exits_with(&mut cmd, 1);
@@ -157,9 +156,7 @@ fn verify_reports_a_cycle_on_each_narinfo_on_it() {
 
 #[test]
 fn prune_refuses_to_remove_narinfos_on_a_cycle_and_removes_nothing() {
-    let work = tempdir();
-    let cache = work.path().join("cache");
-    let (a, b) = cyclic_cache(&cache);
+    let (_work, cache, a, b) = cyclic_cache();
     // Keep a path that refers to nothing: both roots, on the cycle, would go.
     let leaf = fixture()
         .closure
@@ -184,9 +181,7 @@ fn prune_refuses_to_remove_narinfos_on_a_cycle_and_removes_nothing() {
 fn prune_keeps_a_cycle_among_the_paths_it_keeps() {
     // Keeping both paths needs no order: the closure of the roots is found
     // however the references run, and nothing on the cycle goes.
-    let work = tempdir();
-    let cache = work.path().join("cache");
-    let (a, b) = cyclic_cache(&cache);
+    let (_work, cache, a, b) = cyclic_cache();
     let mut cmd = mk_binary_cache();
     cmd.arg("prune").arg(&cache).arg("-q");
     exits_with(&mut cmd, 0);
@@ -203,9 +198,7 @@ fn build_into_a_cache_with_a_cycle_leaves_its_narinfos_as_they_are() {
     // `build --to` skips a path whose narinfo is there without reading it
     // (reading every narinfo would cost a large cache dearly); the cycle is
     // neither read nor made worse.
-    let work = tempdir();
-    let cache = work.path().join("cache");
-    let (a, _) = cyclic_cache(&cache);
+    let (_work, cache, a, _) = cyclic_cache();
     let before = tree(&cache);
     let (_, stderr) = exits_with(&mut build_into(&cache, &[a]), 0);
     assert!(stderr.contains("already in the cache"), "{stderr}");
@@ -214,9 +207,7 @@ fn build_into_a_cache_with_a_cycle_leaves_its_narinfos_as_they_are() {
 
 #[test]
 fn publish_refuses_a_cache_whose_narinfos_form_a_cycle_before_connecting() {
-    let work = tempdir();
-    let cache = work.path().join("cache");
-    let (a, b) = cyclic_cache(&cache);
+    let (_work, cache, a, b) = cyclic_cache();
     // Nothing listens there: a publish that got as far as the network would
     // fail with another error.
     let mut cmd = crate::publish::publisher();
