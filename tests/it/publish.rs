@@ -546,6 +546,26 @@ fn every_upload_carries_the_storage_class_multipart_ones_too() {
     nix.assert_store_holds_the_closure(&substituted.store);
 }
 
+#[test]
+fn the_environment_s_s3_endpoint_does_not_override_the_url_s() {
+    // The client library would take AWS_ENDPOINT_URL_S3 over the endpoint it
+    // is given; Nix reads no such variable, and one URL must mean one bucket
+    // to both.
+    let moto = Moto::shared();
+    let bucket = moto.bucket("envendpoint");
+    let decoy = moto.bucket("decoy");
+    let cache = build_cache(&[]);
+    run(publisher()
+        .env(
+            "AWS_ENDPOINT_URL_S3",
+            format!("{}/{}", moto.endpoint(), decoy.name),
+        )
+        .arg(&cache)
+        .arg(bucket.url()));
+    bucket.assert_holds(&cache);
+    assert_eq!(decoy.objects().len(), 0, "publish wrote to the decoy");
+}
+
 /// Runs `cmd`, which must succeed; returns the lines of its standard error
 /// that are warnings.
 fn warnings_of(cmd: &mut Command) -> Vec<String> {
