@@ -411,6 +411,19 @@ fn fixture_cache() -> (tempfile::TempDir, PathBuf) {
     (dir, copy)
 }
 
+/// The fixture cache as a writable copy, with a build log of `mib` MiB
+/// (larger than a part, it goes up as a multipart upload); and the log's
+/// name in the cache.
+fn fixture_cache_with_log(mib: usize) -> (tempfile::TempDir, PathBuf, String) {
+    let (dir, cache) = fixture_cache();
+    let drv = basename(fixture_path("busybox"));
+    let name = format!("log/{drv}.drv");
+    fs::create_dir_all(cache.join("log")).unwrap();
+    let line = format!("building '{drv}'... a line of a long build log\n");
+    fs::write(cache.join(&name), line.repeat((mib << 20) / line.len())).unwrap();
+    (dir, cache, name)
+}
+
 fn publish(cache: &Path, bucket: &Bucket) -> String {
     run(publisher().arg(cache).arg(bucket.url()))
 }
@@ -509,16 +522,8 @@ fn path_style_addressing_when_asked_names_the_bucket_in_the_path() {
 fn every_upload_carries_the_storage_class_multipart_ones_too() {
     let moto = Moto::shared();
     let bucket = moto.bucket("class");
-    let (_dir, cache) = fixture_cache();
     // A 12 MiB build log: a multipart upload in parts of 5 MiB.
-    let drv = basename(fixture_path("busybox"));
-    fs::create_dir_all(cache.join("log")).unwrap();
-    let line = format!("building '{drv}'... a line of a build log\n");
-    fs::write(
-        cache.join(format!("log/{drv}.drv")),
-        line.repeat((12 << 20) / line.len()),
-    )
-    .unwrap();
+    let (_dir, cache, _) = fixture_cache_with_log(12);
     let url = format!("{}&storage-class=STANDARD_IA", bucket.url());
     run(publisher().args(["--part-size", "5"]).arg(&cache).arg(&url));
 
@@ -716,17 +721,9 @@ fn a_second_publish_uploads_nothing() {
 fn a_killed_publish_is_completed_by_the_next() {
     let moto = Moto::shared();
     let bucket = moto.bucket("killed");
-    let (_dir, cache) = fixture_cache();
     // A large build log: a multipart upload of ten parts, sent first (the
     // files go in name order, one at a time with --jobs 1).
-    let drv = basename(fixture_path("busybox"));
-    fs::create_dir_all(cache.join("log")).unwrap();
-    let line = format!("building '{drv}'... a line of a long build log\n");
-    fs::write(
-        cache.join(format!("log/{drv}.drv")),
-        line.repeat((48 << 20) / line.len()),
-    )
-    .unwrap();
+    let (_dir, cache, log) = fixture_cache_with_log(48);
 
     let mut child = publisher()
         .args(["--jobs", "1", "--part-size", "5"])
@@ -762,7 +759,7 @@ fn a_killed_publish_is_completed_by_the_next() {
         );
     }
     assert!(
-        !objects.contains_key(&format!("log/{drv}.drv")),
+        !objects.contains_key(&log),
         "a part-uploaded log is visible"
     );
 
@@ -841,13 +838,8 @@ fn bad_credentials_are_a_clear_error_and_nothing_is_written() {
 fn a_large_file_goes_up_in_parts_in_bounded_memory() {
     let moto = Moto::shared();
     let bucket = moto.bucket("large");
-    let (_dir, cache) = fixture_cache();
     // A 128 MiB build log, more than the memory allowed below.
-    let drv = basename(fixture_path("busybox"));
-    fs::create_dir_all(cache.join("log")).unwrap();
-    let line = format!("building '{drv}'... another line of a very long build log\n");
-    let log = cache.join(format!("log/{drv}.drv"));
-    fs::write(&log, line.repeat((128 << 20) / line.len())).unwrap();
+    let (_dir, cache, key) = fixture_cache_with_log(128);
 
     let mut child = publisher()
         .arg(&cache)
@@ -863,7 +855,6 @@ fn a_large_file_goes_up_in_parts_in_bounded_memory() {
         peak_kib < 80 << 10,
         "publishing a 128 MiB file took {peak_kib} KiB of memory"
     );
-    let key = format!("log/{drv}.drv");
     let parts = moto
         .requests()
         .iter()
