@@ -24,8 +24,6 @@ pub(super) struct Bucket {
     pub(super) location: Location,
     pub(super) credentials: String,
     pub(super) part_size: usize,
-    /// What every upload carries: the content type is added per file.
-    storage_class: Option<String>,
 }
 
 impl Bucket {
@@ -87,7 +85,6 @@ impl Bucket {
             credentials,
             // S3's smallest part, but for the last.
             part_size: part_size.max(5 << 20),
-            storage_class: location.storage_class.clone(),
         })
     }
 
@@ -157,7 +154,7 @@ impl Bucket {
     /// URL's storage class.
     fn attributes(&self, name: &str) -> Attributes {
         let mut attributes = Attributes::from_iter([(Attribute::ContentType, content_type(name))]);
-        if let Some(class) = &self.storage_class {
+        if let Some(class) = &self.location.storage_class {
             attributes.insert(Attribute::StorageClass, class.clone().into());
         }
         attributes

@@ -24,7 +24,6 @@
 //! rather than silently ignored.
 
 use std::fmt;
-use std::net::IpAddr;
 
 use thiserror::Error;
 use url::{Host, Url};
@@ -197,15 +196,14 @@ impl Parameters {
                     });
                 }
             };
-            let error = |name: &str| (text.to_string(), name.to_string());
+            let (url, name) = (text.to_string(), name.into_owned());
             if value.is_empty() {
-                let (url, name) = error(&name);
                 return Err(LocationError::Empty { url, name });
             }
-            if slot.replace(value.into_owned()).is_some() {
-                let (url, name) = error(&name);
+            if slot.is_some() {
                 return Err(LocationError::Repeated { url, name });
             }
+            *slot = Some(value.into_owned());
         }
         Ok(parameters)
     }
@@ -391,7 +389,7 @@ fn bucket_url(
     let mut url = base.clone();
     if virtual_hosted {
         let host = match base.host() {
-            Some(Host::Domain(name)) if name.parse::<IpAddr>().is_err() => name.to_string(),
+            Some(Host::Domain(name)) => name.to_string(),
             other => {
                 return Err(LocationError::VirtualIpEndpoint {
                     url: text.to_string(),
