@@ -62,7 +62,7 @@ fn publisher() -> Command {
 }
 
 /// Gives `cmd` these AWS keys and no other AWS setting of the machine.
-fn credentials<'a>(cmd: &'a mut Command, id: &str, secret: &str) -> &'a mut Command {
+pub(crate) fn credentials<'a>(cmd: &'a mut Command, id: &str, secret: &str) -> &'a mut Command {
     for (name, _) in std::env::vars() {
         if name.starts_with("AWS_") {
             cmd.env_remove(name);
@@ -75,7 +75,7 @@ fn credentials<'a>(cmd: &'a mut Command, id: &str, secret: &str) -> &'a mut Comm
 }
 
 /// A moto server of this test run.
-struct Moto {
+pub(crate) struct Moto {
     port: u16,
     log: PathBuf,
     child: std::sync::Mutex<Child>,
@@ -84,7 +84,7 @@ struct Moto {
 
 impl Moto {
     /// The server the tests share.
-    fn shared() -> &'static Moto {
+    pub(crate) fn shared() -> &'static Moto {
         static MOTO: OnceLock<Moto> = OnceLock::new();
         MOTO.get_or_init(Moto::start)
     }
@@ -148,7 +148,7 @@ impl Moto {
         }
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -170,7 +170,7 @@ impl Moto {
 
     /// A new bucket anyone may read, with a name no earlier run used (Nix
     /// keeps what it read from `s3://NAME` in its disk cache, across runs).
-    fn bucket(&self, name: &str) -> Bucket<'_> {
+    pub(crate) fn bucket(&self, name: &str) -> Bucket<'_> {
         static N: AtomicU32 = AtomicU32::new(0);
         let run = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -226,9 +226,9 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
-struct Bucket<'a> {
+pub(crate) struct Bucket<'a> {
     moto: &'a Moto,
-    name: String,
+    pub(crate) name: String,
 }
 
 impl Bucket<'_> {
@@ -305,7 +305,7 @@ impl Bucket<'_> {
 
     /// Checks that the bucket holds exactly the files of `cache`, byte for
     /// byte.
-    fn assert_holds(&self, cache: &Path) {
+    pub(crate) fn assert_holds(&self, cache: &Path) {
         let copy = tempdir();
         self.moto
             .s3(&["download", &self.name, copy.path().to_str().unwrap()]);
