@@ -15,8 +15,14 @@
 # nixpkgs' function takes `stdenv`, `coreutils`, `jq`, `python3`, `nix`, `xz`
 # and `zstd`, so `pkgs.mkBinaryCache.override { nix = …; }` is written for it;
 # they are taken here too, and ignored, since none of them enters the build.
+#
+# `stdenv`, when given (callPackage gives it), is read for one thing only: its
+# host platform, which `meta.platforms` is checked against as mkDerivation
+# checks it. `config` (nixpkgs' configuration, which callPackage also gives)
+# decides `meta.available` as it does for stdenv builds.
 {
   lib ? null,
+  config ? { },
   mk-binary-cache,
   stdenv ? null,
   coreutils ? null,
@@ -45,30 +51,118 @@ let
   # bare store path (as the tests pass) is taken to run on this machine.
   system = mk-binary-cache.system or builtins.currentSystem;
 
-  # Every argument but `rootPaths`, with its default. `overrideAttrs` shows
-  # these to its function as the previous attributes, given or not, as
-  # mkDerivation shows its own.
-  defaults = {
-    name = "binary-cache";
-    exclude = [ ];
-    compression = "zstd";
-    compressionLevel = null;
-    priority = null;
-    wantMassQuery = null;
-    writeNarListing = false;
-    indexDebugInfo = false;
-    # Writing a cache is cheaper than fetching one.
-    preferLocalBuild = true;
-    allowSubstitutes = false;
-    passthru = { };
-    meta = { };
-  };
+  # What `meta.platforms` is checked against: where the result is used, as
+  # for any package.
+  hostPlatform = if stdenv != null then stdenv.hostPlatform else { inherit system; };
 
-  # `meta` and `passthru` describe the result; they are not build inputs.
+  # `meta`, `passthru` and `pos` describe the result; they are not build
+  # inputs.
   notDerivationAttrs = [
     "meta"
     "passthru"
+    "pos"
   ];
+
+  # Attributes of a `stdenv.mkDerivation` call that mean nothing here, each
+  # with the reason and what to do instead. nixpkgs' function, a stdenv
+  # build, has some of them (`nativeBuildInputs`, `buildCommand`), and
+  # overrides written for it read or extend them. Here `old.X` (and `final.X`)
+  # is an error that says why, and so is setting one, in a call or an
+  # override: the build would silently ignore it.
+  stdenvOnly =
+    let
+      alone = "the cache is written by the mk-binary-cache program alone, with no stdenv and no shell";
+      instead = "do it in a derivation of your own that takes the cache as an input (such as runCommand)";
+      dependencies = "${alone}, so no build input would be used. To put store paths into the cache, add them to rootPaths; to run a tool on the cache, ${instead}";
+      script = "${alone}, so no script, phase or hook would run. To change what the cache holds, set its options (rootPaths, exclude, compression, …); to change its files afterwards, ${instead}";
+      withReason =
+        reason: names:
+        map (name: {
+          inherit name;
+          value = reason;
+        }) names;
+    in
+    builtins.listToAttrs (
+      withReason dependencies [
+        "nativeBuildInputs"
+        "buildInputs"
+        "propagatedNativeBuildInputs"
+        "propagatedBuildInputs"
+        "depsBuildBuild"
+        "depsBuildBuildPropagated"
+        "depsBuildTarget"
+        "depsBuildTargetPropagated"
+        "depsHostHost"
+        "depsHostHostPropagated"
+        "depsTargetTarget"
+        "depsTargetTargetPropagated"
+        "nativeCheckInputs"
+        "checkInputs"
+        "nativeInstallCheckInputs"
+        "installCheckInputs"
+      ]
+      ++ withReason script (
+        [
+          "buildCommand"
+          "phases"
+          "src"
+          "srcs"
+          "sourceRoot"
+          "patches"
+          "configureFlags"
+          "makeFlags"
+          "buildFlags"
+          "checkFlags"
+          "installFlags"
+          "cmakeFlags"
+          "mesonFlags"
+        ]
+        ++ [
+          "unpackPhase"
+          "preUnpack"
+          "postUnpack"
+          "patchPhase"
+          "prePatch"
+          "postPatch"
+          "configurePhase"
+          "preConfigure"
+          "postConfigure"
+          "buildPhase"
+          "preBuild"
+          "postBuild"
+          "checkPhase"
+          "preCheck"
+          "postCheck"
+          "installPhase"
+          "preInstall"
+          "postInstall"
+          "fixupPhase"
+          "preFixup"
+          "postFixup"
+          "installCheckPhase"
+          "preInstallCheck"
+          "postInstallCheck"
+          "distPhase"
+          "preDist"
+          "postDist"
+        ]
+      )
+    );
+
+  # `attrs`, given by a call or returned by an override, unless it sets an
+  # attribute of `stdenvOnly`.
+  refuseStdenvOnly =
+    attrs:
+    let
+      set = builtins.attrNames (builtins.intersectAttrs stdenvOnly attrs);
+      name = builtins.head set;
+    in
+    if set == [ ] then attrs else throw "mkBinaryCache: ${name} cannot be set: ${stdenvOnly.${name}}";
+
+  # What `old.X` gives for those attributes.
+  stdenvOnlyPlaceholders = builtins.mapAttrs (
+    name: reason: throw "mkBinaryCache: ${name} does not exist here: ${reason}"
+  ) stdenvOnly;
 
   # "a string", "an int", "an attribute set", for error messages.
   aTypeOf =
@@ -160,8 +254,98 @@ let
       throw (notA "an attribute set" "passthru")
     else if !builtins.isAttrs attrs.meta then
       throw (notA "an attribute set" "meta")
+    else if attrs.outputs != [ "out" ] then
+      throw "mkBinaryCache: outputs must be [ \"out\" ]: the cache is one directory, the output out"
     else
       builtins.all (checkRoot "rootPaths") rootPaths && builtins.all (checkRoot "exclude") attrs.exclude;
+
+  unique = builtins.foldl' (kept: x: if builtins.elem x kept then kept else kept ++ [ x ]) [ ];
+
+  # Whether `platform` is one `meta.platforms` names: lib matches attribute
+  # set patterns too (`{ kernel.name = "linux"; }`); without lib, only
+  # system names can be matched.
+  unavailableOn =
+    platform: meta:
+    if lib != null then
+      !lib.meta.availableOn platform { inherit meta; }
+    else
+      let
+        matches =
+          elem:
+          if builtins.isString elem then
+            elem == platform.system
+          else
+            throw "mkBinaryCache: meta.platforms and meta.badPlatforms can hold only system names when the function is called without lib, got ${aTypeOf elem}";
+      in
+      (meta ? platforms && !builtins.any matches meta.platforms)
+      || builtins.any matches (meta.badPlatforms or [ ]);
+
+  # `meta` as stdenv.mkDerivation fills it in: `name`, `outputsToInstall`,
+  # `position` (of `meta.description`, else of `name`, where the caller
+  # wrote it), the maintainers, and what nixpkgs' checks found (`unfree`,
+  # `broken`, `unsupported`, `insecure`) with their verdict, `available`,
+  # under `config`. The caller's `meta` is kept, but not over the findings.
+  fullMeta =
+    attrs:
+    let
+      meta = attrs.meta;
+      pos =
+        attrs.pos or (
+          if meta.description or null != null then
+            builtins.unsafeGetAttrPos "description" meta
+          else
+            builtins.unsafeGetAttrPos "name" attrs
+        );
+      maintainersPosition = builtins.unsafeGetAttrPos "maintainers" meta;
+      teamsPosition = builtins.unsafeGetAttrPos "teams" meta;
+
+      license = meta.license or [ ];
+      unfree =
+        if builtins.isList license then
+          builtins.any (l: !(l.free or false)) license
+        else if builtins.isAttrs license then
+          !(license.free or true)
+        else
+          # A license given as a string is not known to be unfree.
+          false;
+      broken = meta.broken or false;
+      unsupported = unavailableOn hostPlatform meta;
+      insecure = (meta.knownVulnerabilities or [ ]) != [ ];
+
+      allowed = setting: variable: config.${setting} or false || builtins.getEnv variable == "1";
+      unfreeAllowed =
+        allowed "allowUnfree" "NIXPKGS_ALLOW_UNFREE"
+        || builtins.elem attrs.name (config.allowUnfreePackages or [ ])
+        || (builtins.isFunction (config.allowUnfreePredicate or null) && config.allowUnfreePredicate attrs);
+      insecureAllowed =
+        builtins.getEnv "NIXPKGS_ALLOW_INSECURE" == "1"
+        || builtins.elem attrs.name (config.permittedInsecurePackages or [ ]);
+    in
+    {
+      inherit (attrs) name;
+      outputsToInstall = [ "out" ];
+    }
+    // (if maintainersPosition == null then { } else { inherit maintainersPosition; })
+    // (if teamsPosition == null then { } else { inherit teamsPosition; })
+    // meta
+    // (if pos == null then { } else { position = "${pos.file}:${toString pos.line}"; })
+    // {
+      maintainers = unique (
+        meta.maintainers or [ ] ++ builtins.concatMap (team: team.members or [ ]) (meta.teams or [ ])
+      );
+      nonTeamMaintainers = meta.nonTeamMaintainers or meta.maintainers or [ ];
+      inherit
+        unfree
+        broken
+        unsupported
+        insecure
+        ;
+      available =
+        !(unfree && !unfreeAllowed)
+        && !(broken && !allowed "allowBroken" "NIXPKGS_ALLOW_BROKEN")
+        && !(unsupported && !allowed "allowUnsupportedSystem" "NIXPKGS_ALLOW_UNSUPPORTED_SYSTEM")
+        && !(insecure && !insecureAllowed);
+    };
 
   # What `overrideAttrs` accepts, as mkDerivation's does: the new attributes,
   # a function of the previous ones (`old: { … }`), or a function of the
@@ -169,7 +353,7 @@ let
   # result is again a function is the two-argument form.
   toExtension =
     f:
-    if builtins.isFunction f then
+    if builtins.isFunction f || f ? __functor then
       final: prev:
       let
         fromPrev = f prev;
@@ -184,16 +368,24 @@ let
     let
       prev = rattrs final;
     in
-    prev // extension final prev;
+    prev // refuseStdenvOnly (extension final prev);
 
   # The cache described by `rattrs`, a function from the final attributes
-  # (with `finalPackage`, the result itself) to the attributes.
+  # (with `finalPackage`, the result itself, and its `overrideAttrs`) to the
+  # attributes.
   makeCache =
     rattrs:
     let
-      attrs = rattrs (attrs // { finalPackage = cache; });
-      drv = derivation (
-        builtins.removeAttrs attrs notDerivationAttrs
+      attrs = rattrs (
+        attrs
+        // {
+          finalPackage = cache;
+          inherit overrideAttrs;
+        }
+      );
+      overrideAttrs = f: makeCache (extend (toExtension f) rattrs);
+      derivationAttrs =
+        builtins.removeAttrs attrs (notDerivationAttrs ++ builtins.attrNames stdenvOnly)
         // {
           inherit system builder;
           __structuredAttrs = true;
@@ -203,15 +395,45 @@ let
           # And the closure of `exclude` as `exclude`: the builder leaves
           # it out (a delta cache). Empty by default.
           exportReferencesGraph.exclude = map exported attrs.exclude;
+        };
+      drv = derivation derivationAttrs;
+
+      # What building the cache needs: the builder, the roots and what is
+      # excluded. As mkDerivation's `inputDerivation`, a derivation whose
+      # output refers to each, so that building it fetches or builds them
+      # and a GC root on it keeps them. It needs no shell: it is a cache of
+      # all of them with all of them excluded, whose `store-paths` lists
+      # them and which holds nothing else.
+      inputs = [ (exported builder) ] ++ attrs.rootPaths ++ attrs.exclude;
+      inputDerivation = derivation (
+        derivationAttrs
+        // {
+          rootPaths = inputs;
+          exportReferencesGraph = {
+            closure = map exported inputs;
+            exclude = map exported inputs;
+          };
         }
       );
+
+      # As mkDerivation's result: the derivation, with `passthru` over it.
+      # `out` (the only output) is the result itself, as there.
+      withPassthru =
+        drv
+        // {
+          inherit inputDerivation overrideAttrs;
+          inherit (attrs) passthru;
+          meta = fullMeta attrs;
+        }
+        // attrs.passthru;
       cache =
         assert check attrs;
-        drv
-        // attrs.passthru
+        withPassthru
         // {
-          inherit (attrs) meta passthru;
-          overrideAttrs = f: makeCache (extend (toExtension f) rattrs);
+          out = cache // {
+            outputSpecified = true;
+          };
+          all = [ cache.out ];
         };
     in
     cache;
@@ -342,5 +564,44 @@ in
   ```
   :::
 */
-{ rootPaths, ... }@args:
-makeCache (_final: defaults // args)
+{
+  rootPaths,
+  name ? "binary-cache",
+  exclude ? [ ],
+  compression ? "zstd",
+  compressionLevel ? null,
+  priority ? null,
+  wantMassQuery ? null,
+  writeNarListing ? false,
+  indexDebugInfo ? false,
+  # Writing a cache is cheaper than fetching one, as nixpkgs' function says.
+  # Substitutes are allowed (Nix's default), as there: fetching a cache a
+  # substituter holds saves fetching its whole closure to write it.
+  preferLocalBuild ? true,
+  passthru ? { },
+  meta ? { },
+  ...
+}@args:
+makeCache (
+  _final:
+  stdenvOnlyPlaceholders
+  // {
+    outputs = [ "out" ];
+    inherit
+      rootPaths
+      name
+      exclude
+      compression
+      compressionLevel
+      priority
+      wantMassQuery
+      writeNarListing
+      indexDebugInfo
+      preferLocalBuild
+      passthru
+      meta
+      ;
+  }
+  # Given last, so that `meta.position` points where the caller wrote `name`.
+  // refuseStdenvOnly args
+)
