@@ -587,9 +587,11 @@ makeCache (
   stdenvOnlyPlaceholders
   // {
     outputs = [ "out" ];
+    # Where the default name is given: `meta.position` points at the next
+    # line when the caller gives neither a name nor `meta.description`.
+    inherit name;
     inherit
       rootPaths
-      name
       exclude
       compression
       compressionLevel
