@@ -315,7 +315,7 @@ let
       allowed = setting: variable: config.${setting} or false || builtins.getEnv variable == "1";
       unfreeAllowed =
         allowed "allowUnfree" "NIXPKGS_ALLOW_UNFREE"
-        || builtins.elem attrs.name (config.allowUnfreePackages or [ ])
+        || builtins.elem (builtins.parseDrvName attrs.name).name (config.allowUnfreePackages or [ ])
         || (builtins.isFunction (config.allowUnfreePredicate or null) && config.allowUnfreePredicate attrs);
       insecureAllowed =
         builtins.getEnv "NIXPKGS_ALLOW_INSECURE" == "1"
