@@ -17,6 +17,7 @@ mod peak_alloc;
 mod props;
 mod prune;
 mod publish;
+mod readme;
 mod sign_cache;
 mod signing;
 mod store_signatures;

@@ -108,7 +108,7 @@ impl NixInRoot {
         if !nix.version.starts_with(&expected) {
             return Err(format!(
                 "Debian {suite}'s nix-bin is now {:?}, not {expected}x: \
-                 update tests/it/nix_versions.rs and the README's list of tested versions",
+                 update tests/it/nix_versions.rs and doc/testing.md's list of tested versions",
                 nix.version
             ));
         }
