@@ -285,7 +285,8 @@ let
   # wrote it), the maintainers, and what nixpkgs' checks found (`unfree`,
   # `broken`, `unsupported`, `insecure`) with their verdict, `available`,
   # under `config`. The caller's `meta` is kept, but not over the findings.
-  fullMeta =
+  # And `refusal`: why the cache is not available, or null.
+  checkMeta =
     attrs:
     let
       meta = attrs.meta;
@@ -320,11 +321,37 @@ let
       insecureAllowed =
         builtins.getEnv "NIXPKGS_ALLOW_INSECURE" == "1"
         || builtins.elem attrs.name (config.permittedInsecurePackages or [ ]);
+      allowWith = "; allow it with";
+      refusals =
+        (if unfree && !unfreeAllowed then
+          [ "has an unfree license (meta.license)${allowWith} config.allowUnfree = true, config.allowUnfreePredicate or NIXPKGS_ALLOW_UNFREE=1" ]
+        else
+          [ ])
+        ++ (if broken && !allowed "allowBroken" "NIXPKGS_ALLOW_BROKEN" then
+          [ "is marked broken (meta.broken)${allowWith} config.allowBroken = true or NIXPKGS_ALLOW_BROKEN=1" ]
+        else
+          [ ])
+        ++ (if unsupported && !allowed "allowUnsupportedSystem" "NIXPKGS_ALLOW_UNSUPPORTED_SYSTEM" then
+          [ "is not available on ${hostPlatform.system} (meta.platforms, meta.badPlatforms)${allowWith} config.allowUnsupportedSystem = true or NIXPKGS_ALLOW_UNSUPPORTED_SYSTEM=1" ]
+        else
+          [ ])
+        ++ (if insecure && !insecureAllowed then
+          [ "is marked insecure (meta.knownVulnerabilities: ${builtins.concatStringsSep ", " meta.knownVulnerabilities})${allowWith} config.permittedInsecurePackages = [ \"${attrs.name}\" ] or NIXPKGS_ALLOW_INSECURE=1" ]
+        else
+          [ ]);
     in
     {
-      inherit (attrs) name;
-      outputsToInstall = [ "out" ];
-    }
+      refusal =
+        if refusals == [ ] then
+          null
+        else
+          "mkBinaryCache: refusing to evaluate ${attrs.name}${
+            if pos == null then "" else " (${pos.file}:${toString pos.line})"
+          }, because it ${builtins.head refusals}";
+      meta = {
+        inherit (attrs) name;
+        outputsToInstall = [ "out" ];
+      }
     // (if maintainersPosition == null then { } else { inherit maintainersPosition; })
     // (if teamsPosition == null then { } else { inherit teamsPosition; })
     // meta
@@ -340,11 +367,8 @@ let
         unsupported
         insecure
         ;
-      available =
-        !(unfree && !unfreeAllowed)
-        && !(broken && !allowed "allowBroken" "NIXPKGS_ALLOW_BROKEN")
-        && !(unsupported && !allowed "allowUnsupportedSystem" "NIXPKGS_ALLOW_UNSUPPORTED_SYSTEM")
-        && !(insecure && !insecureAllowed);
+      available = refusals == [ ];
+    };
     };
 
   # What `overrideAttrs` accepts, as mkDerivation's does: the new attributes,
@@ -416,14 +440,27 @@ let
         }
       );
 
+      checkedMeta = checkMeta attrs;
+      # As mkDerivation's result, where the cache is not available (by
+      # `meta`, under `config`): its meta can be read, its paths cannot.
+      refused =
+        if checkedMeta.refusal == null then
+          { }
+        else
+          {
+            drvPath = throw checkedMeta.refusal;
+            outPath = throw checkedMeta.refusal;
+          };
+
       # As mkDerivation's result: the derivation, with `passthru` over it.
       # `out` (the only output) is the result itself, as there.
       withPassthru =
         drv
+        // refused
         // {
           inherit inputDerivation overrideAttrs;
           inherit (attrs) passthru;
-          meta = fullMeta attrs;
+          inherit (checkedMeta) meta;
         }
         // attrs.passthru;
       cache =

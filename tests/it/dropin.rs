@@ -699,6 +699,77 @@ fn meta_available_follows_config_as_for_stdenv_builds() {
 }
 
 #[test]
+fn an_unavailable_cache_is_refused_where_nixpkgs_refuses_a_package() {
+    // As for a stdenv build: its meta can be read, its paths cannot, unless
+    // config allows it.
+    for (meta, allow) in [
+        ("{ license.free = false; }", "allowUnfree"),
+        ("{ broken = true; }", "allowBroken"),
+        (
+            r#"{ platforms = [ "aarch64-darwin" ]; }"#,
+            "allowUnsupportedSystem",
+        ),
+    ] {
+        for set_args in [String::new(), format!("config.{allow} = true;")] {
+            let v = eval_with_overlay(
+                &set_args,
+                &format!(
+                    r#"
+                    let
+                      outcome = set:
+                        let c = (set.mkBinaryCache {{ rootPaths = [ set.hello ]; }}).overrideAttrs {{ meta = {meta}; }};
+                        in [ (builtins.tryEval c.drvPath).success (builtins.tryEval c.outPath).success c.meta.available ];
+                    in [ (outcome plain) (outcome pkgs) ]
+                    "#
+                ),
+            );
+            let allowed = !set_args.is_empty();
+            let expected = json!([allowed, allowed, allowed]);
+            assert_eq!(v, json!([expected, expected]), "{meta} {set_args}");
+        }
+    }
+}
+
+#[test]
+fn a_refused_cache_says_why_and_how_to_allow_it() {
+    let refused = |meta: &str| {
+        eval_error(&format!(
+            "(mkBinaryCache {{ rootPaths = [ root ]; meta = {meta}; }}).drvPath"
+        ))
+    };
+    let mk = "nix/mk-binary-cache.nix";
+    let at = format!(
+        "{}:{}",
+        repo().join(mk).display(),
+        line_of(mk, "# Where the default name is given") + 2
+    );
+    let because = |why: &str| {
+        format!("error: mkBinaryCache: refusing to evaluate binary-cache ({at}), because it {why}")
+    };
+    assert_eq!(
+        refused("{ broken = true; }"),
+        because(
+            "is marked broken (meta.broken); allow it with config.allowBroken = true or NIXPKGS_ALLOW_BROKEN=1"
+        )
+    );
+    assert_eq!(
+        refused(r#"{ knownVulnerabilities = [ "CVE-0000-0000" ]; }"#),
+        because(
+            r#"is marked insecure (meta.knownVulnerabilities: CVE-0000-0000); allow it with config.permittedInsecurePackages = [ "binary-cache" ] or NIXPKGS_ALLOW_INSECURE=1"#
+        )
+    );
+    // Without nixpkgs, config is given to the function.
+    let v = eval(
+        r#"
+        let
+          allowing = import ./nix/mk-binary-cache.nix { mk-binary-cache = root; config.permittedInsecurePackages = [ "binary-cache" ]; };
+        in builtins.isString (allowing { rootPaths = [ root ]; meta.knownVulnerabilities = [ "CVE-0000-0000" ]; }).drvPath
+        "#,
+    );
+    assert_eq!(v, json!(true));
+}
+
+#[test]
 fn meta_position_is_where_the_caller_wrote_the_description_or_the_name() {
     // As mkDerivation's: `nix edit`, Hydra and error messages point there.
     let v = eval(&format!(
