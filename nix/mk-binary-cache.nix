@@ -64,90 +64,10 @@ let
   ];
 
   # Attributes of a `stdenv.mkDerivation` call that mean nothing here, each
-  # with the reason and what to do instead. nixpkgs' function, a stdenv
-  # build, has some of them (`nativeBuildInputs`, `buildCommand`), and
-  # overrides written for it read or extend them. Here `old.X` (and `final.X`)
-  # is an error that says why, and so is setting one, in a call or an
-  # override: the build would silently ignore it.
-  stdenvOnly =
-    let
-      alone = "the cache is written by the mk-binary-cache program alone, with no stdenv and no shell";
-      instead = "do it in a derivation of your own that takes the cache as an input (such as runCommand)";
-      dependencies = "${alone}, so no build input would be used. To put store paths into the cache, add them to rootPaths; to run a tool on the cache, ${instead}";
-      script = "${alone}, so no script, phase or hook would run. To change what the cache holds, set its options (rootPaths, exclude, compression, …); to change its files afterwards, ${instead}";
-      withReason =
-        reason: names:
-        map (name: {
-          inherit name;
-          value = reason;
-        }) names;
-    in
-    builtins.listToAttrs (
-      withReason dependencies [
-        "nativeBuildInputs"
-        "buildInputs"
-        "propagatedNativeBuildInputs"
-        "propagatedBuildInputs"
-        "depsBuildBuild"
-        "depsBuildBuildPropagated"
-        "depsBuildTarget"
-        "depsBuildTargetPropagated"
-        "depsHostHost"
-        "depsHostHostPropagated"
-        "depsTargetTarget"
-        "depsTargetTargetPropagated"
-        "nativeCheckInputs"
-        "checkInputs"
-        "nativeInstallCheckInputs"
-        "installCheckInputs"
-      ]
-      ++ withReason script (
-        [
-          "buildCommand"
-          "phases"
-          "src"
-          "srcs"
-          "sourceRoot"
-          "patches"
-          "configureFlags"
-          "makeFlags"
-          "buildFlags"
-          "checkFlags"
-          "installFlags"
-          "cmakeFlags"
-          "mesonFlags"
-        ]
-        ++ [
-          "unpackPhase"
-          "preUnpack"
-          "postUnpack"
-          "patchPhase"
-          "prePatch"
-          "postPatch"
-          "configurePhase"
-          "preConfigure"
-          "postConfigure"
-          "buildPhase"
-          "preBuild"
-          "postBuild"
-          "checkPhase"
-          "preCheck"
-          "postCheck"
-          "installPhase"
-          "preInstall"
-          "postInstall"
-          "fixupPhase"
-          "preFixup"
-          "postFixup"
-          "installCheckPhase"
-          "preInstallCheck"
-          "postInstallCheck"
-          "distPhase"
-          "preDist"
-          "postDist"
-        ]
-      )
-    );
+  # with the reason and what to do instead. Here `old.X` (and `final.X`) is
+  # an error that says why, and so is setting one, in a call or an override:
+  # the build would silently ignore it.
+  stdenvOnly = import ./stdenv-only.nix;
 
   # `attrs`, given by a call or returned by an override, unless it sets an
   # attribute of `stdenvOnly`.
@@ -259,117 +179,8 @@ let
     else
       builtins.all (checkRoot "rootPaths") rootPaths && builtins.all (checkRoot "exclude") attrs.exclude;
 
-  unique = builtins.foldl' (kept: x: if builtins.elem x kept then kept else kept ++ [ x ]) [ ];
-
-  # Whether `platform` is one `meta.platforms` names: lib matches attribute
-  # set patterns too (`{ kernel.name = "linux"; }`); without lib, only
-  # system names can be matched.
-  unavailableOn =
-    platform: meta:
-    if lib != null then
-      !lib.meta.availableOn platform { inherit meta; }
-    else
-      let
-        matches =
-          elem:
-          if builtins.isString elem then
-            elem == platform.system
-          else
-            throw "mkBinaryCache: meta.platforms and meta.badPlatforms can hold only system names when the function is called without lib, got ${aTypeOf elem}";
-      in
-      (meta ? platforms && !builtins.any matches meta.platforms)
-      || builtins.any matches (meta.badPlatforms or [ ]);
-
-  # `meta` as stdenv.mkDerivation fills it in: `name`, `outputsToInstall`,
-  # `position` (of `meta.description`, else of `name`, where the caller
-  # wrote it), the maintainers, and what nixpkgs' checks found (`unfree`,
-  # `broken`, `unsupported`, `insecure`) with their verdict, `available`,
-  # under `config`. The caller's `meta` is kept, but not over the findings.
-  # And `refusal`: why the cache is not available, or null.
-  checkMeta =
-    attrs:
-    let
-      meta = attrs.meta;
-      pos =
-        attrs.pos or (
-          if meta.description or null != null then
-            builtins.unsafeGetAttrPos "description" meta
-          else
-            builtins.unsafeGetAttrPos "name" attrs
-        );
-      maintainersPosition = builtins.unsafeGetAttrPos "maintainers" meta;
-      teamsPosition = builtins.unsafeGetAttrPos "teams" meta;
-
-      license = meta.license or [ ];
-      unfree =
-        if builtins.isList license then
-          builtins.any (l: !(l.free or false)) license
-        else if builtins.isAttrs license then
-          !(license.free or true)
-        else
-          # A license given as a string is not known to be unfree.
-          false;
-      broken = meta.broken or false;
-      unsupported = unavailableOn hostPlatform meta;
-      insecure = (meta.knownVulnerabilities or [ ]) != [ ];
-
-      allowed = setting: variable: config.${setting} or false || builtins.getEnv variable == "1";
-      unfreeAllowed =
-        allowed "allowUnfree" "NIXPKGS_ALLOW_UNFREE"
-        || builtins.elem (builtins.parseDrvName attrs.name).name (config.allowUnfreePackages or [ ])
-        || (builtins.isFunction (config.allowUnfreePredicate or null) && config.allowUnfreePredicate attrs);
-      insecureAllowed =
-        builtins.getEnv "NIXPKGS_ALLOW_INSECURE" == "1"
-        || builtins.elem attrs.name (config.permittedInsecurePackages or [ ]);
-      allowWith = "; allow it with";
-      refusals =
-        (if unfree && !unfreeAllowed then
-          [ "has an unfree license (meta.license)${allowWith} config.allowUnfree = true, config.allowUnfreePredicate or NIXPKGS_ALLOW_UNFREE=1" ]
-        else
-          [ ])
-        ++ (if broken && !allowed "allowBroken" "NIXPKGS_ALLOW_BROKEN" then
-          [ "is marked broken (meta.broken)${allowWith} config.allowBroken = true or NIXPKGS_ALLOW_BROKEN=1" ]
-        else
-          [ ])
-        ++ (if unsupported && !allowed "allowUnsupportedSystem" "NIXPKGS_ALLOW_UNSUPPORTED_SYSTEM" then
-          [ "is not available on ${hostPlatform.system} (meta.platforms, meta.badPlatforms)${allowWith} config.allowUnsupportedSystem = true or NIXPKGS_ALLOW_UNSUPPORTED_SYSTEM=1" ]
-        else
-          [ ])
-        ++ (if insecure && !insecureAllowed then
-          [ "is marked insecure (meta.knownVulnerabilities: ${builtins.concatStringsSep ", " meta.knownVulnerabilities})${allowWith} config.permittedInsecurePackages = [ \"${attrs.name}\" ] or NIXPKGS_ALLOW_INSECURE=1" ]
-        else
-          [ ]);
-    in
-    {
-      refusal =
-        if refusals == [ ] then
-          null
-        else
-          "mkBinaryCache: refusing to evaluate ${attrs.name}${
-            if pos == null then "" else " (${pos.file}:${toString pos.line})"
-          }, because it ${builtins.head refusals}";
-      meta = {
-        inherit (attrs) name;
-        outputsToInstall = [ "out" ];
-      }
-    // (if maintainersPosition == null then { } else { inherit maintainersPosition; })
-    // (if teamsPosition == null then { } else { inherit teamsPosition; })
-    // meta
-    // (if pos == null then { } else { position = "${pos.file}:${toString pos.line}"; })
-    // {
-      maintainers = unique (
-        meta.maintainers or [ ] ++ builtins.concatMap (team: team.members or [ ]) (meta.teams or [ ])
-      );
-      nonTeamMaintainers = meta.nonTeamMaintainers or meta.maintainers or [ ];
-      inherit
-        unfree
-        broken
-        unsupported
-        insecure
-        ;
-      available = refusals == [ ];
-    };
-    };
+  # `{ meta; refusal; }` for the final attributes.
+  checkMeta = import ./check-meta.nix { inherit lib config hostPlatform; };
 
   # What `overrideAttrs` accepts, as mkDerivation's does: the new attributes,
   # a function of the previous ones (`old: { … }`), or a function of the
@@ -533,9 +344,15 @@ in
 
   `passthru`, `meta` (attribute sets, default `{ }`)
   : Attached to the result, not passed to the derivation; `passthru`'s
-    attributes also appear on the result itself.
+    attributes also appear on the result itself, and `meta` is filled in
+    as `stdenv.mkDerivation` fills it (see ./check-meta.nix).
 
-  Any other attribute is passed on to the derivation.
+  `preferLocalBuild` (bool, default `true`)
+  : As nixpkgs' function sets it. Substitutes are allowed, as there.
+
+  Any other attribute is passed on to the derivation, but for `outputs`,
+  which can only be `[ "out" ]`, and the attributes of a stdenv build
+  (./stdenv-only.nix), which are an evaluation error that says why.
 
   # Result
 
@@ -547,6 +364,12 @@ in
   a direct call is: `.overrideAttrs { compression = "xz"; }` gives an xz
   cache, `.overrideAttrs { compression = "gzip"; }` the same evaluation error
   as `mkBinaryCache { compression = "gzip"; … }`.
+
+  As a mkDerivation result, it also has `outputs` (`[ "out" ]`), `out`,
+  `all`, `meta` filled in, and `inputDerivation`, a derivation whose output
+  refers to the builder, the roots and `exclude`. Where `meta` makes the
+  cache unavailable (unfree, broken, unsupported, insecure, and not allowed
+  by `config`), its `drvPath` and `outPath` are an error that says why.
 
   # Type
 
@@ -561,6 +384,7 @@ in
     wantMassQuery ? Bool | Null,
     writeNarListing ? Bool,
     indexDebugInfo ? Bool,
+    preferLocalBuild ? Bool,
     passthru ? AttrSet,
     meta ? AttrSet,
     ...
