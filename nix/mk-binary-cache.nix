@@ -435,9 +435,10 @@ in
   wantMassQuery ? null,
   writeNarListing ? false,
   indexDebugInfo ? false,
-  # Writing a cache is cheaper than fetching one, as nixpkgs' function says.
-  # Substitutes are allowed (Nix's default), as there: fetching a cache a
-  # substituter holds saves fetching its whole closure to write it.
+  # Built where it is asked for, not on a remote builder, which would first
+  # have to receive the whole closure; as nixpkgs' function sets it.
+  # Substitutes are allowed (Nix's default), as there: fetching a cache that
+  # a substituter holds saves fetching its whole closure to write it.
   preferLocalBuild ? true,
   passthru ? { },
   meta ? { },
