@@ -662,19 +662,23 @@ fn meta_checks_find_what_nixpkgs_checks_find() {
         r#"{ badPlatforms = [ builtins.currentSystem ]; }"#,
         r#"{ knownVulnerabilities = [ "CVE-0000-0000" ]; }"#,
     ] {
-        let v = eval_with_overlay(
-            "",
-            &format!(
-                r#"
+        // Checked against the host platform: here, and where the caches are
+        // made for macOS.
+        for set_args in ["", r#"crossSystem = "aarch64-darwin";"#] {
+            let v = eval_with_overlay(
+                set_args,
+                &format!(
+                    r#"
                 let
                   # Without what README's list of differences gives reasons for.
                   findings = set: builtins.removeAttrs ({}).meta [ "position" "identifiers" "problems" ];
                 in [ (findings plain) (findings pkgs) ]
                 "#,
-                overridden(meta)
-            ),
-        );
-        assert_eq!(v[1], v[0], "meta = {meta}");
+                    overridden(meta)
+                ),
+            );
+            assert_eq!(v[1], v[0], "meta = {meta}, {set_args}");
+        }
     }
 }
 
