@@ -774,6 +774,50 @@ fn a_refused_cache_says_why_and_how_to_allow_it() {
 }
 
 #[test]
+fn nix_env_lists_a_cache_with_its_meta_and_leaves_out_a_refused_one() {
+    // `nix-env -qa` (and what reads package sets as it does) reads `meta`,
+    // and skips a package whose derivation is refused, as for nixpkgs.
+    let dir = tempdir();
+    let file = dir.path().join("caches.nix");
+    fs::write(
+        &file,
+        format!(
+            r#"
+            let mkBinaryCache = import ({function}) {{ mk-binary-cache = {builder}; }};
+            in {{
+              described = mkBinaryCache {{ rootPaths = [ ]; meta.description = "a cache"; }};
+              broken = mkBinaryCache {{ name = "broken-cache"; rootPaths = [ ]; meta.broken = true; }};
+            }}
+            "#,
+            function = nix_path(&repo().join("nix/mk-binary-cache.nix")),
+            builder = nix_path(busybox_dir()),
+        ),
+    )
+    .unwrap();
+    let query = |args: &[&str]| {
+        run(nix_cmd("nix-env")
+            .env("HOME", dir.path())
+            .arg("--file")
+            .arg(&file)
+            .args(["--query", "--available"])
+            .args(args))
+    };
+    let listed: Value = serde_json::from_str(&query(&["--json", "--meta"])).unwrap();
+    let meta = &listed["described"]["meta"];
+    assert_eq!(meta["description"], "a cache");
+    assert_eq!(meta["available"], true);
+    assert_eq!(meta["outputsToInstall"], json!(["out"]));
+    assert_eq!(listed["broken"]["meta"]["available"], false);
+    // With their derivations: the refused one is left out.
+    let with_drvs = query(&["--attr-path", "--drv-path"]);
+    let attrs: Vec<&str> = with_drvs
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(attrs, ["described"], "{with_drvs}");
+}
+
+#[test]
 fn meta_position_is_where_the_caller_wrote_the_description_or_the_name() {
     // As mkDerivation's: `nix edit`, Hydra and error messages point there.
     let v = eval(&format!(
