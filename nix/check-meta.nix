@@ -78,7 +78,8 @@ let
     || (builtins.isFunction (config.allowUnfreePredicate or null) && config.allowUnfreePredicate attrs);
   insecureAllowed =
     builtins.getEnv "NIXPKGS_ALLOW_INSECURE" == "1"
-    || builtins.elem attrs.name (config.permittedInsecurePackages or [ ]);
+    || builtins.elem attrs.name (config.permittedInsecurePackages or [ ])
+    || (builtins.isFunction (config.allowInsecurePredicate or null) && config.allowInsecurePredicate attrs);
 
   # Why the cache is not available, each with what would allow it.
   refusals =

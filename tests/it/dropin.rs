@@ -766,11 +766,15 @@ fn a_refused_cache_says_why_and_how_to_allow_it() {
     let v = eval(
         r#"
         let
-          allowing = import ./nix/mk-binary-cache.nix { mk-binary-cache = root; config.permittedInsecurePackages = [ "binary-cache" ]; };
-        in builtins.isString (allowing { rootPaths = [ root ]; meta.knownVulnerabilities = [ "CVE-0000-0000" ]; }).drvPath
+          allowing = config: import ./nix/mk-binary-cache.nix { mk-binary-cache = root; inherit config; };
+          insecure = mk: builtins.isString (mk { rootPaths = [ root ]; meta.knownVulnerabilities = [ "CVE-0000-0000" ]; }).drvPath;
+        in [
+          (insecure (allowing { permittedInsecurePackages = [ "binary-cache" ]; }))
+          (insecure (allowing { allowInsecurePredicate = p: p.name == "binary-cache"; }))
+        ]
         "#,
     );
-    assert_eq!(v, json!(true));
+    assert_eq!(v, json!([true, true]));
 }
 
 #[test]
