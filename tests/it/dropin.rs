@@ -604,36 +604,24 @@ fn substitutes_are_allowed_and_local_builds_preferred_as_by_nixpkgs_function() {
     assert_eq!(v, json!([[true, true], [true, true], false]));
 }
 
-/// The `meta` of nixpkgs' function's result (in the stand-in) and of this
-/// one's (with the overlay), both made with the arguments `args` (a Nix
-/// attribute set without `rootPaths`) in the package set made with
-/// `set_args`, without `position` (which names each function's file).
-fn both_metas(set_args: &str, args: &str) -> (Value, Value) {
-    let v = eval_with_overlay(
-        set_args,
-        &format!(
-            r#"
-            let
-              meta = set: builtins.removeAttrs
-                (set.mkBinaryCache ({{ rootPaths = [ set.hello ]; }} // {args})).meta
-                [ "position" ];
-            in [ (meta plain) (meta pkgs) ]
-            "#
-        ),
-    );
-    (v[0].clone(), v[1].clone())
-}
-
 #[test]
 fn meta_holds_what_mk_derivation_fills_in_as_nixpkgs_result_does() {
-    // nixpkgs' function cannot take `meta`; `overrideAttrs` gives it one.
-    let (nixpkgs, ours) = both_metas("", "{ }");
+    // `position` names each function's file.
+    let v = eval_with_overlay(
+        "",
+        r#"
+        let
+          meta = set: builtins.removeAttrs (set.mkBinaryCache { rootPaths = [ set.hello ]; }).meta [ "position" ];
+        in [ (meta plain) (meta pkgs) ]
+        "#,
+    );
+    let (nixpkgs, ours) = (&v[0], &v[1]);
     let mut missing = nixpkgs.clone();
     for key in ours.as_object().unwrap().keys() {
         assert_eq!(nixpkgs[key], ours[key], "meta.{key}");
         missing.as_object_mut().unwrap().remove(key);
     }
-    // The two that README's list of differences gives reasons for.
+    // The two that doc/nix-function.md's list of differences gives reasons for.
     let missing: Vec<&String> = missing.as_object().unwrap().keys().collect();
     assert_eq!(missing, ["identifiers", "problems"]);
     assert_eq!(ours["available"], true);
@@ -670,7 +658,7 @@ fn meta_checks_find_what_nixpkgs_checks_find() {
                 &format!(
                     r#"
                 let
-                  # Without what README's list of differences gives reasons for.
+                  # Without what doc/nix-function.md's list of differences explains.
                   findings = set: builtins.removeAttrs ({}).meta [ "position" "identifiers" "problems" ];
                 in [ (findings plain) (findings pkgs) ]
                 "#,
