@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     // Nix formats; code that knows no Nix format.
     &["format", "support"],
+    // The cache on disk (`cache::CacheDir`), coming with the `cachedir` work.
+    &["cache"],
     &["input"],
     &["ops"],
     // The programs: argument parsing and exit codes.
