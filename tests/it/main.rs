@@ -2,6 +2,7 @@
 
 mod build;
 mod common;
+mod cycles;
 mod dropin;
 mod e2e;
 mod errors;
@@ -9,6 +10,7 @@ mod exclude;
 mod faults;
 mod hostile;
 mod http;
+mod layers;
 mod listing;
 mod nar_reader;
 mod nix_versions;
