@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::cache::{CacheDir, CacheDirError, CacheLock, DEBUGINFO_DIR, NAR_DIR};
-use crate::format::store_path::StorePath;
+use crate::format::store_path::{ReferenceCycle, StorePath};
 use crate::input::local_store::{self, BuildError};
 use crate::support::files;
 use crate::support::progress::human_bytes;
@@ -56,6 +56,8 @@ pub enum PruneError {
     UnreadableKept { path: PathBuf, reason: String },
     #[error("cannot remove '{path}': {source}")]
     Remove { path: PathBuf, source: io::Error },
+    #[error("{0}; nothing was removed (Nix never writes such narinfos: remove them by hand)")]
+    Cycle(ReferenceCycle),
 }
 
 /// What to keep, and whether to delete anything.

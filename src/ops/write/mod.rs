@@ -43,7 +43,7 @@ use crate::format::cache_info::CacheInfo;
 use crate::format::compression::Compression;
 use crate::format::hash::Sha256;
 use crate::format::nar::dump::DumpError;
-use crate::format::store_path::{DEFAULT_STORE_DIR, PathInfo, StorePath};
+use crate::format::store_path::{DEFAULT_STORE_DIR, PathInfo, ReferenceCycle, StorePath};
 use crate::support::files::{self, TempNames};
 use crate::support::progress::{Progress, Totals};
 use target::{ExistingCache, NewOutput};
@@ -119,6 +119,8 @@ pub enum CacheError {
     OutputExists(PathBuf),
     #[error("'{0}' is not in the store, and the cache has no narinfo for it")]
     NotInStore(StorePath),
+    #[error("the closure to write: {0}")]
+    Cycle(#[from] ReferenceCycle),
 }
 
 /// Writes a new cache of `closure` at `out`, which must not exist yet.

@@ -47,7 +47,7 @@ impl<'a, T: Target> Writer<'a, T> {
     ) -> Result<Totals, CacheError> {
         let plan = plan(closure)?;
         progress.begin(plan.len(), plan.iter().map(|(size, _)| size).sum());
-        let publication = Publication::new(closure);
+        let publication = Publication::new(closure)?;
         let totals = Mutex::new(Totals::default());
         let done = |info: &NarInfo| {
             let file_size = info.file_size.unwrap_or(info.nar_size);
