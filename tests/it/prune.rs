@@ -136,7 +136,7 @@ fn without_keep_the_roots_in_store_paths_are_kept() {
 fn a_cache_whose_roots_hold_everything_loses_only_leftovers() {
     let cache = tempdir();
     two_releases(cache.path());
-    let out = run(&mut prune(cache.path(), &["-q"]));
+    let out = run(&mut prune(cache.path(), &["-s"]));
     assert!(
         out.starts_with(
             "pruned: removed 0 paths, 1 NAR, 0 listings, 0 debug-info entries, 2 temporary files"
