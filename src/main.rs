@@ -96,8 +96,15 @@ enum Command {
     #[command(after_help = PRUNE_EXAMPLES)]
     Prune(PruneArgs),
     /// Upload a cache to S3-compatible object storage.
-    #[command(long_about = format!("{}\n\n{}", publish_args::LONG_ABOUT, publish_args::HOW_TO_GET_IT),
-              after_help = publish_args::EXAMPLES)]
+    #[command(
+        long_about = format!(
+            "{}\n\nThe upload is done by the program mk-binary-cache-publish, installed \
+             beside this one or on PATH: {}.",
+            publish_args::LONG_ABOUT,
+            PUBLISHER_FROM
+        ),
+        after_help = publish_args::EXAMPLES
+    )]
     Publish(PublishArgs),
     /// Print this help, or the help of a command.
     Help {
@@ -106,6 +113,10 @@ enum Command {
         command: Option<String>,
     },
 }
+
+/// Where `publish`'s program comes from, where it is missing.
+const PUBLISHER_FROM: &str = "the Nix package mk-binary-cache-publish, or \
+`cargo build --release --features publish` in the source tree";
 
 /// The commands `help` knows, as typed.
 const COMMANDS: [&str; 7] = [
@@ -336,7 +347,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         delta: args.delta,
         jobs: jobs_or_all_cores(args.jobs),
     };
-    let style = if !args.json && Style::for_stderr() == Style::Bar {
+    let style = if !args.json && !args.quiet && Style::for_stderr() == Style::Bar {
         Style::Bar
     } else {
         Style::Quiet
@@ -352,7 +363,9 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         for problem in &report.problems {
             println!("{problem}");
         }
-        println!("{}", report.summary(elapsed));
+        if !args.quiet {
+            println!("{}", report.summary(elapsed));
+        }
     }
     Ok(if report.ok {
         ExitCode::SUCCESS
@@ -366,6 +379,11 @@ fn parse_compression(name: &str) -> Result<Compression, String> {
 }
 
 fn build(args: BuildArgs) -> anyhow::Result<()> {
+    // Checked before Nix is asked anything: a mistyped flag is said at once.
+    let level = match args.compression_level {
+        Some(level) => args.compression.check_level(level)?,
+        None => args.compression.default_level(),
+    };
     let cache = args.to.clone();
     interrupt::on_interrupt(move |_| {
         let removed = write::remove_own_temp_files(&cache);
@@ -373,15 +391,17 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
             // Over the progress bar.
             eprint!("\r\x1b[2K");
         }
-        let what = if cache.join(cache_info::FILE_NAME).exists() {
-            "is a valid cache"
+        if cache.join(cache_info::FILE_NAME).exists() {
+            eprintln!(
+                "mk-binary-cache: interrupted: '{}' is a valid cache; run the same command again to finish it",
+                cache.display()
+            );
         } else {
-            "was not written"
-        };
-        eprintln!(
-            "mk-binary-cache: interrupted: '{}' {what}; run the same command again to finish it",
-            cache.display()
-        );
+            eprintln!(
+                "mk-binary-cache: interrupted before anything was cached in '{}'",
+                cache.display()
+            );
+        }
         if let Err(e) = removed {
             eprintln!(
                 "mk-binary-cache: some temporary files of this run are left ({e}); the next run removes them"
@@ -401,10 +421,6 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     }
     let whole = input.closure.len();
     let closure = exclusion.apply(input.closure);
-    let level = match args.compression_level {
-        Some(level) => args.compression.check_level(level)?,
-        None => args.compression.default_level(),
-    };
     let options = write::Options {
         compression: args.compression,
         level,
@@ -482,10 +498,11 @@ fn help(command: Option<&str>) -> anyhow::Result<()> {
 /// gets them as they were typed.
 fn publish() -> anyhow::Error {
     let args: Vec<OsString> = std::env::args_os().skip(2).collect();
-    anyhow::Error::new(sibling::exec("mk-binary-cache-publish", &args)).context(format!(
-        "publish needs mk-binary-cache-publish, not installed here. {}",
-        publish_args::HOW_TO_GET_IT
-    ))
+    let error = sibling::exec("mk-binary-cache-publish", &args);
+    anyhow::anyhow!(
+        "publish needs the program mk-binary-cache-publish ({error}): install {}",
+        PUBLISHER_FROM
+    )
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {

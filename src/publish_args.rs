@@ -19,12 +19,6 @@ Credentials are found as the AWS tools find them: the URL's profile, else \
 AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, else the profile AWS_PROFILE \
 names (or `default`) in ~/.aws/credentials and ~/.aws/config.";
 
-/// How to get the publisher, where it is missing.
-pub const HOW_TO_GET_IT: &str = "\
-The upload is done by the program mk-binary-cache-publish, installed beside \
-mk-binary-cache or on PATH: the Nix package mk-binary-cache-publish, or \
-`cargo build --release --features publish` in the source tree.";
-
 /// Examples, for the help of either program.
 pub const EXAMPLES: &str = "\
 Examples:

@@ -483,10 +483,17 @@ mod tests {
         // A public key where a secret key belongs, and the other way round.
         assert_eq!(
             format!("k:{pub_b64}").parse::<SecretKey>().unwrap_err(),
+            PublicKeyForSecret("k".into())
+        );
+        // Any other length is only a wrong length.
+        assert_eq!(
+            format!("k:{}", STANDARD.encode([0; 48]))
+                .parse::<SecretKey>()
+                .unwrap_err(),
             Length {
                 kind: KeyKind::SecretKey,
                 name: "k".into(),
-                len: 32,
+                len: 48,
                 expected: 64
             }
         );

@@ -420,12 +420,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("result");
         let e = resolve_root(&missing, "/nix/store").unwrap_err();
-        assert_eq!(e.to_string(), format!("'{}' does not exist", missing.display()));
+        assert_eq!(
+            e.to_string(),
+            format!("'{}' does not exist", missing.display())
+        );
         // A link to nowhere outside the store, too.
         let dangling = dir.path().join("dangling");
         symlink(dir.path().join("nowhere"), &dangling).unwrap();
         let e = resolve_root(&dangling, "/nix/store").unwrap_err();
-        assert_eq!(e.to_string(), format!("'{}' does not exist", dangling.display()));
+        assert_eq!(
+            e.to_string(),
+            format!("'{}' does not exist", dangling.display())
+        );
     }
 
     #[test]
