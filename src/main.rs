@@ -389,21 +389,24 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         let removed = write::remove_own_temp_files(&cache);
         if std::io::stderr().is_terminal() {
             // Over the progress bar.
-            eprint!("\r\x1b[2K");
+            let _ = write!(std::io::stderr(), "\r\x1b[2K");
         }
         if cache.join(cache_info::FILE_NAME).exists() {
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "mk-binary-cache: interrupted: '{}' is a valid cache; run the same command again to finish it",
                 cache.display()
             );
         } else {
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "mk-binary-cache: interrupted before anything was cached in '{}'",
                 cache.display()
             );
         }
         if let Err(e) = removed {
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "mk-binary-cache: some temporary files of this run are left ({e}); the next run removes them"
             );
         }

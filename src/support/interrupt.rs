@@ -58,7 +58,10 @@ pub fn on_interrupt(clean_up: impl FnOnce(i32) + Send + 'static) -> io::Result<(
                 return;
             }
             REQUESTED.store(true, Ordering::SeqCst);
-            clean_up(signal);
+            // The exit must come whatever the clean-up meets: a panic there
+            // would end this thread alone, and leave the others waiting
+            // for an exit that never comes.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| clean_up(signal)));
             std::process::exit(128 + signal);
         })?;
     Ok(())

@@ -513,6 +513,15 @@ fn temporary_files(cache: &Path) -> Vec<(PathBuf, u64)> {
 /// temporary file has some of it, and returns how the run ended and what it
 /// printed.
 fn interrupted_build(signal: i32) -> (tempfile::TempDir, PathBuf, Outcome) {
+    interrupted_build_reporting(signal, true)
+}
+
+/// [`interrupted_build`], with the reader of its stderr gone when
+/// `stderr_read` is false.
+fn interrupted_build_reporting(
+    signal: i32,
+    stderr_read: bool,
+) -> (tempfile::TempDir, PathBuf, Outcome) {
     let work = tempdir();
     let path = random_store_path(work.path(), "large", 12 << 20);
     let cache = work.path().join("cache");
@@ -522,6 +531,9 @@ fn interrupted_build(signal: i32) -> (tempfile::TempDir, PathBuf, Outcome) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    if !stderr_read {
+        drop(child.stderr.take());
+    }
     // Below xz's 24 MiB block the encoder streams: the file grows as it goes.
     let nar = cache.join("nar");
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -535,6 +547,15 @@ fn interrupted_build(signal: i32) -> (tempfile::TempDir, PathBuf, Outcome) {
     }
     // SAFETY: kill has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    // An interrupted run that does not end is a failure, not a hung test.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the run did not end after the signal");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
     let out = child.wait_with_output().unwrap();
     let outcome = Outcome {
         code: out.status.code(),
@@ -570,5 +591,14 @@ fn sigterm_during_build_ends_the_same_way_with_143() {
     let (_work, cache, out) = interrupted_build(libc::SIGTERM);
     assert_eq!(out.code, Some(143), "{}", out.stderr);
     assert!(out.stderr.contains("interrupted: "), "{}", out.stderr);
+    assert_eq!(temporary_files(&cache), []);
+}
+
+// A terminal closed, or a log reader gone: the interrupt's line cannot be
+// written, and the run must end all the same, its temporary files gone.
+#[test]
+fn an_interrupt_ends_the_run_when_stderr_is_gone() {
+    let (_work, cache, out) = interrupted_build_reporting(libc::SIGINT, false);
+    assert_eq!(out.code, Some(130));
     assert_eq!(temporary_files(&cache), []);
 }
