@@ -24,7 +24,7 @@ pub const EXAMPLES: &str = "\
 Examples:
   mk-binary-cache publish ./cache 's3://my-cache?region=eu-west-1'
   mk-binary-cache publish ./cache \\
-      's3://my-cache/nix?endpoint=minio.example.org:9000&scheme=http'";
+      's3://my-cache/nix?endpoint=http://minio.example.org:9000'";
 
 #[derive(clap::Args, Debug)]
 pub struct PublishArgs {
@@ -33,8 +33,9 @@ pub struct PublishArgs {
     #[arg(value_name = "CACHE")]
     pub cache: PathBuf,
     /// Where to: `s3://BUCKET[/PREFIX]?PARAMETERS`, the URL Nix uses for
-    /// the same bucket, with parameters such as `region=R`,
-    /// `endpoint=HOST[:PORT]`, `scheme=http` and `profile=P`, joined by `&`.
+    /// the same bucket, with parameters joined by `&`: `region=R`,
+    /// `endpoint=https://HOST[:PORT]`, `profile=P`,
+    /// `addressing-style=auto|path|virtual`, `storage-class=CLASS`.
     #[arg(value_name = "URL")]
     pub url: String,
     /// Replace narinfos in the bucket that differ from the cache's (by

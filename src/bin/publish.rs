@@ -29,18 +29,18 @@ struct Cli {
 
 fn run(cli: PublishArgs) -> anyhow::Result<()> {
     let location = Location::parse(&cli.url)?;
-    let resolved = publish::credentials::resolve(
-        location.profile.as_deref(),
-        location.region.as_deref(),
-        &ProcessEnvironment,
-    )?;
+    for warning in &location.warnings {
+        eprintln!("mk-binary-cache-publish: warning: {warning}");
+    }
+    let credentials =
+        publish::credentials::resolve(location.profile.as_deref(), &ProcessEnvironment)?;
     let options = Options {
         force: cli.force,
         jobs: cli.jobs.into(),
         part_size: usize::from(cli.part_size) << 20,
     };
     let start = Instant::now();
-    let report = publish::publish(&cli.cache, &location, resolved, &options)?;
+    let report = publish::publish(&cli.cache, &location, credentials, &options)?;
     if !cli.quiet {
         println!(
             "published {} to {location} in {:.2} s: uploaded {} files ({} bytes, {} narinfos), \
