@@ -129,19 +129,25 @@ fn path_info(
     }
     cmd.arg("--recursive");
     cmd.args(roots.iter().map(|r| OsString::from(r.to_absolute())));
-    let command = show(&cmd);
+    let out = run_nix(&mut cmd, "nix path-info")?;
+    Ok((show(&cmd), out))
+}
+
+/// Runs `cmd`, a Nix command called `what` in messages; its output if it
+/// succeeds.
+fn run_nix(cmd: &mut Command, what: &'static str) -> Result<std::process::Output, BuildError> {
     let out = cmd.output().map_err(|source| BuildError::Spawn {
-        command: command.clone(),
+        command: show(cmd),
         source,
     })?;
     if !out.status.success() {
         return Err(BuildError::Nix {
-            what: "nix path-info",
+            what,
             status: out.status,
             output: plain_text(&out.stderr),
         });
     }
-    Ok((command, out))
+    Ok(out)
 }
 
 /// Refuses a root that is not valid in the local store, before `nix
@@ -153,17 +159,7 @@ fn check_valid(roots: &[StorePath]) -> Result<(), BuildError> {
     let mut cmd = Command::new("nix-store");
     cmd.args(["--check-validity", "--print-invalid"]);
     cmd.args(roots.iter().map(|r| OsString::from(r.to_absolute())));
-    let out = cmd.output().map_err(|source| BuildError::Spawn {
-        command: show(&cmd),
-        source,
-    })?;
-    if !out.status.success() {
-        return Err(BuildError::Nix {
-            what: "nix-store --check-validity",
-            status: out.status,
-            output: plain_text(&out.stderr),
-        });
-    }
+    let out = run_nix(&mut cmd, "nix-store --check-validity")?;
     let invalid = String::from_utf8_lossy(&out.stdout);
     match roots
         .iter()

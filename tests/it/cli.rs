@@ -252,13 +252,19 @@ fn prune_keep_takes_one_path_and_leaves_the_cache_argument() {
     assert!(out.stdout.starts_with("pruned: "), "{}", out.stdout);
 }
 
-#[test]
-fn prune_quiet_prints_nothing() {
+/// Runs `command -q` on a cache of the fixture's `leaf`, which must succeed
+/// and print nothing.
+fn assert_quiet(command: &str) {
     let cache = tempdir();
     run(&mut build_into(cache.path(), &["-q", fixture_path("leaf")]));
-    let out = outcome(mk_binary_cache().args(["prune", "-q"]).arg(cache.path()));
+    let out = outcome(mk_binary_cache().args([command, "-q"]).arg(cache.path()));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("", ""));
+}
+
+#[test]
+fn prune_quiet_prints_nothing() {
+    assert_quiet("prune");
 }
 
 #[test]
@@ -398,13 +404,10 @@ fn verify_without_keys_says_signatures_were_not_checked() {
     );
 }
 
+// A cache without problems: nothing, not even the summary.
 #[test]
 fn verify_quiet_prints_only_problems() {
-    let cache = tempdir();
-    run(&mut build_into(cache.path(), &["-q", fixture_path("leaf")]));
-    let out = outcome(mk_binary_cache().args(["verify", "-q"]).arg(cache.path()));
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("", ""));
+    assert_quiet("verify");
 }
 
 /// A store path of one file of `size` random bytes, which no compressor
