@@ -12,7 +12,9 @@ use mk_binary_cache::format::cache_info::{self, MAX_PRIORITY};
 use mk_binary_cache::format::compression::Compression;
 use mk_binary_cache::format::signing::{PublicKey, SecretKey};
 use mk_binary_cache::format::store_path::DEFAULT_STORE_DIR;
-use mk_binary_cache::input::{attrs, exclude, local_store};
+use mk_binary_cache::input::attrs;
+use mk_binary_cache::input::request::{self, BuildRequest};
+use mk_binary_cache::input::settings::{self, Settings};
 use mk_binary_cache::ops::{prune, sign, verify, write};
 use mk_binary_cache::support::error_line::error_line;
 use mk_binary_cache::support::progress::{Progress, Style, count};
@@ -299,17 +301,13 @@ fn parse_jobs(text: &str) -> Result<usize, String> {
     }
 }
 
-fn jobs_or_all_cores(jobs: Option<usize>) -> usize {
-    jobs.unwrap_or_else(|| attrs::jobs_from_cores(None)).max(1)
-}
-
 fn sign(args: SignArgs) -> anyhow::Result<()> {
     let keys = args
         .key_files
         .iter()
         .map(SecretKey::from_file)
         .collect::<Result<Vec<_>, _>>()?;
-    let jobs = jobs_or_all_cores(args.jobs);
+    let jobs = settings::jobs(args.jobs);
     let (summary, wrote) = match &args.out {
         Some(out) => {
             let summary = sign::sign_copy(&args.cache, out, &keys, jobs)
@@ -345,7 +343,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         trusted_keys,
         require_sigs: args.require_sigs,
         delta: args.delta,
-        jobs: jobs_or_all_cores(args.jobs),
+        jobs: settings::jobs(args.jobs),
     };
     let style = if !args.json && !args.quiet && Style::for_stderr() == Style::Bar {
         Style::Bar
@@ -379,11 +377,6 @@ fn parse_compression(name: &str) -> Result<Compression, String> {
 }
 
 fn build(args: BuildArgs) -> anyhow::Result<()> {
-    // Checked before Nix is asked anything: a mistyped flag is said at once.
-    let level = match args.compression_level {
-        Some(level) => args.compression.check_level(level)?,
-        None => args.compression.default_level(),
-    };
     let cache = args.to.clone();
     interrupt::on_interrupt(move |_| {
         let removed = write::remove_own_temp_files(&cache);
@@ -412,46 +405,35 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         }
     })
     .context("watching for Ctrl-C")?;
-    let store_dir = std::env::var("NIX_STORE_DIR").unwrap_or_else(|_| DEFAULT_STORE_DIR.to_owned());
-    let input = match &args.closure_json {
-        Some(file) => local_store::from_closure_file(file, &args.paths, &store_dir)?,
-        None => local_store::from_local_store(&args.paths, &store_dir)?,
-    };
-    let mut exclusion = exclude::Exclusion::default();
-    exclusion.add_local_closure(&args.exclude, &store_dir)?;
-    for dir in &args.exclude_cache {
-        exclusion.add_cache(dir)?;
-    }
-    let whole = input.closure.len();
-    let closure = exclusion.apply(input.closure);
-    let options = write::Options {
-        compression: args.compression,
-        level,
-        jobs: args
-            .jobs
-            .unwrap_or_else(|| attrs::jobs_from_cores(None))
-            .max(1),
-        store_dir,
-        priority: args.priority,
-        want_mass_query: args.want_mass_query,
-        root_paths: input.roots,
-        write_nar_listing: args.write_nar_listing,
-        index_debug_info: args.index_debug_info,
-    };
+    let job = request::resolve(BuildRequest {
+        paths: args.paths,
+        closure_json: args.closure_json,
+        exclude: args.exclude,
+        exclude_cache: args.exclude_cache,
+        settings: Settings {
+            compression: Some(args.compression),
+            compression_level: args.compression_level.map(i64::from),
+            priority: args.priority,
+            want_mass_query: args.want_mass_query,
+            write_nar_listing: Some(args.write_nar_listing),
+            index_debug_info: Some(args.index_debug_info),
+        },
+        jobs: args.jobs,
+    })?;
     let style = if args.quiet {
         Style::Quiet
     } else {
         Style::for_stderr()
     };
     let progress = Progress::with_style(style);
-    if closure.len() < whole {
+    if job.excluded > 0 {
         progress.message(&format!(
             "{} of {} are excluded",
-            whole - closure.len(),
-            count(whole, "path", "paths")
+            job.excluded,
+            count(job.excluded + job.closure.len(), "path", "paths")
         ));
     }
-    let updated = write::update_cache(&args.to, &closure, &options, &progress)
+    let updated = write::update_cache(&args.to, &job.closure, &job.options, &progress)
         .with_context(|| format!("writing the cache to '{}'", args.to.display()))?;
     // A run that found every path cached said so already: no line of zeros.
     if updated.written.paths > 0 || updated.skipped == 0 {

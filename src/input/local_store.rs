@@ -18,10 +18,15 @@ use std::process::Command;
 
 use thiserror::Error;
 
-use crate::format::store_path::{self, PathInfo, StorePath, StorePathError};
-use crate::input::attrs::containing_store_path;
+use crate::format::store_path::{self, PathInfo, StorePath, StorePathError, containing_store_path};
 use crate::input::closure::{self, ClosureError};
 use crate::support::shell::{plain_text, show};
+
+/// The local store's directory: `NIX_STORE_DIR`, which Nix reads, or
+/// `/nix/store`. (A builder is told its store by `NIX_STORE` instead.)
+pub fn store_dir() -> String {
+    std::env::var("NIX_STORE_DIR").unwrap_or_else(|_| store_path::DEFAULT_STORE_DIR.to_owned())
+}
 
 /// How many symlinks a root may go through before it reaches the store.
 const MAX_SYMLINKS: usize = 40;

@@ -4,6 +4,7 @@
 
 pub mod error_line;
 pub mod files;
+pub mod graph;
 pub mod interrupt;
 pub mod progress;
 pub mod schedule;

@@ -45,7 +45,7 @@ fn venv() -> PathBuf {
 }
 
 /// `mk-binary-cache-publish`, built with the `publish` feature.
-fn publisher() -> Command {
+pub(crate) fn publisher() -> Command {
     // Without the feature the program is not built (a copy left by an
     // earlier build with it could be stale).
     let bin = option_env!("CARGO_BIN_EXE_mk-binary-cache-publish")

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::format::narinfo;
-use crate::format::store_path::{self, StorePath};
+use crate::format::store_path::{self, ReferenceCycle, StorePath};
 use crate::input::local_store::{self, BuildError};
 use crate::ops::write::{self, CacheError, CacheLock, STORE_PATHS};
 use crate::ops::{self, OpenCacheError};
@@ -73,6 +73,8 @@ pub enum PruneError {
     Remove { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Cache(#[from] CacheError),
+    #[error("{0}; nothing was removed (Nix never writes such narinfos: remove them by hand)")]
+    Cycle(ReferenceCycle),
 }
 
 fn read_error(path: &Path) -> impl FnOnce(io::Error) -> PruneError + '_ {

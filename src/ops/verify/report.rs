@@ -40,6 +40,8 @@ pub enum ProblemKind {
     NarHash,
     /// A reference has no narinfo in the cache.
     MissingReference,
+    /// The references of some narinfos form a cycle, which Nix never writes.
+    ReferenceCycle,
     /// A signature is malformed, or does not verify for the trusted key it names.
     BadSignature,
     /// Signatures are required and the path has no valid one.
@@ -68,6 +70,7 @@ impl ProblemKind {
             NarSize => "nar-size",
             NarHash => "nar-hash",
             MissingReference => "missing-reference",
+            ReferenceCycle => "reference-cycle",
             BadSignature => "bad-signature",
             MissingSignature => "missing-signature",
             Io => "io",

@@ -157,7 +157,7 @@ impl<'a> Cache<'a> {
     ) -> Result<Totals, CacheError> {
         let plan = plan(closure)?;
         progress.begin(plan.len(), plan.iter().map(|(size, _)| size).sum());
-        let publication = Publication::new(closure);
+        let publication = Publication::new(closure)?;
         let group = GroupCommit::new(BatchPolicy::default());
         let totals = Mutex::new(Totals::default());
         let done = |info: &NarInfo| {
@@ -216,7 +216,7 @@ impl<'a> Cache<'a> {
         let renamed = written
             .and_then(|()| self.sync_filesystems())
             .and_then(|()| {
-                for level in commit::levels(batch) {
+                for level in commit::levels(batch)? {
                     for i in level {
                         let dest = self.narinfo_path(&batch[i].store_path);
                         let tmp = temps[i].take().expect("each narinfo is renamed once");

@@ -43,7 +43,7 @@ use crate::format::compression::Compression;
 use crate::format::hash::Sha256;
 use crate::format::nar::dump::DumpError;
 use crate::format::narinfo;
-use crate::format::store_path::{self, DEFAULT_STORE_DIR, PathInfo, StorePath};
+use crate::format::store_path::{self, DEFAULT_STORE_DIR, PathInfo, ReferenceCycle, StorePath};
 use crate::support::files::{self, DirLock, TempNames};
 use crate::support::progress::{Progress, Totals};
 use cache_dir::{Cache, Mode};
@@ -145,6 +145,8 @@ pub enum CacheError {
         found: String,
         expected: String,
     },
+    #[error("the closure to write: {0}")]
+    Cycle(#[from] ReferenceCycle),
     #[error("'{path}' lists '{line}', which is not a store path in {store_dir}")]
     StorePathsLine {
         path: PathBuf,
