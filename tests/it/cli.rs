@@ -233,7 +233,7 @@ fn no_arguments_inside_a_build_runs_the_builder() {
     assert_eq!(out.code, Some(1));
     assert_eq!(
         out.stderr,
-        "mk-binary-cache: error: attribute (top level) must be an object, not []\n"
+        "mk-binary-cache: error: build attributes must be an object, not []\n"
     );
 }
 
