@@ -93,21 +93,47 @@ pub fn from_local_store(paths: &[PathBuf], store_dir: &str) -> Result<Input, Bui
     }
     let roots = resolve_roots(paths, store_dir)?;
     check_valid(&roots)?;
-    // A Nix we cannot place is asked with the flag, then without it if it
-    // refuses the flag.
     let with_format = takes_json_format(&nix_version()).unwrap_or(true);
-    let mut result = path_info(&roots, with_format);
+    // A `.drv` root stands for the derivation file and its closure, as
+    // `nix copy` has it. Nix 2.8 reads a bare `.drv` as its outputs, later
+    // versions as the file; with `--derivation` every version reads it as
+    // the file. That flag would turn an output into its deriver, so only
+    // `.drv` roots are asked with it.
+    let (derivations, others): (Vec<StorePath>, Vec<StorePath>) = roots
+        .iter()
+        .cloned()
+        .partition(|r| r.name().ends_with(".drv"));
+    let mut closure = Vec::new();
+    for (group, as_derivations) in [(others, false), (derivations, true)] {
+        if !group.is_empty() {
+            closure.extend(closure_of(&group, as_derivations, with_format, store_dir)?);
+        }
+    }
+    closure.sort_by(|a, b| a.path.cmp(&b.path));
+    closure.dedup_by(|a, b| a.path == b.path);
+    check_complete(&closure)?;
+    Ok(Input { closure, roots })
+}
+
+/// The closure of `roots` as `nix path-info` gives it. A Nix we cannot
+/// place (`with_format` by default) is asked with `--json-format`, then
+/// without it if it refuses the flag.
+fn closure_of(
+    roots: &[StorePath],
+    derivations: bool,
+    with_format: bool,
+    store_dir: &str,
+) -> Result<Vec<PathInfo>, BuildError> {
+    let mut result = path_info(roots, derivations, with_format);
     if with_format
         && matches!(&result, Err(BuildError::Nix { output, .. }) if output.contains("json-format"))
     {
-        result = path_info(&roots, false);
+        result = path_info(roots, derivations, false);
     }
     let (command, out) = result?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let closure = closure::from_path_info_json(&text, store_dir)
-        .map_err(|source| BuildError::NixOutput { command, source })?;
-    check_complete(&closure)?;
-    Ok(Input { closure, roots })
+    closure::from_path_info_json(&text, store_dir)
+        .map_err(|source| BuildError::NixOutput { command, source })
 }
 
 /// The JSON format `build` asks `nix path-info` for where Nix has
@@ -116,10 +142,12 @@ pub fn from_local_store(paths: &[PathBuf], store_dir: &str) -> Result<Input, Bui
 /// with a version number and the one every such Nix prints.
 const PATH_INFO_JSON_FORMAT: &str = "2";
 
-/// Runs `nix path-info --json --recursive` on `roots`, with
-/// `--json-format` when `with_format`, and gives the command and its output.
+/// Runs `nix path-info --json --recursive` on `roots`, with `--derivation`
+/// when `derivations` and `--json-format` when `with_format`, and gives the
+/// command and its output.
 fn path_info(
     roots: &[StorePath],
+    derivations: bool,
     with_format: bool,
 ) -> Result<(String, std::process::Output), BuildError> {
     let mut cmd = Command::new("nix");
@@ -131,6 +159,9 @@ fn path_info(
     ]);
     if with_format {
         cmd.args(["--json-format", PATH_INFO_JSON_FORMAT]);
+    }
+    if derivations {
+        cmd.arg("--derivation");
     }
     cmd.arg("--recursive");
     cmd.args(roots.iter().map(|r| OsString::from(r.to_absolute())));

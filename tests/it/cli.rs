@@ -605,3 +605,65 @@ fn an_interrupt_ends_the_run_when_stderr_is_gone() {
     assert_eq!(out.code, Some(130));
     assert_eq!(temporary_files(&cache), []);
 }
+
+/// The hash parts of `nix-store -qR root`: the closure Nix gives a path.
+fn requisites(root: &str) -> Vec<String> {
+    let closure = run(nix_cmd("nix-store").args(["-qR", root]));
+    let mut parts: Vec<String> = closure.lines().map(|p| hash_part(p).to_owned()).collect();
+    parts.sort();
+    parts
+}
+
+/// Runs `build --to cache root` and checks what a `.drv` root means: the
+/// derivation file and its closure, listed in `store-paths`, so that a prune
+/// keeps all of it and notes nothing.
+fn assert_drv_root_caches_its_closure(work: &Path, drv: &str) {
+    let cache = work.join("cache");
+    run(&mut build_into(&cache, &["-q", drv]));
+    assert_eq!(narinfo_hash_parts(&cache), requisites(drv));
+    let listed = fs::read_to_string(cache.join("store-paths")).unwrap();
+    assert_eq!(listed, format!("{drv}\n"));
+    let out = outcome(mk_binary_cache().args(["prune", "-s"]).arg(&cache));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stderr, "", "prune noted something");
+    assert!(
+        out.stdout.starts_with("pruned: removed 0 paths, 0 NARs"),
+        "{}",
+        out.stdout
+    );
+}
+
+// Nix 2.8 reads a bare `.drv` as its outputs, later versions as the file:
+// with the file meant on every version, a derivation never built can be
+// cached (its outputs do not exist).
+#[test]
+fn an_unbuilt_drv_root_caches_the_derivation_and_its_closure() {
+    let work = tempdir();
+    let expression = work.path().join("never-built.nix");
+    // A name of this test run's own, so that no output was ever built.
+    let unique = work.path().file_name().unwrap().to_string_lossy();
+    fs::write(
+        &expression,
+        format!(
+            "let input = builtins.toFile \"input-{unique}\" \"an input\"; in\n\
+             derivation {{ name = \"never-built\"; system = builtins.currentSystem;\n\
+             builder = \"/bin/sh\"; args = [ \"-c\" \"cat ${{input}} > $out\" ]; }}\n"
+        ),
+    )
+    .unwrap();
+    let drv = run(nix_cmd("nix-instantiate").arg(&expression));
+    let drv = drv.trim();
+    assert_eq!(requisites(drv).len(), 2, "the .drv and its input");
+    assert_drv_root_caches_its_closure(work.path(), drv);
+}
+
+// Built or not, the same: the outputs of a built `.drv` are not its closure.
+#[test]
+fn a_built_drv_root_caches_the_derivation_not_its_outputs() {
+    let leaf = fixture_path("leaf");
+    let drv = run(nix_cmd("nix-store").args(["-qd", leaf]));
+    let drv = drv.trim();
+    assert!(!requisites(drv).contains(&hash_part(leaf).to_owned()));
+    let work = tempdir();
+    assert_drv_root_caches_its_closure(work.path(), drv);
+}
