@@ -69,7 +69,8 @@ enum Command {
     /// Writes the closure of PATHS, from the local Nix store, into CACHE.
     /// Paths already in the cache are skipped; a run that is interrupted
     /// (Ctrl-C included) leaves a valid cache, and the next run completes
-    /// it.
+    /// it. A `.drv` root stands for the derivation file and its closure, as
+    /// `nix copy` has it, not for its outputs: give `./result` for those.
     #[command(after_help = BUILD_EXAMPLES)]
     Build(BuildArgs),
     /// Sign a cache's narinfos with Nix secret keys.
