@@ -496,6 +496,23 @@ mod tests {
         }
     }
 
+    // A narinfo waits for its references; the bar must not: the path counts
+    // once its bytes are through, and its line comes when it is published.
+    #[test]
+    fn a_path_counts_in_the_bar_before_its_line() {
+        let progress = Progress::with_style(Style::Quiet);
+        progress.begin(2, 10);
+        progress.advance(10);
+        progress.path_done();
+        progress.path_done();
+        let c = &progress.counters;
+        assert_eq!(c.done_paths.load(Ordering::Relaxed), 2);
+        assert!(bar_line(c, 1.0, 80).contains(" 2/2 paths "));
+        // The line of a path already counted adds no count.
+        progress.log("cached a");
+        assert_eq!(c.done_paths.load(Ordering::Relaxed), 2);
+    }
+
     // A lasting change of pace shows within a few half-lives.
     #[test]
     fn pace_follows_a_lasting_change() {
