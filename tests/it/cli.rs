@@ -166,7 +166,8 @@ fn publish_help_works_without_the_publisher() {
         "{}",
         out.stdout
     );
-    // Running it without the publisher: publish::mk_binary_cache_publish_without_the_publisher_says_where_it_looked.
+    // What running it without the publisher says: in publish.rs,
+    // mk_binary_cache_publish_without_the_publisher_says_where_it_looked.
 }
 
 // Arguments of publish are checked here, with this program's name.
