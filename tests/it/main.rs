@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per topic.
 
 mod build;
+mod cli;
 mod common;
 mod cycles;
 mod dropin;
