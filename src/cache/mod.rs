@@ -52,6 +52,9 @@ pub const SUBDIRECTORIES: [&str; 5] = [
     "build-trace-v2",
     DEBUGINFO_DIR,
 ];
+/// The directories of a cache, relative to it, where its writers make
+/// temporary files: the cache directory, `nar/` and `debuginfo/`.
+pub const TEMP_FILE_DIRS: [&str; 3] = ["", NAR_DIR, DEBUGINFO_DIR];
 /// The file listing the cache's root paths, one per line.
 pub const STORE_PATHS: &str = "store-paths";
 

@@ -51,6 +51,12 @@ pub struct BuildJob {
 /// Reads the closure and resolves the settings of `request`.
 pub fn resolve(request: BuildRequest) -> Result<BuildJob, RequestError> {
     let store_dir = local_store::store_dir();
+    // The settings first: a mistyped flag is said before Nix is asked anything.
+    let mut options = request.settings.resolve(Context {
+        store_dir: store_dir.clone(),
+        jobs: settings::jobs(request.jobs),
+        root_paths: Vec::new(),
+    })?;
     let input = match &request.closure_json {
         Some(file) => local_store::from_closure_file(file, &request.paths, &store_dir)?,
         None => local_store::from_local_store(&request.paths, &store_dir)?,
@@ -62,11 +68,7 @@ pub fn resolve(request: BuildRequest) -> Result<BuildJob, RequestError> {
     }
     let whole = input.closure.len();
     let closure = exclusion.apply(input.closure);
-    let options = request.settings.resolve(Context {
-        store_dir,
-        jobs: settings::jobs(request.jobs),
-        root_paths: input.roots,
-    })?;
+    options.root_paths = input.roots;
     Ok(BuildJob {
         excluded: whole - closure.len(),
         closure,

@@ -29,7 +29,8 @@ const LAYERS: &[&[&str]] = &[
     &["input"],
     &["ops"],
     // The programs: argument parsing and exit codes.
-    &["main.rs", "bin"],
+    // `publish_args.rs`: the arguments both programs parse for `publish`.
+    &["main.rs", "bin", "publish_args.rs"],
 ];
 
 /// Arrows up (or across a row) that the design has, and that ARCHITECTURE.md

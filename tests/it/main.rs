@@ -2,6 +2,7 @@
 
 mod build;
 mod cache_dir;
+mod cli;
 mod common;
 mod cycles;
 mod dropin;

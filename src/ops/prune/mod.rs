@@ -36,7 +36,7 @@ use crate::cache::{CacheDir, CacheDirError, CacheLock, DEBUGINFO_DIR, NAR_DIR};
 use crate::format::store_path::{ReferenceCycle, StorePath};
 use crate::input::local_store::{self, BuildError};
 use crate::support::files;
-use crate::support::progress::human_bytes;
+use crate::support::progress::{count, human_bytes};
 
 mod plan;
 
@@ -144,8 +144,6 @@ impl Report {
 impl fmt::Display for Report {
     /// The summary: what was kept, what went and the bytes freed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let count =
-            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         let bytes = self.bytes();
         let (remove, free) = if self.dry_run {
             ("dry run: would remove", "would free")

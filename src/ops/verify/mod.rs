@@ -126,6 +126,11 @@ pub fn verify(cache: &Path, opts: &Options, progress: &Progress) -> Result<Repor
     for c in checked {
         counts.paths_ok += usize::from(c.problems.is_empty());
         counts.signed += usize::from(c.signed);
+        counts.with_signatures += usize::from(
+            c.info
+                .as_ref()
+                .is_some_and(|info| !info.signatures.is_empty()),
+        );
         problems.extend(c.problems);
     }
     counts.problems = problems.len();
@@ -135,6 +140,7 @@ pub fn verify(cache: &Path, opts: &Options, progress: &Progress) -> Result<Repor
     Ok(Report {
         cache: cache.to_owned(),
         store_dir: opts.store_dir.clone(),
+        signatures_checked: !opts.trusted_keys.is_empty(),
         ok: problems.is_empty(),
         counts,
         problems,

@@ -23,7 +23,7 @@ use std::sync::{Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use super::CacheError;
-use crate::cache::{CacheDir, read_error, write_error};
+use crate::cache::{CacheDir, TEMP_FILE_DIRS, read_error, write_error};
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::{ReferenceCycle, StorePath};
 use crate::support::files::{self, TempNames};
@@ -182,11 +182,7 @@ pub(super) fn commit(
 /// where they are others (a mount of their own).
 fn sync_filesystems(cache: &CacheDir) -> Result<(), CacheError> {
     let mut synced = Vec::new();
-    for dir in [
-        cache.root().to_owned(),
-        cache.nar_dir(),
-        cache.debuginfo_dir(),
-    ] {
+    for dir in TEMP_FILE_DIRS.map(|sub| cache.root().join(sub)) {
         let device = fs::metadata(&dir).map_err(read_error(&dir))?.dev();
         if !synced.contains(&device) {
             files::sync_filesystem(&dir).map_err(write_error(&dir))?;

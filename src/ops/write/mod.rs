@@ -28,6 +28,7 @@
 //!   clash: they write the same bytes under different temporary names.
 
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -38,7 +39,7 @@ mod publication;
 mod target;
 mod writer;
 
-use crate::cache::{CacheDir, CacheDirError, CacheLock, write_error};
+use crate::cache::{CacheDir, CacheDirError, CacheLock, TEMP_FILE_DIRS, write_error};
 use crate::format::cache_info::CacheInfo;
 use crate::format::compression::Compression;
 use crate::format::hash::Sha256;
@@ -211,7 +212,14 @@ pub fn update_cache(
             missing.push(path.clone());
         }
     }
-    if present > 0 {
+    if missing.is_empty() && present > 0 {
+        let all = match present {
+            1 => "the one path is".to_owned(),
+            n => format!("all {n} paths are"),
+        };
+        progress.message(&format!("{all} already in the cache: nothing to do"));
+    } else if present > 0 {
+        // Some, not all: two paths at least.
         progress.message(&format!(
             "{present} of {} paths are already in the cache",
             closure.len()
@@ -227,9 +235,9 @@ pub fn update_cache(
 }
 
 /// Removes the temporary files that processes no longer running left in
-/// the cache, `nar/` and `debuginfo/`.
+/// the cache.
 fn remove_stale_temp_files(cache: &CacheDir) -> Result<(), CacheError> {
-    for sub in ["", crate::cache::NAR_DIR, crate::cache::DEBUGINFO_DIR] {
+    for sub in TEMP_FILE_DIRS {
         for entry in cache.entries(sub)? {
             if TempNames::is_stale(&entry.name) {
                 files::remove_temporary(&entry.path).map_err(write_error(&entry.path))?;
@@ -237,6 +245,22 @@ fn remove_stale_temp_files(cache: &CacheDir) -> Result<(), CacheError> {
         }
     }
     Ok(())
+}
+
+/// Removes the temporary files this process made in the cache at `dir`, for
+/// a run of [`update_cache`] that was interrupted: nothing will rename them
+/// into place. The narinfos they would have become are missing, so the cache
+/// stays valid; returns how many files went.
+pub fn remove_own_temp_files(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for sub in TEMP_FILE_DIRS {
+        match files::remove_own_temporaries(&dir.join(sub)) {
+            Ok(n) => removed += n,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
 }
 
 /// The `nix-cache-info` this run writes.

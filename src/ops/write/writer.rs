@@ -51,7 +51,7 @@ impl<'a, T: Target> Writer<'a, T> {
         let totals = Mutex::new(Totals::default());
         let done = |info: &NarInfo| {
             let file_size = info.file_size.unwrap_or(info.nar_size);
-            progress.item_done(format_args!(
+            progress.log(format_args!(
                 "cached {}: NAR {} -> {} {}",
                 info.store_path.name(),
                 human_bytes(info.nar_size),
@@ -75,6 +75,8 @@ impl<'a, T: Target> Writer<'a, T> {
                     progress,
                 };
                 let info = self.write_path(&pass)?;
+                // Counted now, with its bytes; its line comes with its narinfo.
+                progress.path_done();
                 publication.ready(info, |info| self.target.publish(info, &done))
             },
         )?;
