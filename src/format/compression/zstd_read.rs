@@ -1,0 +1,317 @@
+//! Decoding a zstd file's frames on several threads at once, in order.
+//!
+//! A zstd file is a series of frames (RFC 8878). Nix 2.35 and later, and
+//! this crate, cut a frame every 16 MiB of NAR and write its decoded size
+//! (`Frame_Content_Size`) in its header. [`FrameDecoder`] reads the file on
+//! the calling thread, finds where each frame ends by walking its block
+//! headers (each gives its own length), and hands the frame to a thread of
+//! its own, which decodes it whole into a buffer of the announced size. The
+//! caller gets the frames' bytes in order while the next ones are decoded:
+//! at most `threads` frames are in flight, so memory stays bounded.
+//!
+//! Whatever does not fit that pattern is read by zstd's streaming decoder
+//! from there on, as a single-threaded reader would: a frame without a
+//! content size (files of Nix before 2.35, and of earlier versions of this
+//! crate, are one such frame), one of more than [`MAX_FRAME`] bytes, one
+//! that needs a dictionary, a skippable frame, or anything damaged or cut short, which the streaming
+//! decoder then reports as it always did.
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, Chain, Cursor, Read};
+use std::thread::{self, JoinHandle};
+
+use zstd::zstd_safe::{self, DCtx};
+
+/// The largest frame decoded on a thread of its own, in decoded bytes:
+/// twice Nix's frames. Each frame in flight is held whole.
+pub const MAX_FRAME: u64 = 32 << 20;
+
+const MAGIC: u32 = 0xFD2F_B528;
+/// The largest block a frame may hold (RFC 8878, `Block_Maximum_Size`).
+const MAX_BLOCK: usize = 128 << 10;
+
+/// A reader of the decoded bytes of a zstd file, decoding frames ahead on
+/// up to `threads` threads.
+pub struct FrameDecoder<R: BufRead> {
+    state: State<R>,
+    /// The decoded frame being read, and how far.
+    current: Vec<u8>,
+    read: usize,
+}
+
+enum State<R: BufRead> {
+    Frames(Frames<R>),
+    /// What was left after the last frame decoded on a thread.
+    Streaming(Box<zstd::stream::read::Decoder<'static, Chain<Cursor<Vec<u8>>, R>>>),
+    Taken,
+}
+
+struct Frames<R> {
+    input: R,
+    threads: usize,
+    /// Frames being decoded, oldest first.
+    in_flight: VecDeque<JoinHandle<io::Result<Vec<u8>>>>,
+    /// Bytes of the file before the next frame, for messages.
+    offset: u64,
+    /// The start of what is left for the streaming decoder, once found.
+    rest: Option<Vec<u8>>,
+}
+
+impl<R: BufRead> FrameDecoder<R> {
+    pub fn new(input: R, threads: usize) -> Self {
+        FrameDecoder {
+            state: State::Frames(Frames {
+                input,
+                threads: threads.max(1),
+                in_flight: VecDeque::new(),
+                offset: 0,
+                rest: None,
+            }),
+            current: Vec::new(),
+            read: 0,
+        }
+    }
+
+    /// The next frame decoded on a thread, having set the frames after it
+    /// going; `None` once there are no more.
+    fn next_frame(frames: &mut Frames<R>) -> io::Result<Option<Vec<u8>>> {
+        while frames.rest.is_none() && frames.in_flight.len() < frames.threads {
+            match split(&mut frames.input)? {
+                Split::End => break,
+                Split::Frame {
+                    bytes,
+                    content_size,
+                } => {
+                    let offset = frames.offset;
+                    frames.offset += bytes.len() as u64;
+                    let decoding = thread::Builder::new()
+                        .name("zstd frame".into())
+                        .spawn(move || decode(&bytes, content_size, offset))?;
+                    frames.in_flight.push_back(decoding);
+                }
+                Split::Rest(bytes) => frames.rest = Some(bytes),
+            }
+        }
+        match frames.in_flight.pop_front() {
+            Some(decoding) => decoding
+                .join()
+                .map_err(|_| io::Error::other("a zstd decoding thread panicked"))?
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl<R: BufRead> Read for FrameDecoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.read < self.current.len() {
+                let n = buf.len().min(self.current.len() - self.read);
+                buf[..n].copy_from_slice(&self.current[self.read..self.read + n]);
+                self.read += n;
+                return Ok(n);
+            }
+            match &mut self.state {
+                State::Frames(frames) => match Self::next_frame(frames)? {
+                    Some(decoded) => {
+                        self.current = decoded;
+                        self.read = 0;
+                    }
+                    None => {
+                        let State::Frames(frames) = std::mem::replace(&mut self.state, State::Taken)
+                        else {
+                            unreachable!("matched above")
+                        };
+                        match frames.rest {
+                            None => return Ok(0),
+                            Some(start) => {
+                                let input = Cursor::new(start).chain(frames.input);
+                                let decoder = zstd::stream::read::Decoder::with_buffer(input)?;
+                                self.state = State::Streaming(Box::new(decoder));
+                            }
+                        }
+                    }
+                },
+                State::Streaming(decoder) => return decoder.read(buf),
+                State::Taken => return Ok(0),
+            }
+        }
+    }
+}
+
+impl<R: BufRead> Drop for FrameDecoder<R> {
+    /// Waits for the frames in flight: no thread outlives the reader.
+    fn drop(&mut self) {
+        if let State::Frames(frames) = &mut self.state {
+            for decoding in frames.in_flight.drain(..) {
+                let _ = decoding.join();
+            }
+        }
+    }
+}
+
+/// Decodes one whole frame of `content_size` bytes.
+fn decode(frame: &[u8], content_size: u64, offset: u64) -> io::Result<Vec<u8>> {
+    let mut decoded = Vec::with_capacity(content_size as usize);
+    let mut context = DCtx::try_create().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::OutOfMemory, "cannot allocate a zstd context")
+    })?;
+    // zstd checks the decoded size against the header, and the checksum if
+    // there is one.
+    context
+        .decompress(&mut decoded, frame)
+        .map_err(|code| {
+            io::Error::other(format!(
+                "{} (in the frame at byte {offset})",
+                zstd_safe::get_error_name(code)
+            ))
+        })?;
+    Ok(decoded)
+}
+
+/// What comes next in the file.
+enum Split {
+    End,
+    /// One whole frame, which announces its decoded size.
+    Frame { bytes: Vec<u8>, content_size: u64 },
+    /// The start of something to leave to the streaming decoder, as read.
+    Rest(Vec<u8>),
+}
+
+/// Reads the next frame of `input` whole, if it is one to decode on a
+/// thread; otherwise what was read of it.
+fn split(input: &mut impl BufRead) -> io::Result<Split> {
+    let mut bytes = Vec::new();
+    if !take(input, 4, &mut bytes)? {
+        return Ok(if bytes.is_empty() {
+            Split::End
+        } else {
+            Split::Rest(bytes)
+        });
+    }
+    if u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) != MAGIC
+        || !take(input, 1, &mut bytes)?
+    {
+        return Ok(Split::Rest(bytes));
+    }
+    let Some(Header {
+        length,
+        content_size,
+        checksum,
+    }) = Header::of(bytes[4])
+    else {
+        return Ok(Split::Rest(bytes));
+    };
+    if !take(input, length, &mut bytes)? {
+        return Ok(Split::Rest(bytes));
+    }
+    let Some(content_size) = content_size.map(|field| field.read(&bytes[bytes.len() - field.len..]))
+    else {
+        return Ok(Split::Rest(bytes));
+    };
+    if content_size > MAX_FRAME {
+        return Ok(Split::Rest(bytes));
+    }
+    // No block may be larger than its decoded bytes; a frame that is, is
+    // damaged, and the streaming decoder says how.
+    let bound = zstd_safe::compress_bound(content_size as usize) as u64 + 64;
+    loop {
+        if !take(input, 3, &mut bytes)? {
+            return Ok(Split::Rest(bytes));
+        }
+        let n = bytes.len();
+        let block = u32::from_le_bytes([bytes[n - 3], bytes[n - 2], bytes[n - 1], 0]);
+        let last = block & 1 == 1;
+        let size = (block >> 3) as usize;
+        let body = match (block >> 1) & 3 {
+            // Raw and compressed blocks hold `size` bytes; an RLE block one.
+            0 | 2 if size <= MAX_BLOCK => size,
+            1 if size <= MAX_BLOCK => 1,
+            _ => return Ok(Split::Rest(bytes)),
+        };
+        if !take(input, body, &mut bytes)? || bytes.len() as u64 > bound {
+            return Ok(Split::Rest(bytes));
+        }
+        if last {
+            break;
+        }
+    }
+    if checksum && !take(input, 4, &mut bytes)? {
+        return Ok(Split::Rest(bytes));
+    }
+    Ok(Split::Frame {
+        bytes,
+        content_size,
+    })
+}
+
+/// Appends the next `n` bytes of `input` to `bytes`; false if the input
+/// ended first (with what there was appended).
+fn take(input: &mut impl BufRead, n: usize, bytes: &mut Vec<u8>) -> io::Result<bool> {
+    let want = bytes.len() + n;
+    while bytes.len() < want {
+        let available = match input.fill_buf() {
+            Ok(available) => available,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(false);
+        }
+        let k = available.len().min(want - bytes.len());
+        bytes.extend_from_slice(&available[..k]);
+        input.consume(k);
+    }
+    Ok(true)
+}
+
+/// What a frame header's descriptor byte says of the rest of the header.
+struct Header {
+    /// Bytes of header after the descriptor.
+    length: usize,
+    /// Where the content size is, if the header has one: the field ends the
+    /// header.
+    content_size: Option<ContentSize>,
+    checksum: bool,
+}
+
+struct ContentSize {
+    len: usize,
+}
+
+impl ContentSize {
+    /// The little-endian field's value; a 2-byte one counts from 256.
+    fn read(&self, field: &[u8]) -> u64 {
+        let mut value = [0u8; 8];
+        value[..self.len].copy_from_slice(field);
+        let value = u64::from_le_bytes(value);
+        if self.len == 2 { value + 256 } else { value }
+    }
+}
+
+impl Header {
+    /// The header a frame descriptor announces; `None` for one with the
+    /// reserved bit set or a dictionary, which only the streaming decoder
+    /// is to judge.
+    fn of(descriptor: u8) -> Option<Header> {
+        let reserved = descriptor & 0x08 != 0;
+        let dictionary = descriptor & 3 != 0;
+        if reserved || dictionary {
+            return None;
+        }
+        let single_segment = descriptor & 0x20 != 0;
+        let window = usize::from(!single_segment);
+        let content_size = match descriptor >> 6 {
+            0 if single_segment => 1,
+            0 => 0,
+            1 => 2,
+            2 => 4,
+            _ => 8,
+        };
+        Some(Header {
+            length: window + content_size,
+            content_size: (content_size > 0).then_some(ContentSize { len: content_size }),
+            checksum: descriptor & 4 != 0,
+        })
+    }
+}
