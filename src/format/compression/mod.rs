@@ -297,13 +297,17 @@ mod tests {
     }
 
     #[test]
-    fn multithreaded_output_does_not_depend_on_thread_count() {
+    fn output_does_not_depend_on_thread_count() {
         // Low levels keep the test quick; the block logic is the same. The
-        // data spans several xz blocks and several zstd jobs (8 MiB each).
-        for (c, level) in [(Compression::Xz, 1), (Compression::Zstd, 3)] {
-            let data = sample(2 * c.multithread_threshold().max(8 << 20) as usize + 3_000_000);
+        // data spans several xz blocks (3 MiB at level 1) and three zstd
+        // frames, compressed one at a time or on threads of their own.
+        for (c, level, len) in [
+            (Compression::Xz, 1, 7_000_000),
+            (Compression::Zstd, 1, 2 * ZSTD_FRAME_SIZE + 3_000_000),
+        ] {
+            let data = sample(len);
             let one = compress_at(c, level, &data, 1);
-            assert_eq!(one, compress_at(c, level, &data, 3), "{c}");
+            assert!(one == compress_at(c, level, &data, 3), "{c}");
         }
     }
 
@@ -327,6 +331,18 @@ mod tests {
             let reused = e.finish().unwrap();
             assert_eq!(reused, compress_at(Compression::Zstd, level, &second, 1));
         }
+    }
+
+    #[test]
+    fn scheduling_counts_more_than_one_zstd_frame_or_xz_block_as_large() {
+        assert_eq!(
+            Compression::Zstd.multithread_threshold(),
+            ZSTD_FRAME_SIZE as u64 + 1
+        );
+        let block = liblzma::stream::Filters::new()
+            .lzma2(&liblzma::stream::LzmaOptions::new_preset(6).unwrap())
+            .mt_block_size();
+        assert_eq!(Compression::Xz.multithread_threshold(), block + 1);
     }
 
     #[test]

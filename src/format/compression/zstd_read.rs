@@ -315,3 +315,152 @@ impl Header {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    use crate::format::compression::{Compression, Workspace, ZSTD_FRAME_SIZE as FRAME};
+
+    /// Deterministic data that compresses about 2:1.
+    fn sample(len: usize) -> Vec<u8> {
+        let mut x: u32 = 7;
+        (0..len)
+            .map(|i| {
+                x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+                if i % 2 == 0 { (x >> 24) as u8 } else { b"nar"[i % 3] }
+            })
+            .collect()
+    }
+
+    fn ours(data: &[u8], threads: u32) -> Vec<u8> {
+        let mut workspace = Workspace::default();
+        let mut e = Compression::Zstd
+            .encoder(Vec::new(), 1, data.len() as u64, threads, &mut workspace)
+            .unwrap();
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// The content sizes of the frames of `file`, as the splitter finds them.
+    fn frame_sizes(file: &[u8]) -> Vec<u64> {
+        let mut input = file;
+        let mut sizes = Vec::new();
+        loop {
+            match split(&mut input).unwrap() {
+                Split::End => return sizes,
+                Split::Frame { content_size, .. } => sizes.push(content_size),
+                Split::Rest(_) => panic!("not a frame with a content size"),
+            }
+        }
+    }
+
+    fn decode_with(file: &[u8], threads: usize) -> io::Result<Vec<u8>> {
+        let mut decoded = Vec::new();
+        FrameDecoder::new(file, threads).read_to_end(&mut decoded)?;
+        Ok(decoded)
+    }
+
+    #[test]
+    fn frames_hold_16_mib_of_nar_each_and_say_so_in_their_headers() {
+        let frame = FRAME as u64;
+        let data = sample(2 * FRAME + 5);
+        assert_eq!(frame_sizes(&ours(&data, 1)), [frame, frame, 5]);
+        // Exactly one frame's worth is one frame, no empty one after it.
+        assert_eq!(frame_sizes(&ours(&data[..FRAME], 1)), [frame]);
+        // An empty NAR still gets a frame, as a zstd file needs one.
+        assert_eq!(frame_sizes(&ours(&[], 1)), [0]);
+    }
+
+    #[test]
+    fn frames_compressed_on_threads_of_their_own_are_the_same_bytes() {
+        let data = sample(3 * FRAME + 1000);
+        assert!(ours(&data, 1) == ours(&data, 2));
+    }
+
+    #[test]
+    fn frames_decode_in_order_on_any_number_of_threads() {
+        let data = sample(3 * FRAME + 1000);
+        let file = ours(&data, 2);
+        for threads in [1, 2, 5] {
+            assert!(decode_with(&file, threads).unwrap() == data, "{threads}");
+        }
+    }
+
+    #[test]
+    fn a_frame_without_content_size_is_read_by_the_streaming_decoder() {
+        // As Nix before 2.35 and this crate before it wrote them: one frame,
+        // its size unknown. Then frames of ours after it, also streamed.
+        let (old, new) = (sample(3_000_000), sample(FRAME + 10));
+        let mut file = Vec::new();
+        let mut e = zstd::stream::write::Encoder::new(&mut file, 3).unwrap();
+        e.write_all(&old).unwrap();
+        e.finish().unwrap();
+        file.extend(ours(&new, 1));
+        assert!(matches!(split(&mut &file[..]).unwrap(), Split::Rest(_)));
+        assert!(decode_with(&file, 2).unwrap() == [old, new].concat());
+    }
+
+    #[test]
+    fn frames_after_the_parallel_ones_are_streamed() {
+        let (new, old) = (sample(FRAME + 10), sample(100_000));
+        let mut file = ours(&new, 1);
+        file.extend(zstd::stream::encode_all(&old[..], 3).unwrap());
+        assert!(decode_with(&file, 2).unwrap() == [new, old].concat());
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_limit_is_streamed() {
+        let big = vec![7u8; MAX_FRAME as usize + 1];
+        let file = zstd::bulk::compress(&big, 1).unwrap();
+        assert_eq!(
+            zstd_safe::get_frame_content_size(&file).ok(),
+            Some(Some(big.len() as u64))
+        );
+        assert!(matches!(split(&mut &file[..]).unwrap(), Split::Rest(_)));
+        assert!(decode_with(&file, 2).unwrap() == big);
+    }
+
+    /// Where the second frame of `file` starts, and the length of its
+    /// header after the descriptor.
+    fn second_frame(file: &[u8]) -> (usize, usize) {
+        let Split::Frame { bytes, .. } = split(&mut &file[..]).unwrap() else {
+            panic!("no first frame")
+        };
+        let start = bytes.len();
+        (start, Header::of(file[start + 4]).unwrap().length)
+    }
+
+    #[test]
+    fn a_frame_that_decodes_to_another_size_than_its_header_says_is_an_error() {
+        let data = sample(2 * FRAME + 1000);
+        let mut file = ours(&data, 1);
+        // The content size ends the header: one less than the frame holds.
+        let (start, length) = second_frame(&file);
+        let field = start + 5 + length - 4;
+        let size = u32::from_le_bytes(file[field..field + 4].try_into().unwrap());
+        file[field..field + 4].copy_from_slice(&(size - 1).to_le_bytes());
+        let e = decode_with(&file, 2).unwrap_err();
+        assert!(e.to_string().contains(&format!("frame at byte {start}")), "{e}");
+    }
+
+    #[test]
+    fn a_damaged_block_header_is_an_error() {
+        let data = sample(2 * FRAME + 1000);
+        let mut file = ours(&data, 1);
+        // The first block of the second frame gets the reserved type.
+        let (start, length) = second_frame(&file);
+        file[start + 5 + length] |= 0b110;
+        assert!(decode_with(&file, 2).is_err());
+    }
+
+    #[test]
+    fn a_cut_file_is_an_error() {
+        let data = sample(2 * FRAME + 1000);
+        let file = ours(&data, 1);
+        for cut in [file.len() - 1, file.len() / 2, 3] {
+            assert!(decode_with(&file[..cut], 2).is_err(), "cut at {cut}");
+        }
+    }
+}

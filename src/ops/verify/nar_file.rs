@@ -324,11 +324,28 @@ mod tests {
         // 64 MiB of NAR in a few KiB of zstd, claimed to be 1000 bytes long.
         let nar = zeros_nar(64 << 20);
         let bomb = compress(Compression::Zstd, &nar);
-        let reading = read_nar(&bomb[..], "zstd", 1000, 1);
-        assert!(matches!(reading.outcome, NarOutcome::TooLong));
-        assert_eq!(reading.nar_size, 1001);
-        // The file is still read whole, for its hash.
-        assert_eq!(reading.file_hash, Sha256::digest(&bomb));
+        for threads in [1, 2] {
+            let reading = read_nar(&bomb[..], "zstd", 1000, threads);
+            assert!(matches!(reading.outcome, NarOutcome::TooLong));
+            assert_eq!(reading.nar_size, 1001);
+            // The file is still read whole, for its hash.
+            assert_eq!(reading.file_hash, Sha256::digest(&bomb));
+        }
+    }
+
+    #[test]
+    fn a_zstd_nar_of_several_frames_reads_the_same_on_several_threads() {
+        let nar = zeros_nar(40 << 20);
+        let file = compress(Compression::Zstd, &nar);
+        for threads in [1, 2, 3] {
+            let reading = read_nar(&file[..], "zstd", nar.len() as u64, threads);
+            assert_eq!(
+                read_ok(&reading),
+                (nar.len() as u64, Sha256::digest(&nar)),
+                "{threads}"
+            );
+            assert_eq!(reading.file_hash, Sha256::digest(&file));
+        }
     }
 
     #[test]
@@ -359,13 +376,17 @@ mod tests {
     #[test]
     fn a_cut_compressed_file_is_a_decompression_error() {
         let nar = zeros_nar(100_000);
-        for c in [Compression::Xz, Compression::Zstd] {
+        for (c, threads) in [
+            (Compression::Xz, 1),
+            (Compression::Zstd, 1),
+            (Compression::Zstd, 2),
+        ] {
             let file = compress(c, &nar);
             let cut = &file[..file.len() - 9];
-            let reading = read_nar(cut, c.name(), nar.len() as u64, 1);
+            let reading = read_nar(cut, c.name(), nar.len() as u64, threads);
             assert!(
                 matches!(reading.outcome, NarOutcome::Decompression(_)),
-                "{c}"
+                "{c} on {threads}"
             );
             assert_eq!(reading.file_size, cut.len() as u64);
             assert!(reading.file_error.is_none());
