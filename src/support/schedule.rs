@@ -118,7 +118,8 @@ where
     let mut order: Vec<(u64, &T)> = items.iter().map(|item| (size(item), item)).collect();
     // Stable, so equal sizes keep the caller's order.
     order.sort_by_key(|&(size, _)| Reverse(size));
-    let (large, small): (Vec<_>, Vec<_>) = order.iter().copied().partition(|&(_, item)| large(item));
+    let (large, small): (Vec<_>, Vec<_>) =
+        order.iter().copied().partition(|&(_, item)| large(item));
     let queue = Mutex::new(Queue {
         large: large.iter(),
         small: small.iter(),
@@ -325,10 +326,16 @@ mod tests {
         // Odd sizes are of a kind that cannot use more threads.
         let threads_of = |size: u64| {
             let seen = Mutex::new(0);
-            run_by(&[size], |&s| s, |&s| s % 2 == 0, 2, |_, threads| {
-                *seen.lock().unwrap() = threads;
-                Ok::<_, ()>(())
-            })
+            run_by(
+                &[size],
+                |&s| s,
+                |&s| s % 2 == 0,
+                2,
+                |_, threads| {
+                    *seen.lock().unwrap() = threads;
+                    Ok::<_, ()>(())
+                },
+            )
             .unwrap();
             seen.into_inner().unwrap()
         };

@@ -118,7 +118,8 @@ impl<R: BufRead> Read for FrameDecoder<R> {
                         self.read = 0;
                     }
                     None => {
-                        let State::Frames(frames) = std::mem::replace(&mut self.state, State::Taken)
+                        let State::Frames(frames) =
+                            std::mem::replace(&mut self.state, State::Taken)
                         else {
                             unreachable!("matched above")
                         };
@@ -158,14 +159,12 @@ fn decode(frame: &[u8], content_size: u64, offset: u64) -> io::Result<Vec<u8>> {
     })?;
     // zstd checks the decoded size against the header, and the checksum if
     // there is one.
-    context
-        .decompress(&mut decoded, frame)
-        .map_err(|code| {
-            io::Error::other(format!(
-                "{} (in the frame at byte {offset})",
-                zstd_safe::get_error_name(code)
-            ))
-        })?;
+    context.decompress(&mut decoded, frame).map_err(|code| {
+        io::Error::other(format!(
+            "{} (in the frame at byte {offset})",
+            zstd_safe::get_error_name(code)
+        ))
+    })?;
     Ok(decoded)
 }
 
@@ -173,7 +172,10 @@ fn decode(frame: &[u8], content_size: u64, offset: u64) -> io::Result<Vec<u8>> {
 enum Split {
     End,
     /// One whole frame, which announces its decoded size.
-    Frame { bytes: Vec<u8>, content_size: u64 },
+    Frame {
+        bytes: Vec<u8>,
+        content_size: u64,
+    },
     /// The start of something to leave to the streaming decoder, as read.
     Rest(Vec<u8>),
 }
@@ -205,7 +207,8 @@ fn split(input: &mut impl BufRead) -> io::Result<Split> {
     if !take(input, length, &mut bytes)? {
         return Ok(Split::Rest(bytes));
     }
-    let Some(content_size) = content_size.map(|field| field.read(&bytes[bytes.len() - field.len..]))
+    let Some(content_size) =
+        content_size.map(|field| field.read(&bytes[bytes.len() - field.len..]))
     else {
         return Ok(Split::Rest(bytes));
     };
@@ -329,7 +332,11 @@ mod tests {
         (0..len)
             .map(|i| {
                 x = x.wrapping_mul(1664525).wrapping_add(1013904223);
-                if i % 2 == 0 { (x >> 24) as u8 } else { b"nar"[i % 3] }
+                if i % 2 == 0 {
+                    (x >> 24) as u8
+                } else {
+                    b"nar"[i % 3]
+                }
             })
             .collect()
     }
@@ -442,7 +449,10 @@ mod tests {
         let size = u32::from_le_bytes(file[field..field + 4].try_into().unwrap());
         file[field..field + 4].copy_from_slice(&(size - 1).to_le_bytes());
         let e = decode_with(&file, 2).unwrap_err();
-        assert!(e.to_string().contains(&format!("frame at byte {start}")), "{e}");
+        assert!(
+            e.to_string().contains(&format!("frame at byte {start}")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -305,7 +305,10 @@ fn compress_jobs(queue: &Mutex<Receiver<Job>>, level: i32) {
     let mut context = None;
     let mut out = Vec::new();
     loop {
-        let job = queue.lock().map_err(drop).and_then(|q| q.recv().map_err(drop));
+        let job = queue
+            .lock()
+            .map_err(drop)
+            .and_then(|q| q.recv().map_err(drop));
         let Ok(Job { frame, done }) = job else { return };
         let result = (|| {
             let context = match &mut context {
