@@ -2,6 +2,29 @@
 //! closure (tests/fixtures/closure.nix) with `mkBinaryCache` and checks that
 //! Nix substitutes from them, and that they agree with what `nix copy` writes.
 //!
+//! The fixture is a diamond of references, a self-reference, symlinks of
+//! every kind, a single-file and a symlink store path, non-UTF-8 names, and
+//! NARs of 4.6 and 33 MiB, both above the sizes from which xz and zstd write
+//! their multithreaded formats. What is specified here:
+//!
+//! - a fresh store gets every path from the cache with `--max-jobs 0`, for
+//!   zstd, xz and no compression, with NAR hashes equal to the originals, and
+//!   `nix copy --from file://…` works;
+//! - the narinfos equal those `nix copy --to file://…` writes (but for
+//!   `Deriver:`, which a build is not told); with xz the NAR files are
+//!   byte-identical to `nix copy`'s; the listings and the debug-info index
+//!   equal Nix's;
+//! - every NAR decompresses to `nix-store --dump` of its path, and `FileHash`
+//!   and `FileSize` describe the file;
+//! - `nix-build --check` reproduces the cache, and the cache is
+//!   byte-identical with 1 and 2 cores;
+//! - `nix-cache-info`, the empty directories and `store-paths` are right, an
+//!   empty `rootPaths` gives a cache Nix opens, and an unknown compression
+//!   fails at evaluation;
+//! - `default.nix`, the overlay and `flake.nix` evaluate and build against a
+//!   small stand-in for nixpkgs (`tests/fixtures/fake-nixpkgs`), since there
+//!   is no nixpkgs on the test machines.
+//!
 //! These tests need Nix and busybox-static (`scripts/test` installs them) and
 //! fail loudly without them. Inside a Nix build (nix/package.nix) only the
 //! unit tests run, since Nix cannot run there.

@@ -18,6 +18,7 @@ mod peak_alloc;
 mod props;
 mod prune;
 mod publish;
+mod readme;
 mod sign_cache;
 mod signing;
 mod store_signatures;
