@@ -253,6 +253,16 @@ def run_method(name, method, comp, root, closure, out, run_dir, binary, gate, ta
     return r
 
 
+def write_table(out, lines):
+    """Write the Markdown table `lines` to OUT.md, print it and return its text."""
+    text = "\n".join(lines) + "\n"
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out + ".md", "w") as f:
+        f.write(text)
+    print(text)
+    return text
+
+
 def median_run(tries):
     """The run to report of several of one method: a failed or faulty one if any (a failure is never
     averaged away), else the median by wall time; every run's wall time is kept with it."""

@@ -78,13 +78,9 @@ def main():
         spread = f" ({min(walls):.2f}–{max(walls):.2f} of {len(walls)})" if len(walls) > 1 else ""
         lines.append(f"| {r['closure']} | {r['compression']} | {r['candidate']} | {r['wall']:.2f}{spread} | {r['cpu']:.2f} | "
                      f"{r['rss_mib']:.0f} | {out} | {r['other_cpu']:.1f} | {'OK' if not r['problems'] else 'FAIL'} |")
-    text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".md", "w") as f:
-        f.write(text)
+    bench.write_table(args.out, lines)
     with open(args.out + ".json", "w") as f:
         json.dump(rows, f, indent=1)
-    print(text)
     return 1 if any(r["problems"] for r in rows) else 0
 
 

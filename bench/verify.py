@@ -109,11 +109,7 @@ def main():
         one = statistics.median(r["wall"] for r in walls[(label, cache_label, jobs[0])])
         lines.append(f"| {label} | {cache_label} | {j} | {mid['wall']:.2f} | {mid['cpu']:.2f} | "
                      f"{mid['rss_mib']:.0f} | {one / mid['wall']:.2f}× | {mid['other_cpu']:.1f} |")
-    text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".md", "w") as f:
-        f.write(text)
-    print(text)
+    bench.write_table(args.out, lines)
 
 
 if __name__ == "__main__":

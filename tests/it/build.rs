@@ -857,7 +857,11 @@ fn a_cache_of_single_frame_zstd_nars_is_added_to_without_rewriting_them() {
     let old = nar_files(cache.path());
     assert!(!old.is_empty());
     for (name, bytes) in &old {
-        assert_eq!(zstd_frame_sizes(bytes), [None], "{name} is an old-style NAR");
+        assert_eq!(
+            zstd_frame_sizes(bytes),
+            [None],
+            "{name} is an old-style NAR"
+        );
     }
 
     run(&mut build_into(cache.path(), &[top, file]));

@@ -244,7 +244,7 @@ mod tests {
     use std::io::Read;
 
     /// Deterministic, moderately compressible data.
-    fn sample(len: usize) -> Vec<u8> {
+    pub(super) fn sample(len: usize) -> Vec<u8> {
         let mut x: u32 = 12345;
         (0..len)
             .map(|i| {
@@ -262,7 +262,7 @@ mod tests {
         compress_at(c, c.default_level(), data, threads)
     }
 
-    fn compress_at(c: Compression, level: i32, data: &[u8], threads: u32) -> Vec<u8> {
+    pub(super) fn compress_at(c: Compression, level: i32, data: &[u8], threads: u32) -> Vec<u8> {
         let mut workspace = Workspace::default();
         let mut e = c
             .encoder(

@@ -324,30 +324,11 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    use crate::format::compression::{Compression, Workspace, ZSTD_FRAME_SIZE as FRAME};
-
-    /// Deterministic data that compresses about 2:1.
-    fn sample(len: usize) -> Vec<u8> {
-        let mut x: u32 = 7;
-        (0..len)
-            .map(|i| {
-                x = x.wrapping_mul(1664525).wrapping_add(1013904223);
-                if i % 2 == 0 {
-                    (x >> 24) as u8
-                } else {
-                    b"nar"[i % 3]
-                }
-            })
-            .collect()
-    }
+    use crate::format::compression::tests::{compress_at, sample};
+    use crate::format::compression::{Compression, ZSTD_FRAME_SIZE as FRAME};
 
     fn ours(data: &[u8], threads: u32) -> Vec<u8> {
-        let mut workspace = Workspace::default();
-        let mut e = Compression::Zstd
-            .encoder(Vec::new(), 1, data.len() as u64, threads, &mut workspace)
-            .unwrap();
-        e.write_all(data).unwrap();
-        e.finish().unwrap()
+        compress_at(Compression::Zstd, 1, data, threads)
     }
 
     /// The content sizes of the frames of `file`, as the splitter finds them.

@@ -152,7 +152,10 @@ impl<'w, W: Write> Frames<'w, W> {
         self.wrote_a_frame = true;
         match &mut self.pool {
             Some(pool) => {
-                let next = pool.spare.pop().unwrap_or_default();
+                let next = pool
+                    .spare
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(FRAME_SIZE));
                 let frame = std::mem::replace(&mut self.scratch.frame, next);
                 pool.submit(frame, &mut self.sink)
             }
