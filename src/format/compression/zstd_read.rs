@@ -50,11 +50,62 @@ struct Frames<R> {
     input: R,
     threads: usize,
     /// Frames being decoded, oldest first.
-    in_flight: VecDeque<JoinHandle<io::Result<Vec<u8>>>>,
+    in_flight: VecDeque<JoinHandle<io::Result<Decoded>>>,
     /// Bytes of the file before the next frame, for messages.
     offset: u64,
     /// The start of what is left for the streaming decoder, once found.
     rest: Option<Vec<u8>>,
+    /// Buffers of frames done with, for the next ones: no frame costs
+    /// fresh memory (and its page faults) once the first few are read.
+    spare_decoded: Vec<Vec<u8>>,
+    spare_compressed: Vec<Vec<u8>>,
+}
+
+/// A frame decoded on its thread, and the buffer it was read into.
+struct Decoded {
+    bytes: Vec<u8>,
+    compressed: Vec<u8>,
+}
+
+impl<R: BufRead> Frames<R> {
+    /// Sets frames decoding until `threads` are, or the frames end.
+    fn fill(&mut self) -> io::Result<()> {
+        while self.rest.is_none() && self.in_flight.len() < self.threads {
+            let buffer = self.spare_compressed.pop().unwrap_or_default();
+            match split(&mut self.input, buffer)? {
+                Split::End => break,
+                Split::Frame {
+                    bytes,
+                    content_size,
+                } => {
+                    let offset = self.offset;
+                    self.offset += bytes.len() as u64;
+                    let out = self.spare_decoded.pop().unwrap_or_default();
+                    let decoding = thread::Builder::new()
+                        .name("zstd frame".into())
+                        .spawn(move || decode(bytes, content_size, offset, out))?;
+                    self.in_flight.push_back(decoding);
+                }
+                Split::Rest(bytes) => self.rest = Some(bytes),
+            }
+        }
+        Ok(())
+    }
+
+    /// The next frame decoded on a thread, with `threads` frames after it
+    /// decoding while it is read; `None` once there are no more.
+    fn next(&mut self) -> io::Result<Option<Vec<u8>>> {
+        self.fill()?;
+        let Some(decoding) = self.in_flight.pop_front() else {
+            return Ok(None);
+        };
+        let Decoded { bytes, compressed } = decoding
+            .join()
+            .map_err(|_| io::Error::other("a zstd decoding thread panicked"))??;
+        self.spare_compressed.push(compressed);
+        self.fill()?;
+        Ok(Some(bytes))
+    }
 }
 
 impl<R: BufRead> FrameDecoder<R> {
@@ -66,38 +117,11 @@ impl<R: BufRead> FrameDecoder<R> {
                 in_flight: VecDeque::new(),
                 offset: 0,
                 rest: None,
+                spare_decoded: Vec::new(),
+                spare_compressed: Vec::new(),
             }),
             current: Vec::new(),
             read: 0,
-        }
-    }
-
-    /// The next frame decoded on a thread, having set the frames after it
-    /// going; `None` once there are no more.
-    fn next_frame(frames: &mut Frames<R>) -> io::Result<Option<Vec<u8>>> {
-        while frames.rest.is_none() && frames.in_flight.len() < frames.threads {
-            match split(&mut frames.input)? {
-                Split::End => break,
-                Split::Frame {
-                    bytes,
-                    content_size,
-                } => {
-                    let offset = frames.offset;
-                    frames.offset += bytes.len() as u64;
-                    let decoding = thread::Builder::new()
-                        .name("zstd frame".into())
-                        .spawn(move || decode(&bytes, content_size, offset))?;
-                    frames.in_flight.push_back(decoding);
-                }
-                Split::Rest(bytes) => frames.rest = Some(bytes),
-            }
-        }
-        match frames.in_flight.pop_front() {
-            Some(decoding) => decoding
-                .join()
-                .map_err(|_| io::Error::other("a zstd decoding thread panicked"))?
-                .map(Some),
-            None => Ok(None),
         }
     }
 }
@@ -112,9 +136,10 @@ impl<R: BufRead> Read for FrameDecoder<R> {
                 return Ok(n);
             }
             match &mut self.state {
-                State::Frames(frames) => match Self::next_frame(frames)? {
+                State::Frames(frames) => match frames.next()? {
                     Some(decoded) => {
-                        self.current = decoded;
+                        let done = std::mem::replace(&mut self.current, decoded);
+                        frames.spare_decoded.push(done);
                         self.read = 0;
                     }
                     None => {
@@ -151,21 +176,25 @@ impl<R: BufRead> Drop for FrameDecoder<R> {
     }
 }
 
-/// Decodes one whole frame of `content_size` bytes.
-fn decode(frame: &[u8], content_size: u64, offset: u64) -> io::Result<Vec<u8>> {
-    let mut decoded = Vec::with_capacity(content_size as usize);
+/// Decodes one whole `frame` of `content_size` bytes into `out`.
+fn decode(frame: Vec<u8>, content_size: u64, offset: u64, mut out: Vec<u8>) -> io::Result<Decoded> {
+    out.clear();
+    out.reserve(content_size as usize);
     let mut context = DCtx::try_create().ok_or_else(|| {
         io::Error::new(io::ErrorKind::OutOfMemory, "cannot allocate a zstd context")
     })?;
     // zstd checks the decoded size against the header, and the checksum if
     // there is one.
-    context.decompress(&mut decoded, frame).map_err(|code| {
+    context.decompress(&mut out, &frame).map_err(|code| {
         io::Error::other(format!(
             "{} (in the frame at byte {offset})",
             zstd_safe::get_error_name(code)
         ))
     })?;
-    Ok(decoded)
+    Ok(Decoded {
+        bytes: out,
+        compressed: frame,
+    })
 }
 
 /// What comes next in the file.
@@ -180,10 +209,10 @@ enum Split {
     Rest(Vec<u8>),
 }
 
-/// Reads the next frame of `input` whole, if it is one to decode on a
-/// thread; otherwise what was read of it.
-fn split(input: &mut impl BufRead) -> io::Result<Split> {
-    let mut bytes = Vec::new();
+/// Reads the next frame of `input` whole into `bytes`, if it is one to
+/// decode on a thread; otherwise what was read of it.
+fn split(input: &mut impl BufRead, mut bytes: Vec<u8>) -> io::Result<Split> {
+    bytes.clear();
     if !take(input, 4, &mut bytes)? {
         return Ok(if bytes.is_empty() {
             Split::End
@@ -336,7 +365,7 @@ mod tests {
         let mut input = file;
         let mut sizes = Vec::new();
         loop {
-            match split(&mut input).unwrap() {
+            match split(&mut input, Vec::new()).unwrap() {
                 Split::End => return sizes,
                 Split::Frame { content_size, .. } => sizes.push(content_size),
                 Split::Rest(_) => panic!("not a frame with a content size"),
@@ -386,7 +415,10 @@ mod tests {
         e.write_all(&old).unwrap();
         e.finish().unwrap();
         file.extend(ours(&new, 1));
-        assert!(matches!(split(&mut &file[..]).unwrap(), Split::Rest(_)));
+        assert!(matches!(
+            split(&mut &file[..], Vec::new()).unwrap(),
+            Split::Rest(_)
+        ));
         assert!(decode_with(&file, 2).unwrap() == [old, new].concat());
     }
 
@@ -406,14 +438,17 @@ mod tests {
             zstd_safe::get_frame_content_size(&file).ok(),
             Some(Some(big.len() as u64))
         );
-        assert!(matches!(split(&mut &file[..]).unwrap(), Split::Rest(_)));
+        assert!(matches!(
+            split(&mut &file[..], Vec::new()).unwrap(),
+            Split::Rest(_)
+        ));
         assert!(decode_with(&file, 2).unwrap() == big);
     }
 
     /// Where the second frame of `file` starts, and the length of its
     /// header after the descriptor.
     fn second_frame(file: &[u8]) -> (usize, usize) {
-        let Split::Frame { bytes, .. } = split(&mut &file[..]).unwrap() else {
+        let Split::Frame { bytes, .. } = split(&mut &file[..], Vec::new()).unwrap() else {
             panic!("no first frame")
         };
         let start = bytes.len();
