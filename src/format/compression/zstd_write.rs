@@ -206,9 +206,11 @@ impl<W: Write> Write for Frames<'_, W> {
     }
 }
 
-/// A frame to compress, and where its bytes go.
+/// A frame to compress, a buffer for its compressed bytes, and where they
+/// go.
 struct Job {
     frame: Vec<u8>,
+    compressed: Vec<u8>,
     done: SyncSender<io::Result<Done>>,
 }
 
@@ -227,8 +229,11 @@ struct Pool {
     jobs: Option<Sender<Job>>,
     /// The results of the frames in flight, in the order they are written.
     in_flight: VecDeque<Receiver<io::Result<Done>>>,
-    /// Buffers of frames written already, for the next frames.
+    /// Buffers of frames written already, for the next frames: no frame
+    /// costs fresh memory (and its page faults) once the first few are
+    /// written.
     spare: Vec<Vec<u8>>,
+    spare_compressed: Vec<Vec<u8>>,
     workers: Vec<JoinHandle<()>>,
     limit: usize,
 }
@@ -241,6 +246,7 @@ impl Pool {
             jobs: Some(jobs),
             in_flight: VecDeque::new(),
             spare: Vec::new(),
+            spare_compressed: Vec::new(),
             workers: Vec::new(),
             limit: threads,
         };
@@ -262,7 +268,13 @@ impl Pool {
         }
         let (done, result) = mpsc::sync_channel(1);
         let jobs = self.jobs.as_ref().expect("jobs are taken only on drop");
-        jobs.send(Job { frame, done }).map_err(|_| pool_died())?;
+        let compressed = self.spare_compressed.pop().unwrap_or_default();
+        jobs.send(Job {
+            frame,
+            compressed,
+            done,
+        })
+        .map_err(|_| pool_died())?;
         self.in_flight.push_back(result);
         Ok(())
     }
@@ -279,6 +291,7 @@ impl Pool {
         sink.write_all(&compressed)?;
         frame.clear();
         self.spare.push(frame);
+        self.spare_compressed.push(compressed);
         Ok(())
     }
 
@@ -314,7 +327,14 @@ fn compress_jobs(queue: &Mutex<Receiver<Job>>, level: i32) {
             .lock()
             .map_err(drop)
             .and_then(|q| q.recv().map_err(drop));
-        let Ok(Job { frame, done }) = job else { return };
+        let Ok(Job {
+            frame,
+            mut compressed,
+            done,
+        }) = job
+        else {
+            return;
+        };
         let result = (|| {
             let context = match &mut context {
                 Some(context) => context,
@@ -324,7 +344,7 @@ fn compress_jobs(queue: &Mutex<Receiver<Job>>, level: i32) {
                     empty.insert(context)
                 }
             };
-            let mut compressed = Vec::with_capacity(frame.len() / 2);
+            compressed.clear();
             compress_frame(context, &frame, &mut out, |bytes| {
                 compressed.extend_from_slice(bytes);
                 Ok(())
