@@ -391,7 +391,7 @@ mod tests {
     }
 
     #[test]
-    fn frames_compressed_on_threads_of_their_own_are_the_same_bytes() {
+    fn frames_compressed_with_more_zstd_workers_are_the_same_bytes() {
         let data = sample(3 * FRAME + 1000);
         assert!(ours(&data, 1) == ours(&data, 2));
     }
