@@ -1,7 +1,9 @@
 //! Integration tests: one binary, one module per topic.
 
 mod build;
+mod cli;
 mod common;
+mod cycles;
 mod dropin;
 mod e2e;
 mod errors;
@@ -10,6 +12,7 @@ mod faults;
 mod golden;
 mod hostile;
 mod http;
+mod layers;
 mod listing;
 mod nar_reader;
 mod nix_versions;

@@ -45,7 +45,7 @@ fn venv() -> PathBuf {
 }
 
 /// `mk-binary-cache-publish`, built with the `publish` feature.
-fn publisher() -> Command {
+pub(crate) fn publisher() -> Command {
     // Without the feature the program is not built (a copy left by an
     // earlier build with it could be stale).
     let bin = option_env!("CARGO_BIN_EXE_mk-binary-cache-publish")
@@ -882,8 +882,10 @@ fn mk_binary_cache_publish_without_the_publisher_says_where_it_looked() {
     assert_eq!(
         err.trim_end(),
         format!(
-            "mk-binary-cache: error: publish needs mk-binary-cache-publish \
-             (cargo build --features publish): mk-binary-cache-publish is in neither {} nor PATH",
+            "mk-binary-cache: error: publish needs the program mk-binary-cache-publish \
+             (mk-binary-cache-publish is in neither {} nor PATH): install the Nix package \
+             mk-binary-cache-publish, or `cargo build --release --features publish` in the \
+             source tree",
             dir.path().display()
         )
     );
