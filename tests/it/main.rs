@@ -10,6 +10,7 @@ mod e2e;
 mod errors;
 mod exclude;
 mod faults;
+mod golden;
 mod hostile;
 mod http;
 mod layers;

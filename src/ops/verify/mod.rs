@@ -22,7 +22,9 @@
 //! Reading is streaming: a NAR file goes through one hasher, the
 //! decompressor, a second hasher and the NAR parser in one pass, in buffers of
 //! a fixed size, whatever the size of the NAR. NARs are checked in parallel,
-//! largest first, by [`schedule::run`].
+//! largest first, by [`schedule::run_by`]; a large zstd NAR that gets several
+//! threads has its frames decoded on them, ahead of the one hasher and
+//! parser, a fixed number of frames at a time.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -49,6 +51,10 @@ use crate::support::graph::{Cycle, Graph};
 use crate::support::progress::{Progress, human_bytes};
 use crate::support::schedule;
 use nar_file::{BytesRead, check_nar};
+
+/// zstd files of at least this many bytes (about three frames of NAR) may
+/// have their frames decoded on several threads.
+const PARALLEL_DECODE_THRESHOLD: u64 = 16 << 20;
 
 /// What to check a cache against.
 #[derive(Debug, Clone)]
@@ -159,13 +165,18 @@ fn check_nars(root: &Path, checked: &mut [Checked], jobs: usize, progress: &Prog
         let info = checked[i].info.as_ref().expect("filtered on info");
         info.file_size.unwrap_or(info.nar_size)
     };
+    // A large zstd file can have its frames decoded on several threads;
+    // anything else is read on one.
+    let parallel = |&i: &usize| {
+        let info = checked[i].info.as_ref().expect("filtered on info");
+        info.compression == "zstd" && size(&i) >= PARALLEL_DECODE_THRESHOLD
+    };
     progress.begin(with_nar.len(), with_nar.iter().map(size).sum());
     let found = Mutex::new(Vec::new());
-    // No path gets more than one thread: a NAR is read and parsed in order.
-    schedule::run(&with_nar, size, u64::MAX, jobs, |&i, _threads| {
+    schedule::run_by(&with_nar, size, parallel, jobs, |&i, threads| {
         let c = &checked[i];
         let info = c.info.as_ref().expect("filtered on info");
-        let (nar_problems, read) = check_nar(root, info, &c.subject);
+        let (nar_problems, read) = check_nar(root, info, &c.subject, threads as usize);
         file_bytes.fetch_add(read.file, Ordering::Relaxed);
         nar_bytes.fetch_add(read.nar, Ordering::Relaxed);
         progress.advance(size(&i));
