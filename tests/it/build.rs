@@ -455,7 +455,7 @@ fn closure_json_from_nix_path_info_gives_the_same_cache() {
 }
 
 /// An empty closure file: a cache without Nix.
-fn empty_closure(dir: &Path) -> PathBuf {
+pub(crate) fn empty_closure(dir: &Path) -> PathBuf {
     let file = dir.join("empty.json");
     fs::write(&file, "[]").unwrap();
     file

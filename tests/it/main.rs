@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per topic.
 
 mod build;
+mod cache_dir;
 mod cli;
 mod common;
 mod cycles;

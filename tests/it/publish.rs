@@ -233,7 +233,7 @@ pub(crate) struct Bucket<'a> {
 
 impl Bucket<'_> {
     /// The URL Nix and `publish` take.
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("s3://{}?endpoint={}", self.name, self.moto.endpoint())
     }
 
@@ -272,7 +272,7 @@ impl Bucket<'_> {
     }
 
     /// Every object: key -> (size, content type).
-    fn objects(&self) -> BTreeMap<String, (u64, String)> {
+    pub(crate) fn objects(&self) -> BTreeMap<String, (u64, String)> {
         serde_json::from_slice(&self.moto.s3(&["list", &self.name])).unwrap()
     }
 
