@@ -8,9 +8,11 @@ use clap::{Parser, Subcommand};
 
 use mk_binary_cache::format::cache_info::MAX_PRIORITY;
 use mk_binary_cache::format::compression::Compression;
+use mk_binary_cache::format::pin::Retention;
 use mk_binary_cache::format::signing::{PublicKey, SecretKey};
 use mk_binary_cache::format::store_path::DEFAULT_STORE_DIR;
 use mk_binary_cache::input::{attrs, exclude, local_store};
+use mk_binary_cache::ops::pins::{self, files::PinRequest};
 use mk_binary_cache::ops::{prune, sign, verify, write};
 use mk_binary_cache::support::error_line::error_line;
 use mk_binary_cache::support::progress::{Progress, Style};
@@ -45,6 +47,17 @@ enum Command {
     /// line per problem and a summary; exits with 0 if there is none, 1 if
     /// there are problems, 2 if the cache cannot be checked at all.
     Verify(VerifyArgs),
+    /// Record paths the cache holds as a new revision of a named pin (the
+    /// roots of a release), or change a pin's retention policy, which
+    /// `prune` applies.
+    Pin(PinArgs),
+    /// List the pins of a cache: their revisions, the paths and bytes each
+    /// holds, and the bytes only it holds (what a prune frees without it).
+    Pins {
+        /// The cache.
+        #[arg(value_name = "DIR")]
+        cache: PathBuf,
+    },
     /// Shrink a cache to the closure of its roots: remove every other
     /// narinfo, its listing, every NAR no kept narinfo names, and stale
     /// temporary files. Crash-safe: killed at any point, it leaves a valid
@@ -61,6 +74,47 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+}
+
+/// A pin's retention policy, as flags.
+#[derive(clap::Args)]
+struct RetentionArgs {
+    /// Store with the pin: `prune` keeps its newest N revisions (and those
+    /// --keep-days keeps).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    keep_revisions: Option<u64>,
+    /// Store with the pin: `prune` keeps its revisions younger than DAYS
+    /// days (and those --keep-revisions keeps).
+    #[arg(long, value_name = "DAYS")]
+    keep_days: Option<u64>,
+}
+
+impl RetentionArgs {
+    /// The policy to store, if the flags set one (the pin keeps its own
+    /// otherwise).
+    fn retention(&self) -> Option<Retention> {
+        (self.keep_revisions.is_some() || self.keep_days.is_some()).then_some(Retention {
+            keep_revisions: self.keep_revisions,
+            keep_days: self.keep_days,
+        })
+    }
+}
+
+#[derive(clap::Args)]
+struct PinArgs {
+    /// The cache.
+    #[arg(value_name = "DIR")]
+    cache: PathBuf,
+    /// The pin's name: letters, digits, '-', '_', '.', '+'.
+    #[arg(value_name = "NAME")]
+    name: String,
+    /// The roots of the new revision (store paths, paths inside them, or
+    /// symlinks to them), which the cache must hold. None: only store the
+    /// policy.
+    #[arg(value_name = "PATHS")]
+    paths: Vec<PathBuf>,
+    #[command(flatten)]
+    retention: RetentionArgs,
 }
 
 #[derive(clap::Args)]
@@ -106,6 +160,12 @@ struct BuildArgs {
     /// Repeatable.
     #[arg(long, value_name = "DIR")]
     exclude_cache: Vec<PathBuf>,
+    /// Record the roots as a new revision of the pin NAME (kept by `prune`
+    /// as the pin's retention policy says).
+    #[arg(long, value_name = "NAME")]
+    pin: Option<String>,
+    #[command(flatten)]
+    retention: RetentionArgs,
     /// zstd, xz or none.
     #[arg(long, default_value = "zstd", value_parser = parse_compression)]
     compression: Compression,
@@ -309,8 +369,28 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
             whole - closure.len()
         ));
     }
-    let updated = write::update_cache(&args.to, &closure, &options, &progress)
-        .with_context(|| format!("writing the cache to '{}'", args.to.display()))?;
+    let pin = match &args.pin {
+        Some(name) => Some(PinRequest {
+            name: name.clone(),
+            retention: args.retention.retention(),
+        }),
+        None if args.retention.retention().is_some() => {
+            anyhow::bail!("--keep-revisions and --keep-days are a pin's policy: give --pin NAME")
+        }
+        None => None,
+    };
+    let updated = match &pin {
+        Some(pin) => write::update_cache_pinned(
+            &args.to,
+            &closure,
+            &options,
+            pin,
+            pins::files::now(),
+            &progress,
+        ),
+        None => write::update_cache(&args.to, &closure, &options, &progress),
+    }
+    .with_context(|| format!("writing the cache to '{}'", args.to.display()))?;
     progress.finish("cached", &updated.written);
     Ok(())
 }
@@ -330,7 +410,37 @@ fn prune(args: PruneArgs) -> anyhow::Result<()> {
             println!("{line}");
         }
     }
+    for pin in &report.pins {
+        println!("{pin}");
+    }
     println!("{report}");
+    Ok(())
+}
+
+fn pin(args: PinArgs) -> anyhow::Result<()> {
+    let request = PinRequest {
+        name: args.name,
+        retention: args.retention.retention(),
+    };
+    let pin = pins::pin(&args.cache, &request, &args.paths)
+        .with_context(|| format!("pinning in '{}'", args.cache.display()))?;
+    match (args.paths.is_empty(), pin.revisions.first()) {
+        (false, Some(revision)) => println!(
+            "pin {}: revision {} with {} roots (keeps {})",
+            pin.name,
+            revision.number,
+            revision.roots.len(),
+            pin.retention
+        ),
+        _ => println!("pin {}: keeps {}", pin.name, pin.retention),
+    }
+    Ok(())
+}
+
+fn list_pins(cache: PathBuf) -> anyhow::Result<()> {
+    let listing =
+        pins::list(&cache).with_context(|| format!("listing the pins of '{}'", cache.display()))?;
+    print!("{listing}");
     Ok(())
 }
 
@@ -347,6 +457,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Build(args) => build(args).map(|()| ExitCode::SUCCESS),
         Command::Sign(args) => sign(args).map(|()| ExitCode::SUCCESS),
         Command::Prune(args) => prune(args).map(|()| ExitCode::SUCCESS),
+        Command::Pin(args) => pin(args).map(|()| ExitCode::SUCCESS),
+        Command::Pins { cache } => list_pins(cache).map(|()| ExitCode::SUCCESS),
         Command::Verify(args) => verify(args),
         Command::Publish { args } => Err(anyhow::Error::new(sibling::exec(
             "mk-binary-cache-publish",

@@ -2,11 +2,18 @@
 //!
 //! A cache grown by `build --to` over many releases keeps every path it was
 //! ever given. [`prune`] keeps the closure of the roots (those `store-paths`
-//! lists, or the ones given, which then replace `store-paths`) and removes
+//! lists, or the ones given, which then replace `store-paths`, and those of
+//! the revisions its pins retain) and removes
 //! everything else the cache's writers leave: other narinfos and their `.ls`
 //! listings, `debuginfo/` entries whose NAR goes, NARs that no kept narinfo
 //! names (including those an interrupted `build` left without a narinfo),
 //! and temporary files of processes no longer running.
+//!
+//! Pins (`ops::pins`) first lose the revisions their policy drops, and
+//! `store-paths` the roots only those revisions named (a path added under a
+//! pin is a root through its pin alone); both files are replaced atomically
+//! before anything is removed, so a prune killed later never leaves a pin or
+//! `store-paths` naming a path that is gone.
 //!
 //! It is crash-safe by the order it removes things in, each step made
 //! durable before the next: narinfos first, a path's before those of its
@@ -23,24 +30,27 @@
 //! exclusively, so it never runs while a `build --to` into the same
 //! directory is between finding what the cache holds and listing its roots.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
 use crate::format::narinfo;
+use crate::format::pin::{Pin, Retention};
 use crate::format::store_path::{self, StorePath};
 use crate::input::local_store::{self, BuildError};
+use crate::ops::pins::files::{self as pin_files, PinsError};
 use crate::ops::write::{self, CacheError, CacheLock, STORE_PATHS};
 use crate::ops::{self, OpenCacheError};
-use crate::support::files::{self, DirLock, TempNames};
+use crate::support::files;
 use crate::support::progress::human_bytes;
 
-mod plan;
+pub(crate) mod plan;
 
-use plan::{in_dir, kept_closure, plan, read_narinfos};
+use plan::{Entry, closure, in_dir, kept_closure, plan, read_narinfos};
 
 /// A narinfo is read no further than this.
 const MAX_NARINFO_SIZE: u64 = narinfo::MAX_SIZE;
@@ -53,8 +63,12 @@ pub enum PruneError {
         "'{0}' is a symlink: what it points to is outside the cache, and prune deletes nothing there"
     )]
     SymlinkedDirectory(PathBuf),
-    #[error("'{0}' is missing or empty: give the paths to keep with --keep")]
+    #[error(
+        "'{0}' is missing or empty and no pin names a root: give the paths to keep with --keep"
+    )]
     NoRoots(PathBuf),
+    #[error(transparent)]
+    Pins(#[from] PinsError),
     #[error("'{path}' lists '{line}', which is not a store path in {store_dir}")]
     StorePathsLine {
         path: PathBuf,
@@ -140,6 +154,63 @@ pub struct Report {
     pub kept: usize,
     /// In the order they go (went).
     pub removals: Vec<Removal>,
+    /// What each pin kept and freed, by name.
+    pub pins: Vec<PinReport>,
+}
+
+/// What [`prune`] did (would do) to one pin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinReport {
+    pub name: String,
+    pub retention: Retention,
+    /// The numbers of the revisions retained, newest first.
+    pub kept: Vec<u64>,
+    /// The numbers of the revisions the policy drops, newest first.
+    pub dropped: Vec<u64>,
+    /// Paths in the closure of the retained revisions.
+    pub kept_paths: usize,
+    /// Narinfos removed that the dropped revisions' closures held.
+    pub freed_paths: usize,
+    /// Their bytes, and those of their listings and of the NARs removed
+    /// that they named.
+    pub freed_bytes: u64,
+}
+
+impl fmt::Display for PinReport {
+    /// `pin release (the newest 2 revisions): kept revisions 3, 2 (5 paths); dropped revision 1: 2 paths, 1.2 KiB (1234 bytes)`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let numbers = |n: &[u64]| {
+            let list: Vec<String> = n.iter().map(u64::to_string).collect();
+            format!(
+                "{} {}",
+                if n.len() == 1 {
+                    "revision"
+                } else {
+                    "revisions"
+                },
+                list.join(", ")
+            )
+        };
+        write!(
+            f,
+            "pin {} ({}): kept {} ({} paths)",
+            self.name,
+            self.retention,
+            numbers(&self.kept),
+            self.kept_paths
+        )?;
+        if !self.dropped.is_empty() {
+            write!(
+                f,
+                "; dropped {}: {} paths, {} ({} bytes)",
+                numbers(&self.dropped),
+                self.freed_paths,
+                human_bytes(self.freed_bytes),
+                self.freed_bytes
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl Report {
@@ -159,7 +230,17 @@ impl Report {
         } else {
             "removed"
         };
-        self.removals.iter().map(move |r| format!("{verb} {r}"))
+        let drop = if self.dry_run {
+            "would drop"
+        } else {
+            "dropped"
+        };
+        let revisions = self.pins.iter().flat_map(move |pin| {
+            pin.dropped
+                .iter()
+                .map(move |n| format!("{drop} revision {n} of pin {}", pin.name))
+        });
+        revisions.chain(self.removals.iter().map(move |r| format!("{verb} {r}")))
     }
 }
 
@@ -220,7 +301,7 @@ pub fn prune(dir: &Path, opts: &Options) -> Result<Report, PruneError> {
     };
 
     let narinfos = read_narinfos(dir, &store_dir)?;
-    let roots = match &opts.keep {
+    let listed = match &opts.keep {
         Some(keep) => {
             let roots = local_store::resolve_roots(keep, &store_dir)
                 .map_err(|e| PruneError::Keep(Box::new(e)))?;
@@ -234,12 +315,29 @@ pub fn prune(dir: &Path, opts: &Options) -> Result<Report, PruneError> {
         }
         None => write::read_store_paths(dir, &store_dir)?,
     };
+    let pins = pin_files::read_pins(dir, &store_dir)?;
+    let now = pin_files::now();
+    let retained = pin_files::retained_roots(&pins, now);
+    let dropped = pin_files::dropped_roots(&pins, now);
+    // What `store-paths` lists after the prune: its roots (or --keep) but
+    // those only dropped revisions named, and, with --keep, the pinned ones.
+    let mut store_paths: Vec<StorePath> = listed
+        .iter()
+        .filter(|r| !dropped.contains(*r))
+        .cloned()
+        .collect();
+    if opts.keep.is_some() {
+        store_path::append_new(&mut store_paths, retained.iter().cloned());
+    }
+    let mut roots = store_paths.clone();
+    store_path::append_new(&mut roots, retained);
     if roots.is_empty() {
         return Err(PruneError::NoRoots(dir.join(STORE_PATHS)));
     }
 
     let kept = kept_closure(dir, &roots, &narinfos)?;
     let stages = plan(dir, &narinfos, &kept)?;
+    let removals: Vec<Removal> = stages.iter().flatten().cloned().collect();
     let report = Report {
         dry_run: opts.dry_run,
         roots_not_cached: roots
@@ -247,17 +345,30 @@ pub fn prune(dir: &Path, opts: &Options) -> Result<Report, PruneError> {
             .filter(|r| !narinfos.contains_key(r.hash_part()))
             .cloned()
             .collect(),
+        pins: pins
+            .iter()
+            .map(|pin| pin_report(pin, now, &narinfos, &kept, &removals))
+            .collect(),
         roots: roots.clone(),
         kept: kept.len(),
-        removals: stages.iter().flatten().cloned().collect(),
+        removals,
     };
     if opts.dry_run {
         return Ok(report);
     }
-    if opts.keep.is_some() {
-        // Before anything goes: a prune killed later must not leave roots
-        // listed whose paths are gone.
-        write_store_paths(dir, &roots)?;
+    // Before anything goes: a prune killed later must not leave a pin or
+    // `store-paths` naming paths that are gone.
+    let changed_pins: Vec<&Pin> = pins.iter().filter(|p| !p.split(now).1.is_empty()).collect();
+    if opts.keep.is_some() || store_paths != listed || !changed_pins.is_empty() {
+        let _lock = pin_files::lock_dir(dir)?;
+        for pin in changed_pins {
+            let mut kept = pin.clone();
+            kept.revisions = pin.split(now).0.into_iter().cloned().collect();
+            pin_files::write_pin(dir, &kept)?;
+        }
+        if opts.keep.is_some() || store_paths != listed {
+            write_store_paths(dir, &store_paths)?;
+        }
     }
     for stage in &stages {
         for removal in stage {
@@ -293,32 +404,67 @@ fn open_cache(dir: &Path) -> Result<String, PruneError> {
         .unwrap_or_else(|| store_path::DEFAULT_STORE_DIR.to_owned()))
 }
 
-/// Replaces `store-paths` with `roots`, atomically and durably, under the
-/// lock `build --to` takes to merge it.
+/// Replaces `store-paths` with `roots`, atomically and durably (the caller
+/// holds the lock `build --to` takes to merge it).
 fn write_store_paths(dir: &Path, roots: &[StorePath]) -> Result<(), PruneError> {
-    let _lock = File::open(dir)
-        .and_then(DirLock::exclusive)
-        .map_err(|source| CacheError::Write {
-            path: dir.to_owned(),
-            source,
-        })?;
     let dest = dir.join(STORE_PATHS);
-    let tmp = TempNames::default().next(&dest);
     let list: String = roots.iter().map(|p| format!("{p}\n")).collect();
-    let written = File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(list.as_bytes())?;
-            f.sync_all()
-        })
-        .and_then(|()| fs::rename(&tmp, &dest));
-    written.map_err(|source| {
-        let _ = fs::remove_file(&tmp);
+    files::replace(&dest, list.as_bytes()).map_err(|source| {
         CacheError::Write {
             path: dest.clone(),
             source,
         }
-    })?;
-    sync_dir(dir)
+        .into()
+    })
+}
+
+/// What the prune keeps of `pin` and frees of its dropped revisions.
+fn pin_report(
+    pin: &Pin,
+    now: u64,
+    narinfos: &BTreeMap<String, Entry>,
+    kept: &BTreeSet<String>,
+    removals: &[Removal],
+) -> PinReport {
+    let (retained, dropped) = pin.split(now);
+    let hashes = |revisions: &[&crate::format::pin::Revision]| {
+        let roots: Vec<&str> = revisions
+            .iter()
+            .flat_map(|r| r.roots.iter().map(StorePath::hash_part))
+            .collect();
+        closure(roots, narinfos)
+    };
+    let freed: BTreeSet<String> = hashes(&dropped)
+        .into_iter()
+        .filter(|h| !kept.contains(h))
+        .collect();
+    // The files removed that belong to the freed paths: narinfos, listings
+    // and the NARs they name.
+    let nars: BTreeSet<String> = freed
+        .iter()
+        .filter_map(|h| narinfos[h].info.as_ref().ok())
+        .map(|info| info.url.trim_start_matches("./").to_owned())
+        .collect();
+    let freed_bytes = removals
+        .iter()
+        .filter(|r| {
+            let file = r.file.to_string_lossy();
+            let stem = file
+                .strip_suffix(".narinfo")
+                .or_else(|| file.strip_suffix(".ls"));
+            stem.is_some_and(|h| freed.contains(h)) || nars.contains(&*file)
+        })
+        .map(|r| r.bytes)
+        .sum();
+    PinReport {
+        name: pin.name.clone(),
+        retention: pin.retention,
+        kept: retained.iter().map(|r| r.number).collect(),
+        dropped: dropped.iter().map(|r| r.number).collect(),
+        kept_paths: hashes(&retained).len(),
+        freed_paths: freed.len(),
+        freed_bytes,
+    }
 }
 
 /// Removes `path` itself (a symlink as a link); gone already is fine.
@@ -390,6 +536,7 @@ mod tests {
             roots: Vec::new(),
             roots_not_cached: Vec::new(),
             kept: 3,
+            pins: Vec::new(),
             removals: vec![
                 removal("a.narinfo", Kind::Narinfo(None), 100),
                 removal("nar/a.nar", Kind::Nar, 2000),

@@ -44,6 +44,7 @@ use crate::format::hash::Sha256;
 use crate::format::nar::dump::DumpError;
 use crate::format::narinfo;
 use crate::format::store_path::{self, DEFAULT_STORE_DIR, PathInfo, StorePath};
+use crate::ops::pins::files::{self as pin_files, PinRequest, PinsError};
 use crate::support::files::{DirLock, TempNames};
 use crate::support::progress::{Progress, Totals};
 use cache_dir::{Cache, Mode};
@@ -97,6 +98,8 @@ impl Default for Options {
 
 #[derive(Debug, Error)]
 pub enum CacheError {
+    #[error(transparent)]
+    Pins(#[from] PinsError),
     #[error(transparent)]
     Dump(#[from] DumpError),
     #[error("cannot write '{path}': {source}")]
@@ -225,6 +228,32 @@ pub fn update_cache(
     opts: &Options,
     progress: &Progress,
 ) -> Result<Updated, CacheError> {
+    update(dir, closure, opts, None, progress)
+}
+
+/// [`update_cache`], recording `opts.root_paths` as a new revision of the
+/// pin `pin` (`build --to --pin`), at `time` (seconds since 1970). The
+/// revision is recorded once the narinfos are, before the roots join
+/// `store-paths`, and while the cache lock is held: a prune sees the new
+/// paths only with the revision that roots them.
+pub fn update_cache_pinned(
+    dir: &Path,
+    closure: &[PathInfo],
+    opts: &Options,
+    pin: &PinRequest,
+    time: u64,
+    progress: &Progress,
+) -> Result<Updated, CacheError> {
+    update(dir, closure, opts, Some((pin, time)), progress)
+}
+
+fn update(
+    dir: &Path,
+    closure: &[PathInfo],
+    opts: &Options,
+    pin: Option<(&PinRequest, u64)>,
+    progress: &Progress,
+) -> Result<Updated, CacheError> {
     // A path that is neither in the store nor in the cache (a closure file
     // that names a path this machine lacks) is refused before anything is
     // written, so that a bad input leaves no cache behind.
@@ -266,12 +295,21 @@ pub fn update_cache(
         ));
     }
     let written = cache.write_paths(&missing, opts, progress)?;
+    if let Some((pin, time)) = pin {
+        pin_files::record(dir, pin, &opts.root_paths, time, &opts.store_dir)?;
+    }
     cache.add_store_paths(&opts.root_paths, &opts.store_dir)?;
     cache.sync_dir(dir)?;
     Ok(Updated {
         written,
         skipped: present.len(),
     })
+}
+
+/// Adds `roots` to the `store-paths` of the cache at `dir`, keeping the
+/// paths it lists (as a run of `build --to` does).
+pub fn add_store_paths(dir: &Path, roots: &[StorePath], store_dir: &str) -> Result<(), CacheError> {
+    Cache::new(dir, Mode::Update).add_store_paths(roots, store_dir)
 }
 
 /// The roots the cache at `dir` lists in `store-paths`, in order and without
