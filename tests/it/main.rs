@@ -14,6 +14,7 @@ mod nar_reader;
 mod nix_versions;
 mod path_info;
 mod peak_alloc;
+mod pins;
 mod props;
 mod prune;
 mod publish;

@@ -244,6 +244,8 @@ pub fn update_cache_pinned(
     time: u64,
     progress: &Progress,
 ) -> Result<Updated, CacheError> {
+    // A bad name is refused before anything is written.
+    crate::format::pin::check_name(&pin.name).map_err(PinsError::from)?;
     update(dir, closure, opts, Some((pin, time)), progress)
 }
 
