@@ -26,8 +26,9 @@ struct Cli {
     /// `build --to` directory).
     #[arg(value_name = "CACHE")]
     cache: PathBuf,
-    /// Where to: `s3://BUCKET[/PREFIX]?region=R&endpoint=HOST[:PORT]&scheme=http&profile=P`,
-    /// the URL Nix uses for the same bucket.
+    /// Where to: `s3://BUCKET[/PREFIX]?region=R&endpoint=https://HOST[:PORT]&profile=P`,
+    /// the URL Nix uses for the same bucket (also `addressing-style=auto|path|virtual`,
+    /// `storage-class=CLASS`).
     #[arg(value_name = "URL")]
     url: String,
     /// Replace narinfos in the bucket that differ from the cache's (by
@@ -49,18 +50,18 @@ struct Cli {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let location = Location::parse(&cli.url)?;
-    let resolved = publish::credentials::resolve(
-        location.profile.as_deref(),
-        location.region.as_deref(),
-        &ProcessEnvironment,
-    )?;
+    for warning in &location.warnings {
+        eprintln!("mk-binary-cache-publish: warning: {warning}");
+    }
+    let credentials =
+        publish::credentials::resolve(location.profile.as_deref(), &ProcessEnvironment)?;
     let options = Options {
         force: cli.force,
         jobs: cli.jobs.into(),
         part_size: usize::from(cli.part_size) << 20,
     };
     let start = Instant::now();
-    let report = publish::publish(&cli.cache, &location, resolved, &options)?;
+    let report = publish::publish(&cli.cache, &location, credentials, &options)?;
     if !cli.quiet {
         println!(
             "published {} to {location} in {:.2} s: uploaded {} files ({} bytes, {} narinfos), \
