@@ -119,9 +119,21 @@ struct PinArgs {
 
 #[derive(clap::Args)]
 struct PruneArgs {
-    /// The cache to prune.
-    #[arg(value_name = "DIR")]
+    /// The cache to prune: a directory, or a published cache
+    /// `s3://BUCKET[/PREFIX]?…` (which `mk-binary-cache-publish prune`
+    /// prunes by mark, wait and sweep; see its --help).
+    #[arg(value_name = "DIR|URL")]
     cache: PathBuf,
+    /// s3:// only: seconds an object stays marked before it is deleted
+    /// (default: a day).
+    #[arg(long, value_name = "SECONDS")]
+    grace: Option<u64>,
+    /// s3:// only: seconds a sweep may take (default: 600).
+    #[arg(long, value_name = "SECONDS")]
+    sweep_within: Option<u64>,
+    /// s3:// only: prune even if no root is listed (deletes every path).
+    #[arg(long)]
+    allow_no_roots: bool,
     /// Keep the closure of these paths (store paths, paths inside them, or
     /// symlinks to them) instead of the roots `DIR/store-paths` lists, and
     /// make them the roots `store-paths` lists. Repeatable.
@@ -395,7 +407,43 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `prune s3://…`: handed to mk-binary-cache-publish, which holds the
+/// network code.
+fn prune_bucket(args: PruneArgs) -> anyhow::Error {
+    let mut forward: Vec<std::ffi::OsString> = vec!["prune".into(), args.cache.into()];
+    for (flag, value) in [
+        ("--grace", args.grace),
+        ("--sweep-within", args.sweep_within),
+    ] {
+        if let Some(value) = value {
+            forward.extend([flag.into(), value.to_string().into()]);
+        }
+    }
+    for (flag, set) in [
+        ("--dry-run", args.dry_run),
+        ("--allow-no-roots", args.allow_no_roots),
+        ("-q", args.quiet),
+    ] {
+        if set {
+            forward.push(flag.into());
+        }
+    }
+    anyhow::Error::new(sibling::exec("mk-binary-cache-publish", &forward))
+        .context("prune s3://… needs mk-binary-cache-publish (cargo build --features publish)")
+}
+
 fn prune(args: PruneArgs) -> anyhow::Result<()> {
+    if args.cache.to_string_lossy().starts_with("s3://") {
+        if !args.keep.is_empty() {
+            anyhow::bail!(
+                "--keep is for a cache directory: a bucket keeps what store-paths and its pins name"
+            );
+        }
+        return Err(prune_bucket(args));
+    }
+    if args.grace.is_some() || args.sweep_within.is_some() || args.allow_no_roots {
+        anyhow::bail!("--grace, --sweep-within and --allow-no-roots are for prune s3://…");
+    }
     let options = prune::Options {
         keep: (!args.keep.is_empty()).then_some(args.keep),
         dry_run: args.dry_run,

@@ -151,6 +151,25 @@ impl Pin {
         number
     }
 
+    /// This pin (the published one) with `ours`' policy and the revisions
+    /// of `ours` it lacks (a revision is the same if it has the same time
+    /// and roots), numbered on from its newest, oldest first: what
+    /// `publish` uploads, so that publishers add to a pin, never replace it.
+    pub fn merged_with(&self, ours: &Pin) -> Pin {
+        let mut merged = self.clone();
+        merged.retention = ours.retention;
+        for revision in ours.revisions.iter().rev() {
+            let known = self
+                .revisions
+                .iter()
+                .any(|r| r.time == revision.time && r.roots == revision.roots);
+            if !known {
+                merged.add_revision(revision.time, revision.roots.clone());
+            }
+        }
+        merged
+    }
+
     /// Whether the revision at `index` (0 is the newest) is retained at
     /// `now` (seconds since 1970).
     pub fn retains(&self, index: usize, now: u64) -> bool {
@@ -335,6 +354,31 @@ mod tests {
             )
         );
         assert_eq!(Pin::parse(&text, DEFAULT_STORE_DIR).unwrap(), pin);
+    }
+
+    #[test]
+    fn merging_adds_the_revisions_the_published_pin_lacks_and_takes_our_policy() {
+        let published = release(Retention::default());
+        let mut ours = Pin::new(
+            "release",
+            Retention {
+                keep_revisions: Some(1),
+                keep_days: None,
+            },
+        )
+        .unwrap();
+        ours.add_revision(2_000, vec![path(A), path(B)]); // published already
+        ours.add_revision(3_000, vec![path(A)]);
+        let merged = published.merged_with(&ours);
+        assert_eq!(merged.retention, ours.retention);
+        let numbers: Vec<(u64, u64)> = merged
+            .revisions
+            .iter()
+            .map(|r| (r.number, r.time))
+            .collect();
+        assert_eq!(numbers, [(3, 3_000), (2, 2_000), (1, 1_000)]);
+        // Merging again adds nothing.
+        assert_eq!(merged.merged_with(&ours), merged);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What to upload: the cache on disk, read and sorted into the phases of a
-//! publish (other files, then narinfos by depth, then `store-paths`).
+//! publish (other files, then narinfos by depth, then `store-paths` and the
+//! pins).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use super::{MAX_NARINFO_SIZE, PublishError};
 use crate::format::cache_info::{self, CacheInfo};
 use crate::format::narinfo::NarInfo;
+use crate::format::pin;
 use crate::format::store_path::DEFAULT_STORE_DIR;
 use crate::ops::write::STORE_PATHS;
 use crate::support::files::TempNames;
@@ -32,6 +34,8 @@ pub(super) struct Plan {
     /// cache; those of level n only to paths of lower levels.
     pub(super) narinfo_levels: Vec<Vec<(File, Vec<u8>)>>,
     pub(super) store_paths: Option<File>,
+    /// `pins/…`: uploaded last, after the narinfos they name.
+    pub(super) pins: Vec<File>,
 }
 
 pub(super) fn cache_error(path: &Path, message: impl ToString) -> PublishError {
@@ -63,11 +67,14 @@ pub(super) fn read_plan(cache: &Path) -> Result<Plan, PublishError> {
     let mut files = Vec::new();
     let mut narinfos = BTreeMap::new();
     let mut store_paths = None;
+    let mut pins = Vec::new();
     for file in all {
         if file.name == cache_info::FILE_NAME {
             cache_info = Some(file);
         } else if file.name == STORE_PATHS {
             store_paths = Some(file);
+        } else if file.name.starts_with(&format!("{}/", pin::DIR)) {
+            pins.push(file);
         } else if !file.name.contains('/') && file.name.ends_with(".narinfo") {
             let bytes = read_narinfo(&file.path)?;
             let text = std::str::from_utf8(&bytes).map_err(|e| cache_error(&file.path, e))?;
@@ -102,6 +109,7 @@ pub(super) fn read_plan(cache: &Path) -> Result<Plan, PublishError> {
         files,
         narinfo_levels,
         store_paths,
+        pins,
     })
 }
 
