@@ -17,6 +17,7 @@ mod peak_alloc;
 mod pins;
 mod props;
 mod prune;
+mod prune_bucket;
 mod publish;
 mod readme;
 mod sign_cache;

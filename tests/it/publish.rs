@@ -45,7 +45,7 @@ fn venv() -> PathBuf {
 }
 
 /// `mk-binary-cache-publish`, built with the `publish` feature.
-fn publisher() -> Command {
+pub(crate) fn publisher() -> Command {
     // Without the feature the program is not built (a copy left by an
     // earlier build with it could be stale).
     let bin = option_env!("CARGO_BIN_EXE_mk-binary-cache-publish")
@@ -148,6 +148,10 @@ impl Moto {
         }
     }
 
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
     pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -233,12 +237,12 @@ pub(crate) struct Bucket<'a> {
 
 impl Bucket<'_> {
     /// The URL Nix and `publish` take.
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("s3://{}?endpoint={}", self.name, self.moto.endpoint())
     }
 
     /// The URL of the prefix `prefix` of the bucket.
-    fn url_of_prefix(&self, prefix: &str) -> String {
+    pub(crate) fn url_of_prefix(&self, prefix: &str) -> String {
         format!(
             "s3://{}/{prefix}?endpoint={}",
             self.name,
@@ -272,11 +276,11 @@ impl Bucket<'_> {
     }
 
     /// Every object: key -> (size, content type).
-    fn objects(&self) -> BTreeMap<String, (u64, String)> {
+    pub(crate) fn objects(&self) -> BTreeMap<String, (u64, String)> {
         serde_json::from_slice(&self.moto.s3(&["list", &self.name])).unwrap()
     }
 
-    fn put(&self, key: &str, file: &Path) {
+    pub(crate) fn put(&self, key: &str, file: &Path) {
         self.moto
             .s3(&["put", &self.name, key, file.to_str().unwrap()]);
     }
@@ -301,6 +305,14 @@ impl Bucket<'_> {
                 complete.then_some(key)
             })
             .collect()
+    }
+
+    /// A copy of every object, in a new temporary directory.
+    pub(crate) fn download(&self) -> tempfile::TempDir {
+        let copy = tempdir();
+        self.moto
+            .s3(&["download", &self.name, copy.path().to_str().unwrap()]);
+        copy
     }
 
     /// Checks that the bucket holds exactly the files of `cache`, byte for
@@ -892,13 +904,19 @@ fn mk_binary_cache_publish_without_the_publisher_says_where_it_looked() {
 /// A proxy in front of moto that answers every `nth` request itself with
 /// `503 Slow Down`, as a busy S3 does, and forwards the others. One request
 /// per connection: it closes each after the answer.
-struct FlakyProxy {
-    port: u16,
+pub(crate) struct FlakyProxy {
+    pub(crate) port: u16,
     faults: std::sync::Arc<AtomicU32>,
 }
 
 impl FlakyProxy {
     fn start(upstream: u16, nth: u32) -> FlakyProxy {
+        Self::start_delaying(upstream, nth, 0)
+    }
+
+    /// A proxy that fails every `nth` request and delays each by up to
+    /// `max_delay_ms` (pseudo-random, from the request's number).
+    pub(crate) fn start_delaying(upstream: u16, nth: u32, max_delay_ms: u64) -> FlakyProxy {
         let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let faults = std::sync::Arc::new(AtomicU32::new(0));
@@ -909,7 +927,7 @@ impl FlakyProxy {
                 let Ok(client) = client else { continue };
                 let (seen, faults) = (seen.clone(), counted.clone());
                 std::thread::spawn(move || {
-                    let _ = Self::serve(client, upstream, nth, &seen, &faults);
+                    let _ = Self::serve(client, upstream, nth, max_delay_ms, &seen, &faults);
                 });
             }
         });
@@ -920,6 +938,7 @@ impl FlakyProxy {
         mut client: TcpStream,
         upstream: u16,
         nth: u32,
+        max_delay_ms: u64,
         seen: &AtomicU32,
         faults: &AtomicU32,
     ) -> std::io::Result<()> {
@@ -940,7 +959,13 @@ impl FlakyProxy {
             .map_or(0, |v| v.trim().parse().unwrap());
         let mut body = vec![0; length];
         client.read_exact(&mut body)?;
-        if (seen.fetch_add(1, Ordering::SeqCst) + 1) % nth == 0 {
+        let number = seen.fetch_add(1, Ordering::SeqCst) + 1;
+        if max_delay_ms > 0 {
+            // A multiplicative hash of the number: spread, and the same each run.
+            let spread = u64::from(number).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+            std::thread::sleep(Duration::from_millis(spread % (max_delay_ms + 1)));
+        }
+        if number % nth == 0 {
             faults.fetch_add(1, Ordering::SeqCst);
             client.write_all(
                 b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",

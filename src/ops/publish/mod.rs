@@ -53,7 +53,7 @@ pub use location::{Location, Warning};
 
 use bucket::{Bucket, same_by_etag};
 use plan::{File, Plan, read_plan};
-use sweep::{KeepAlive, Relied};
+use sweep::{KeepAlive, REFRESH, Relied};
 
 const MAX_NARINFO_SIZE: u64 = narinfo::MAX_SIZE;
 
@@ -318,6 +318,20 @@ async fn run(
         report.skipped += 1;
     }
 
+    // What this publish relies on, which a prune's marks must not take.
+    let mut relied: BTreeMap<&str, Relied<'_>> = plan
+        .files
+        .iter()
+        .map(|f| (f.name.as_str(), Relied::File(f)))
+        .collect();
+    for (file, bytes) in plan.narinfo_levels.iter().flatten() {
+        relied.insert(&file.name, Relied::Bytes(bytes));
+    }
+    // Read the marks now, and again at least every REFRESH / 2 until the
+    // roots are up (see `sweep` for why).
+    let mut keep_alive = KeepAlive::default();
+    keep_alive.check(bucket, &relied).await?;
+
     // Phase 1: everything a narinfo may name.
     let files: Vec<&File> = plan
         .files
@@ -332,21 +346,20 @@ async fn run(
     report.skipped += plan.files.len() - files.len();
     report.uploaded += files.len();
     report.uploaded_bytes += files.iter().map(|f| f.size).sum::<u64>();
-    futures::stream::iter(files.into_iter().map(Ok))
-        .try_for_each_concurrent(opts.jobs.max(1), |file| bucket.put_file(file))
-        .await?;
-
-    // What this publish relies on, which a prune's marks must not take.
-    let mut relied: BTreeMap<&str, Relied<'_>> = plan
-        .files
-        .iter()
-        .map(|f| (f.name.as_str(), Relied::File(f)))
-        .collect();
-    for (file, bytes) in plan.narinfo_levels.iter().flatten() {
-        relied.insert(&file.name, Relied::Bytes(bytes));
+    let uploads = futures::stream::iter(files.into_iter().map(Ok))
+        .try_for_each_concurrent(opts.jobs.max(1), |file| bucket.put_file(file));
+    let mut checking = KeepAlive::default();
+    let checks = async {
+        loop {
+            tokio::time::sleep(REFRESH / 2).await;
+            checking.check(bucket, &relied).await?;
+        }
+    };
+    tokio::select! {
+        uploaded = uploads => uploaded?,
+        failed = checks => return failed,
     }
-    let mut keep_alive = KeepAlive::default();
-    keep_alive.check(bucket, &relied).await?;
+    keep_alive.rewritten += checking.rewritten;
 
     // Phase 2: narinfos, a level only once the one below is complete; the
     // marks read again every little while (see `sweep`).

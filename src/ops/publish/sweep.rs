@@ -28,8 +28,9 @@
 //!    mark, `prune-marks/<time>-<pid>`, with the grace period and the sweep
 //!    time bound.
 //!
-//! A publish (`super::publish`) reads the marks before its narinfos go up
-//! and again at least every [`REFRESH`] while they do; every object it
+//! A publish (`super::publish`) reads the marks right after its listing
+//! and again at least every half [`REFRESH`] until its roots are up, and
+//! before its narinfos and its roots go up; every object it
 //! relies on (one it skipped because the bucket has it, or uploaded
 //! earlier) that a mark names, it writes again, which makes it newer than
 //! the mark and so never swept by it; if the mark's grace has (nearly)
@@ -442,13 +443,18 @@ pub(super) async fn prune(bucket: &Bucket, opts: &Options) -> Result<Report, Pub
                 bucket.delete_all(batch).await?;
             }
         }
-        if swept_all && !ripe.is_empty() {
-            let names: Vec<String> = ripe.iter().map(|m| m.name.clone()).collect();
-            bucket.delete_all(&names).await?;
+        // A swept mark stays for another grace period: a publish that
+        // listed the bucket before the sweep learns from it what to upload
+        // again (see the module documentation).
+        let spent: Vec<String> = ripe
+            .iter()
+            .filter(|m| now.saturating_sub(m.time) >= 2 * m.grace as i64)
+            .map(|m| m.name.clone())
+            .collect();
+        if swept_all && !spent.is_empty() {
+            report.requests += spent.len().div_ceil(1000);
+            bucket.delete_all(&spent).await?;
         }
-    }
-    if !ripe.is_empty() {
-        report.requests += ripe.len().div_ceil(1000);
     }
 
     // 5. Mark what no mark names yet.
