@@ -158,7 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if !cli.quiet {
         println!(
             "published {} to {location} in {:.2} s: uploaded {} files ({} bytes, {} narinfos), \
-             skipped {} already there ({} narinfos)",
+             skipped {} already there ({} narinfos); wrote again {} a prune had marked",
             cache.display(),
             start.elapsed().as_secs_f64(),
             report.uploaded,
@@ -166,6 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             report.narinfos_uploaded,
             report.skipped,
             report.narinfos_skipped,
+            report.kept_alive,
         );
     }
     Ok(())

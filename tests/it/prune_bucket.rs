@@ -94,6 +94,14 @@ fn assert_nix_reads_every_narinfo(bucket: &Bucket, paths: &[String]) {
         .assert_success(nix);
 }
 
+/// The number that follows `prefix` in `text`; 0 if `prefix` is not there.
+fn number_after(text: &str, prefix: &str) -> usize {
+    text.split_once(prefix).map_or(0, |(_, rest)| {
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().unwrap()
+    })
+}
+
 fn hashes_of(paths: &BTreeSet<String>) -> BTreeSet<String> {
     paths.iter().map(|p| hash_part(p).to_owned()).collect()
 }
@@ -110,6 +118,8 @@ fn a_bucket_keeps_what_its_pins_retain_and_loses_the_rest_after_the_grace_period
     let pin = String::from_utf8(fs::read(bucket.download().path().join("pins/release")).unwrap())
         .unwrap();
     assert_eq!(pin.matches("Revision: ").count(), 2, "{pin}");
+    // The bucket's times are in seconds: a mark covers what is older.
+    std::thread::sleep(Duration::from_secs(1));
 
     // A first run marks, deletes nothing.
     let out = run(&mut prune(&url, &["--grace", "1"]));
@@ -200,6 +210,7 @@ fn objects_outside_the_cache_s_prefix_are_never_touched() {
     let outside = format!("{}.narinfo", hash_part(top()));
     bucket.put(&outside, &file);
     bucket.put("nar/stray.nar", &file);
+    std::thread::sleep(Duration::from_secs(1));
     run(&mut prune(&url, &["--grace", "0"]));
     std::thread::sleep(Duration::from_secs(1));
     run(&mut prune(&url, &["--grace", "0"]));
@@ -224,6 +235,9 @@ fn publishes_and_prunes_started_together_never_leave_a_narinfo_without_what_it_n
     );
     let releases = [release(top()), release(left_file())];
     run(publisher().arg(releases[0].path()).arg(&url));
+    // What the rounds did, to show that they raced: objects the prunes
+    // deleted, and objects the publishes wrote again because of a mark.
+    let (mut deleted, mut rewritten) = (0, 0);
     for round in 0..8u64 {
         // Publish the other release (most of which the bucket holds as
         // garbage, marked) while a prune with a short grace sweeps.
@@ -232,10 +246,10 @@ fn publishes_and_prunes_started_together_never_leave_a_narinfo_without_what_it_n
         publish
             .arg(cache)
             .arg(&url)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut pruning = prune(&url, &["--grace", "1", "--sweep-within", "2", "-q"]);
-        pruning.stderr(Stdio::piped());
+        let mut pruning = prune(&url, &["--grace", "1", "--sweep-within", "2"]);
+        pruning.stdout(Stdio::piped()).stderr(Stdio::piped());
         let (first, second) = if round % 2 == 0 {
             (&mut publish, &mut pruning)
         } else {
@@ -246,16 +260,27 @@ fn publishes_and_prunes_started_together_never_leave_a_narinfo_without_what_it_n
         let b = second.spawn().unwrap();
         for child in [a, b] {
             let out = child.wait_with_output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
             assert!(
                 out.status.success(),
-                "round {round}: {}",
+                "round {round}: {stdout}{}",
                 String::from_utf8_lossy(&out.stderr)
             );
+            deleted += number_after(&stdout, "; deleted ");
+            rewritten += number_after(&stdout, "; wrote again ");
         }
         let paths = assert_closed(&bucket);
         assert_nix_reads_every_narinfo(&bucket, &paths);
         std::thread::sleep(Duration::from_millis(1100));
     }
+    assert!(
+        deleted > 0,
+        "no prune deleted anything: the rounds prove nothing"
+    );
+    assert!(
+        rewritten > 0,
+        "no publish relied on a marked object: the rounds prove nothing"
+    );
     // Whatever the interleaving, the release published last (in round 7,
     // the first) is whole.
     let last = top();
@@ -322,6 +347,8 @@ fn a_prune_killed_at_any_request_leaves_a_bucket_nix_reads_and_the_next_finishes
         run(publisher()
             .arg(release(left_file()).path())
             .arg(bucket.url()));
+        // The bucket's times are in seconds: a mark covers what is older.
+        std::thread::sleep(Duration::from_secs(1));
         run(&mut prune(&bucket.url(), &["--grace", "0"]));
         std::thread::sleep(Duration::from_secs(1));
         // The sweeping run, stopped at request `allowed` and killed there.
@@ -359,12 +386,17 @@ fn a_prune_killed_at_any_request_leaves_a_bucket_nix_reads_and_the_next_finishes
             assert_nix_reads_every_narinfo(&bucket, &paths);
         }
         // The next prune finishes the job.
-        run(&mut prune(&bucket.url(), &["--grace", "0"]));
+        let out = prune(&bucket.url(), &["--grace", "0"]).output().unwrap();
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         let held: BTreeSet<String> = narinfos(bucket.download().path()).into_keys().collect();
         assert_eq!(
             held,
             hashes_of(&closure_of(&[left_file()])),
-            "killed at request {allowed}"
+            "killed at request {allowed}; the next prune said: {out}"
         );
         if finished {
             break;
