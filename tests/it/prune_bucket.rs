@@ -403,3 +403,83 @@ fn a_prune_killed_at_any_request_leaves_a_bucket_nix_reads_and_the_next_finishes
         }
     }
 }
+
+/// `n` in Nix's base32 digits, `len` long (leading zeros).
+fn nix32(mut n: u64, len: usize) -> String {
+    const DIGITS: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+    let mut out = vec![b'0'; len];
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(n % 32) as usize];
+        n /= 32;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// A cache of `n` small paths with no references (narinfos that name an
+/// 8-byte NAR each), whose `store-paths` lists the first `roots`.
+fn synthetic_cache(n: u64, roots: u64) -> tempfile::TempDir {
+    let dir = tempdir();
+    fs::write(dir.path().join("nix-cache-info"), "StoreDir: /nix/store\n").unwrap();
+    fs::create_dir(dir.path().join("nar")).unwrap();
+    let mut store_paths = String::new();
+    for i in 0..n {
+        let hash = nix32(i, 32);
+        let file = nix32(i, 52);
+        let path = format!("/nix/store/{hash}-p{i}");
+        fs::write(dir.path().join(format!("nar/{file}.nar")), i.to_le_bytes()).unwrap();
+        fs::write(
+            dir.path().join(format!("{hash}.narinfo")),
+            format!(
+                "StorePath: {path}\nURL: nar/{file}.nar\nCompression: none\n\
+                 FileHash: sha256:{file}\nFileSize: 8\nNarHash: sha256:{file}\nNarSize: 8\nReferences: \n"
+            ),
+        )
+        .unwrap();
+        if i < roots {
+            store_paths += &format!("{path}\n");
+        }
+    }
+    fs::write(dir.path().join("store-paths"), store_paths).unwrap();
+    dir
+}
+
+#[test]
+fn a_bucket_of_10_000_paths_is_listed_once_and_deleted_in_batches_of_1000() {
+    let moto = Moto::shared();
+    let bucket = moto.bucket("prune-10k");
+    let cache = synthetic_cache(10_000, 5_000);
+    run(publisher().arg(cache.path()).arg(bucket.url()).arg("-q"));
+    std::thread::sleep(Duration::from_secs(1));
+    let mark = Instant::now();
+    let marked = run(&mut prune(&bucket.url(), &["--grace", "0"]));
+    let mark = mark.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let before = moto.requests().len();
+    let sweep = Instant::now();
+    let swept = run(&mut prune(&bucket.url(), &["--grace", "0"]));
+    let sweep = sweep.elapsed();
+    let requests: Vec<(String, String)> = moto.requests().split_off(before);
+    let count = |method: &str, query: &str| {
+        requests
+            .iter()
+            .filter(|(m, t)| m == method && t.contains(query))
+            .count()
+    };
+    eprintln!(
+        "10,000 paths, 5,000 of them garbage: marking run {:.2} s: {marked}sweeping run {:.2} s, {} requests: {swept}",
+        mark.as_secs_f64(),
+        sweep.as_secs_f64(),
+        requests.len()
+    );
+    assert!(marked.contains("marked 10000 objects"), "{marked}");
+    assert!(swept.contains("deleted 10000 objects"), "{swept}");
+    // One listing of 20,000 objects: 20 pages of 1,000.
+    assert_eq!(count("GET", "list-type=2"), 20 + 1, "{requests:?}");
+    // Deletes: 5 batches of narinfos, 5 of NARs, and the spent mark.
+    assert_eq!(count("POST", "delete"), 11);
+    // Reads: every narinfo once, and a few small files.
+    let gets = count("GET", "") - count("GET", "list-type=2");
+    assert!((10_000..10_010).contains(&gets), "{gets} GETs");
+    let held: BTreeSet<String> = narinfos(bucket.download().path()).into_keys().collect();
+    assert_eq!(held.len(), 5_000);
+}

@@ -190,7 +190,7 @@ impl Moto {
     }
 
     /// The requests that completed, in order: (method, path and query).
-    fn requests(&self) -> Vec<(String, String)> {
+    pub(crate) fn requests(&self) -> Vec<(String, String)> {
         let file = fs::File::open(&self.log).unwrap();
         BufReader::new(file)
             .lines()
