@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::build::{build_into, closure_of, mk_binary_cache};
 use crate::common::*;
 use crate::prune::{left_file, top};
-use crate::publish::{Bucket, FlakyProxy, Moto, credentials, publisher};
+use crate::publish::{Bucket, FlakyProxy, Moto, credentials, publisher, read_request};
 
 /// `mk-binary-cache-publish prune URL ARGS…`.
 fn prune(url: &str, args: &[&str]) -> Command {
@@ -297,7 +297,7 @@ struct Stopping {
 
 impl Stopping {
     fn start(upstream: u16, allowed: u32) -> Stopping {
-        use std::io::{Read, Write};
+        use std::io::Write;
         use std::sync::atomic::Ordering;
         let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -308,21 +308,9 @@ impl Stopping {
                 let Ok(mut client) = client else { continue };
                 let seen = counted.clone();
                 std::thread::spawn(move || -> std::io::Result<()> {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        if client.read(&mut byte)? == 0 {
-                            return Ok(());
-                        }
-                        head.push(byte[0]);
-                    }
-                    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                    let length: usize = text
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse().unwrap());
-                    let mut body = vec![0; length];
-                    client.read_exact(&mut body)?;
+                    let Some((head, body)) = read_request(&mut client)? else {
+                        return Ok(());
+                    };
                     if seen.fetch_add(1, Ordering::SeqCst) >= allowed {
                         std::thread::sleep(Duration::from_secs(3600));
                     }
@@ -445,7 +433,9 @@ fn synthetic_cache(n: u64, roots: u64) -> tempfile::TempDir {
 
 #[test]
 fn a_bucket_of_10_000_paths_is_listed_once_and_deleted_in_batches_of_1000() {
-    let moto = Moto::shared();
+    // A server of its own: its log holds this test's requests alone, and
+    // the shared server's log stays short for the tests that poll it.
+    let moto = Moto::start();
     let bucket = moto.bucket("prune-10k");
     let cache = synthetic_cache(10_000, 5_000);
     run(publisher().arg(cache.path()).arg(bucket.url()).arg("-q"));
@@ -474,7 +464,7 @@ fn a_bucket_of_10_000_paths_is_listed_once_and_deleted_in_batches_of_1000() {
     assert!(marked.contains("marked 10000 objects"), "{marked}");
     assert!(swept.contains("deleted 10000 objects"), "{swept}");
     // One listing of 20,000 objects: 20 pages of 1,000.
-    assert_eq!(count("GET", "list-type=2"), 20 + 1, "{requests:?}");
+    assert_eq!(count("GET", "list-type=2"), 20 + 1);
     // Deletes: 5 batches of narinfos, 5 of NARs, and the spent mark.
     assert_eq!(count("POST", "delete"), 11);
     // Reads: every narinfo once, and a few small files.

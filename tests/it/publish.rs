@@ -91,7 +91,7 @@ impl Moto {
 
     /// Starts a server from a thread that lives as long as the process, so
     /// that the server's parent-death signal comes when the process ends.
-    fn start() -> Moto {
+    pub(crate) fn start() -> Moto {
         let venv = venv();
         let dir = tempdir();
         let log = dir.path().join("moto.log");
@@ -904,6 +904,28 @@ fn mk_binary_cache_publish_without_the_publisher_says_where_it_looked() {
 /// A proxy in front of moto that answers every `nth` request itself with
 /// `503 Slow Down`, as a busy S3 does, and forwards the others. One request
 /// per connection: it closes each after the answer.
+/// One HTTP request from `client`: its head, then as many bytes as
+/// Content-Length says; None if the client closed the connection first.
+pub(crate) fn read_request(client: &mut TcpStream) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if client.read(&mut byte)? == 0 {
+            return Ok(None);
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let length: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0; length];
+    client.read_exact(&mut body)?;
+    Ok(Some((head, body)))
+}
+
 pub(crate) struct FlakyProxy {
     pub(crate) port: u16,
     faults: std::sync::Arc<AtomicU32>,
@@ -942,23 +964,10 @@ impl FlakyProxy {
         seen: &AtomicU32,
         faults: &AtomicU32,
     ) -> std::io::Result<()> {
-        use std::io::{Read, Write};
-        // The request's head, then as many bytes as Content-Length says.
-        let mut request = Vec::new();
-        let mut byte = [0u8; 1];
-        while !request.ends_with(b"\r\n\r\n") {
-            if client.read(&mut byte)? == 0 {
-                return Ok(());
-            }
-            request.push(byte[0]);
-        }
-        let head = String::from_utf8_lossy(&request).to_ascii_lowercase();
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .map_or(0, |v| v.trim().parse().unwrap());
-        let mut body = vec![0; length];
-        client.read_exact(&mut body)?;
+        use std::io::Write;
+        let Some((request, body)) = read_request(&mut client)? else {
+            return Ok(());
+        };
         let number = seen.fetch_add(1, Ordering::SeqCst) + 1;
         if max_delay_ms > 0 {
             // A multiplicative hash of the number: spread, and the same each run.
