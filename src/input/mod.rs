@@ -5,3 +5,5 @@ pub mod attrs;
 pub mod closure;
 pub mod exclude;
 pub mod local_store;
+pub mod request;
+pub mod settings;

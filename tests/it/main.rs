@@ -1,14 +1,19 @@
 //! Integration tests: one binary, one module per topic.
 
 mod build;
+mod cache_dir;
+mod cli;
 mod common;
+mod cycles;
 mod dropin;
 mod e2e;
 mod errors;
 mod exclude;
 mod faults;
+mod golden;
 mod hostile;
 mod http;
+mod layers;
 mod listing;
 mod nar_reader;
 mod nix_versions;

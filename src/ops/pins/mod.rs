@@ -18,14 +18,12 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::format::narinfo;
+use crate::cache::{CacheDir, CacheDirError, CacheLock};
 use crate::format::pin::Pin;
-use crate::format::store_path::{DEFAULT_STORE_DIR, StorePath};
+use crate::format::store_path::StorePath;
 use crate::input::local_store::{self, BuildError};
 use crate::ops::prune::PruneError;
 use crate::ops::prune::plan::{closure, holding, read_narinfos};
-use crate::ops::write::{self, CacheError, CacheLock};
-use crate::ops::{self, OpenCacheError};
 use crate::support::progress::human_bytes;
 
 use files::{PinRequest, PinsError};
@@ -33,11 +31,9 @@ use files::{PinRequest, PinsError};
 #[derive(Debug, Error)]
 pub enum PinError {
     #[error(transparent)]
-    Open(#[from] OpenCacheError),
-    #[error(transparent)]
     Pins(#[from] PinsError),
     #[error(transparent)]
-    Cache(#[from] CacheError),
+    Cache(#[from] CacheDirError),
     #[error(transparent)]
     Paths(#[from] Box<BuildError>),
     #[error(transparent)]
@@ -53,34 +49,27 @@ pub fn pin(dir: &Path, request: &PinRequest, paths: &[PathBuf]) -> Result<Pin, P
     if paths.is_empty() && request.retention.is_none() {
         return Err(PinError::Nothing);
     }
-    let store_dir = store_dir(dir)?;
-    let roots = local_store::resolve_roots(paths, &store_dir).map_err(Box::new)?;
+    let cache = CacheDir::open(dir)?;
+    let roots = local_store::resolve_roots(paths, cache.store_dir()).map_err(Box::new)?;
     if roots.is_empty() {
-        return Ok(files::record(dir, request, &[], files::now(), &store_dir)?);
+        return Ok(files::record(&cache, request, &[], files::now())?);
     }
     // Shared, as `build --to` holds it: no prune decides what the cache
     // keeps between the check below and the roots' recording.
-    let _cache_lock = write::lock_cache(dir, CacheLock::Shared)?;
-    if let Some(path) = roots
-        .iter()
-        .find(|r| !dir.join(narinfo::file_name(r.hash_part())).exists())
-    {
-        return Err(PinsError::NotCached {
-            name: request.name.clone(),
-            path: path.clone(),
-            narinfo: dir.join(narinfo::file_name(path.hash_part())),
+    let _cache_lock = cache.lock(CacheLock::Shared, || {})?;
+    for path in &roots {
+        if !cache.has_narinfo(path.hash_part())? {
+            return Err(PinsError::NotCached {
+                name: request.name.clone(),
+                path: path.clone(),
+                narinfo: cache.narinfo_path(path.hash_part()),
+            }
+            .into());
         }
-        .into());
     }
-    let pin = files::record(dir, request, &roots, files::now(), &store_dir)?;
-    write::add_store_paths(dir, &roots, &store_dir)?;
+    let pin = files::record(&cache, request, &roots, files::now())?;
+    cache.add_store_paths(&roots)?;
     Ok(pin)
-}
-
-fn store_dir(dir: &Path) -> Result<String, OpenCacheError> {
-    Ok(ops::read_cache_info(dir)?
-        .store_dir
-        .unwrap_or_else(|| DEFAULT_STORE_DIR.to_owned()))
 }
 
 /// What a pin, or one of its revisions, holds.
@@ -125,10 +114,10 @@ pub struct Listing {
 /// The pins of the cache at `dir` with their revisions, sizes and the bytes
 /// only they hold.
 pub fn list(dir: &Path) -> Result<Listing, PinError> {
-    let store_dir = store_dir(dir)?;
-    let pins = files::read_pins(dir, &store_dir)?;
-    let narinfos = read_narinfos(dir, &store_dir).map_err(Box::new)?;
-    let store_paths = write::read_store_paths(dir, &store_dir)?;
+    let cache = CacheDir::open(dir)?;
+    let pins = cache.pins()?;
+    let narinfos = read_narinfos(&cache).map_err(Box::new)?;
+    let store_paths = cache.store_paths()?;
     let now = files::now();
 
     // What `mine` holds that no other root (of store-paths, or of a

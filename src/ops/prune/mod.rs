@@ -26,7 +26,9 @@
 //! directory, `nar/` and `debuginfo/`, never a path read from a file: a
 //! symlink is removed as a link, never followed, and a `nar/` or
 //! `debuginfo/` that is itself a symlink is refused, since what it holds is
-//! outside the cache. It holds the cache lock (see `cache::DirLock`)
+//! outside the cache. A narinfo that is a symlink, or larger than a
+//! narinfo can be, is refused too: prune decides nothing on what it might
+//! say. It holds the cache lock ([`CacheDir::lock`])
 //! exclusively, so it never runs while a `build --to` into the same
 //! directory is between finding what the cache holds and listing its roots.
 
@@ -38,62 +40,38 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::format::narinfo;
+use crate::cache::{CacheDir, CacheDirError, CacheLock, DEBUGINFO_DIR, NAR_DIR};
 use crate::format::pin::{Pin, Retention};
-use crate::format::store_path::{self, StorePath};
+use crate::format::store_path::{self, ReferenceCycle, StorePath};
 use crate::input::local_store::{self, BuildError};
 use crate::ops::pins::files::{self as pin_files, PinsError};
-use crate::ops::write::{self, CacheError, CacheLock, STORE_PATHS};
-use crate::ops::{self, OpenCacheError};
 use crate::support::files;
-use crate::support::progress::human_bytes;
+use crate::support::progress::{count, human_bytes};
 
 pub(crate) mod plan;
 
 use plan::{Entry, closure, in_dir, kept_closure, plan, read_narinfos};
 
-/// A narinfo is read no further than this.
-const MAX_NARINFO_SIZE: u64 = narinfo::MAX_SIZE;
-
 #[derive(Debug, Error)]
 pub enum PruneError {
     #[error(transparent)]
-    Open(#[from] OpenCacheError),
-    #[error(
-        "'{0}' is a symlink: what it points to is outside the cache, and prune deletes nothing there"
-    )]
-    SymlinkedDirectory(PathBuf),
+    Cache(#[from] CacheDirError),
     #[error(
         "'{0}' is missing or empty and no pin names a root: give the paths to keep with --keep"
     )]
     NoRoots(PathBuf),
     #[error(transparent)]
     Pins(#[from] PinsError),
-    #[error("'{path}' lists '{line}', which is not a store path in {store_dir}")]
-    StorePathsLine {
-        path: PathBuf,
-        line: String,
-        store_dir: String,
-    },
     #[error("--keep: {0}")]
     Keep(Box<BuildError>),
     #[error("--keep '{path}': the cache has no narinfo for it ('{narinfo}')")]
     KeepNotCached { path: StorePath, narinfo: PathBuf },
     #[error("'{path}' belongs to the kept closure but cannot be read: {reason}")]
     UnreadableKept { path: PathBuf, reason: String },
-    #[error("cannot read '{path}': {source}")]
-    Read { path: PathBuf, source: io::Error },
     #[error("cannot remove '{path}': {source}")]
     Remove { path: PathBuf, source: io::Error },
-    #[error(transparent)]
-    Cache(#[from] CacheError),
-}
-
-fn read_error(path: &Path) -> impl FnOnce(io::Error) -> PruneError + '_ {
-    move |source| PruneError::Read {
-        path: path.to_owned(),
-        source,
-    }
+    #[error("{0}; nothing was removed (Nix never writes such narinfos: remove them by hand)")]
+    Cycle(ReferenceCycle),
 }
 
 /// What to keep, and whether to delete anything.
@@ -247,8 +225,6 @@ impl Report {
 impl fmt::Display for Report {
     /// The summary: what was kept, what went and the bytes freed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let count =
-            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         let bytes = self.bytes();
         let (remove, free) = if self.dry_run {
             ("dry run: would remove", "would free")
@@ -283,39 +259,42 @@ impl fmt::Display for Report {
 }
 
 /// Prunes the cache at `dir` to the closure of its roots; see the module
-/// documentation.
-pub fn prune(dir: &Path, opts: &Options) -> Result<Report, PruneError> {
-    let store_dir = open_cache(dir)?;
+/// documentation. When another run holds the cache lock, `waiting` is
+/// called once before the prune waits for it.
+pub fn prune(dir: &Path, opts: &Options, waiting: impl FnOnce()) -> Result<Report, PruneError> {
+    // Refuses a nar/ or debuginfo/ that is a symlink: what it holds is
+    // outside the cache.
+    let cache = CacheDir::open(dir)?;
     // The cache lock is taken on nar/. A cache without one holds no NAR: a
     // prune makes it to lock it; a dry run changes nothing and reads unlocked.
-    let nar_dir = dir.join("nar");
+    let nar_dir = cache.nar_dir();
     if !opts.dry_run && !nar_dir.exists() {
-        fs::create_dir(&nar_dir).map_err(|source| CacheError::Write {
+        fs::create_dir(&nar_dir).map_err(|source| CacheDirError::Write {
             path: nar_dir.clone(),
             source,
         })?;
     }
     let _cache_lock = match nar_dir.exists() {
-        true => Some(write::lock_cache(dir, CacheLock::Exclusive)?),
+        true => Some(cache.lock(CacheLock::Exclusive, waiting)?),
         false => None,
     };
 
-    let narinfos = read_narinfos(dir, &store_dir)?;
+    let narinfos = read_narinfos(&cache)?;
     let listed = match &opts.keep {
         Some(keep) => {
-            let roots = local_store::resolve_roots(keep, &store_dir)
+            let roots = local_store::resolve_roots(keep, cache.store_dir())
                 .map_err(|e| PruneError::Keep(Box::new(e)))?;
             if let Some(path) = roots.iter().find(|r| !narinfos.contains_key(r.hash_part())) {
                 return Err(PruneError::KeepNotCached {
                     path: path.clone(),
-                    narinfo: dir.join(narinfo::file_name(path.hash_part())),
+                    narinfo: cache.narinfo_path(path.hash_part()),
                 });
             }
             roots
         }
-        None => write::read_store_paths(dir, &store_dir)?,
+        None => cache.store_paths()?,
     };
-    let pins = pin_files::read_pins(dir, &store_dir)?;
+    let pins = cache.pins()?;
     let now = pin_files::now();
     let retained = pin_files::retained_roots(&pins, now);
     let dropped = pin_files::dropped_roots(&pins, now);
@@ -332,11 +311,11 @@ pub fn prune(dir: &Path, opts: &Options) -> Result<Report, PruneError> {
     let mut roots = store_paths.clone();
     store_path::append_new(&mut roots, retained);
     if roots.is_empty() {
-        return Err(PruneError::NoRoots(dir.join(STORE_PATHS)));
+        return Err(PruneError::NoRoots(cache.store_paths_file()));
     }
 
-    let kept = kept_closure(dir, &roots, &narinfos)?;
-    let stages = plan(dir, &narinfos, &kept)?;
+    let kept = kept_closure(&cache, &roots, &narinfos)?;
+    let stages = plan(&cache, &narinfos, &kept)?;
     let removals: Vec<Removal> = stages.iter().flatten().cloned().collect();
     let report = Report {
         dry_run: opts.dry_run,
@@ -359,63 +338,30 @@ pub fn prune(dir: &Path, opts: &Options) -> Result<Report, PruneError> {
     // Before anything goes: a prune killed later must not leave a pin or
     // `store-paths` naming paths that are gone.
     let changed_pins: Vec<&Pin> = pins.iter().filter(|p| !p.split(now).1.is_empty()).collect();
-    if opts.keep.is_some() || store_paths != listed || !changed_pins.is_empty() {
-        let _lock = pin_files::lock_dir(dir)?;
+    if !changed_pins.is_empty() {
+        let _lock = cache.lock_pins()?;
         for pin in changed_pins {
             let mut kept = pin.clone();
             kept.revisions = pin.split(now).0.into_iter().cloned().collect();
-            pin_files::write_pin(dir, &kept)?;
+            cache.write_pin(&kept)?;
         }
-        if opts.keep.is_some() || store_paths != listed {
-            write_store_paths(dir, &store_paths)?;
-        }
+    }
+    if opts.keep.is_some() || store_paths != listed {
+        // Under the lock `build --to` takes to merge it.
+        cache.replace_store_paths(&store_paths)?;
     }
     for stage in &stages {
         for removal in stage {
             remove(&dir.join(&removal.file))?;
         }
         // Each stage is durable before the next begins.
-        for sub in [".", "nar", "debuginfo"] {
+        for sub in [".", NAR_DIR, DEBUGINFO_DIR] {
             if stage.iter().any(|r| in_dir(&r.file, sub)) {
                 sync_dir(&dir.join(sub))?;
             }
         }
     }
     Ok(report)
-}
-
-/// Checks that `dir` is a cache whose `nar/` and `debuginfo/` are inside
-/// it; returns its store directory.
-fn open_cache(dir: &Path) -> Result<String, PruneError> {
-    let info = ops::read_cache_info(dir)?;
-    for sub in ["nar", "debuginfo"] {
-        let sub = dir.join(sub);
-        match sub.symlink_metadata() {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(PruneError::SymlinkedDirectory(sub));
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(read_error(&sub)(e)),
-        }
-    }
-    Ok(info
-        .store_dir
-        .unwrap_or_else(|| store_path::DEFAULT_STORE_DIR.to_owned()))
-}
-
-/// Replaces `store-paths` with `roots`, atomically and durably (the caller
-/// holds the lock `build --to` takes to merge it).
-fn write_store_paths(dir: &Path, roots: &[StorePath]) -> Result<(), PruneError> {
-    let dest = dir.join(STORE_PATHS);
-    let list: String = roots.iter().map(|p| format!("{p}\n")).collect();
-    files::replace(&dest, list.as_bytes()).map_err(|source| {
-        CacheError::Write {
-            path: dest.clone(),
-            source,
-        }
-        .into()
-    })
 }
 
 /// What the prune keeps of `pin` and frees of its dropped revisions.

@@ -42,11 +42,11 @@ use std::path::{Path, PathBuf};
 use futures::TryStreamExt;
 use thiserror::Error;
 
+use crate::cache::{CacheDirError, STORE_PATHS};
 use crate::format::cache_info::{self, CacheInfo};
 use crate::format::narinfo;
 use crate::format::pin::Pin;
 use crate::format::store_path::DEFAULT_STORE_DIR;
-use crate::ops::write::STORE_PATHS;
 
 pub use credentials::{Credentials, Environment, ProcessEnvironment};
 pub use location::{Location, Warning};
@@ -54,8 +54,6 @@ pub use location::{Location, Warning};
 use bucket::{Bucket, same_by_etag};
 use plan::{File, Plan, read_plan};
 use sweep::{KeepAlive, REFRESH, Relied};
-
-const MAX_NARINFO_SIZE: u64 = narinfo::MAX_SIZE;
 
 /// The default size of one part of a multipart upload (S3 needs at least
 /// 5 MiB for every part but the last).
@@ -102,6 +100,8 @@ pub enum PublishError {
     Cache { path: PathBuf, message: String },
     #[error("{} has no {}: it is not a flat-file binary cache", .0.display(), cache_info::FILE_NAME)]
     NotACache(PathBuf),
+    #[error("reading the cache: {0}")]
+    CacheDir(CacheDirError),
     #[error(
         "{url} is a cache for the store '{theirs}', and {} is for '{ours}': publish it elsewhere",
         .cache.display()
@@ -146,7 +146,15 @@ pub enum PublishError {
          --allow-no-roots if that is what you want"
     )]
     NoRoots(String),
-    #[error("{url}/{name} is {size} bytes, more than a {what} can be ({MAX_NARINFO_SIZE})")]
+    #[error(
+        "{0}: the narinfos of {1} refer to each other in a cycle: no order deletes them safely, \
+         and prune deletes nothing"
+    )]
+    BucketCycle(String, String),
+    #[error(
+        "{url}/{name} is {size} bytes, more than a {what} can be ({})",
+        narinfo::MAX_SIZE
+    )]
     TooLarge {
         url: String,
         name: String,
@@ -238,7 +246,7 @@ async fn run(
         what,
     };
     let upload_cache_info = match remote.get(cache_info::FILE_NAME) {
-        Some((size, _)) if *size > MAX_NARINFO_SIZE => {
+        Some((size, _)) if *size > narinfo::MAX_SIZE => {
             return Err(too_large(cache_info::FILE_NAME, *size, "nix-cache-info"));
         }
         Some(_) => {
@@ -276,7 +284,7 @@ async fn run(
                 Some((size, etag)) => {
                     let same = match same_by_etag(etag.as_deref(), bytes) {
                         Some(answer) => answer,
-                        None if *size > MAX_NARINFO_SIZE => {
+                        None if *size > narinfo::MAX_SIZE => {
                             return Err(too_large(&file.name, *size, "narinfo"));
                         }
                         None => bucket.get(&file.name).await? == *bytes,

@@ -2,27 +2,18 @@
 //! publish (other files, then narinfos by depth, then `store-paths` and the
 //! pins).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 
-use super::{MAX_NARINFO_SIZE, PublishError};
-use crate::format::cache_info::{self, CacheInfo};
+use super::PublishError;
+use crate::cache::{CacheDir, CacheDirError, PINS_DIR, STORE_PATHS, narinfo_hash_part};
+use crate::format::cache_info;
 use crate::format::narinfo::NarInfo;
-use crate::format::pin;
-use crate::format::store_path::DEFAULT_STORE_DIR;
-use crate::ops::write::STORE_PATHS;
-use crate::support::files::TempNames;
+use crate::format::store_path::ReferenceCycle;
+use crate::support::graph::{Cycle, Graph, Levels};
 
 /// A file of the cache to upload.
-#[derive(Debug, Clone)]
-pub(super) struct File {
-    /// Relative to the cache's root, with `/`.
-    pub(super) name: String,
-    pub(super) path: PathBuf,
-    pub(super) size: u64,
-}
+pub(super) use crate::cache::CacheFile as File;
 
 /// The cache on disk, sorted into the phases of the upload.
 pub(super) struct Plan {
@@ -46,22 +37,13 @@ pub(super) fn cache_error(path: &Path, message: impl ToString) -> PublishError {
 }
 
 pub(super) fn read_plan(cache: &Path) -> Result<Plan, PublishError> {
-    let info_path = cache.join(cache_info::FILE_NAME);
-    let info_text = match fs::read_to_string(&info_path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(PublishError::NotACache(cache.to_path_buf()));
-        }
-        Err(e) => return Err(cache_error(&info_path, e)),
-    };
-    let info: CacheInfo = info_text.parse().map_err(|e| cache_error(&info_path, e))?;
-    let store_dir = info
-        .store_dir
-        .unwrap_or_else(|| DEFAULT_STORE_DIR.to_string());
-
-    let mut all = Vec::new();
-    walk(cache, "", &mut all)?;
-    all.sort_by(|a, b| a.name.cmp(&b.name));
+    let dir = CacheDir::open(cache).map_err(|e| match e {
+        CacheDirError::NotACache(dir) => PublishError::NotACache(dir),
+        other => PublishError::CacheDir(other),
+    })?;
+    let store_dir = dir.store_dir().to_owned();
+    // Every regular file; a symlink anywhere is an error naming it.
+    let all = dir.files().map_err(PublishError::CacheDir)?;
 
     let mut cache_info = None;
     let mut files = Vec::new();
@@ -73,10 +55,12 @@ pub(super) fn read_plan(cache: &Path) -> Result<Plan, PublishError> {
             cache_info = Some(file);
         } else if file.name == STORE_PATHS {
             store_paths = Some(file);
-        } else if file.name.starts_with(&format!("{}/", pin::DIR)) {
+        } else if file.name.starts_with(&format!("{PINS_DIR}/")) {
             pins.push(file);
-        } else if !file.name.contains('/') && file.name.ends_with(".narinfo") {
-            let bytes = read_narinfo(&file.path)?;
+        } else if let Some(hash) = narinfo_hash_part(&file.name) {
+            let bytes = dir
+                .read_narinfo_bytes(hash)
+                .map_err(PublishError::CacheDir)?;
             let text = std::str::from_utf8(&bytes).map_err(|e| cache_error(&file.path, e))?;
             let narinfo =
                 NarInfo::parse(text, &store_dir).map_err(|e| cache_error(&file.path, e))?;
@@ -89,15 +73,12 @@ pub(super) fn read_plan(cache: &Path) -> Result<Plan, PublishError> {
         }
     }
 
-    let levels = levels(&narinfos).map_err(|hash| {
-        cache_error(
-            &cache.join(format!("{hash}.narinfo")),
-            "its references form a cycle",
-        )
-    })?;
+    // Cycle policy: refuse, before anything is uploaded. No order would
+    // upload a narinfo on the cycle after those of its references.
+    let levels = levels(&narinfos).map_err(|cycle| cache_error(cache, cycle))?;
     let mut narinfo_levels: Vec<Vec<(File, Vec<u8>)>> = Vec::new();
-    for (hash, (file, bytes, _)) in narinfos {
-        let level = levels[&hash];
+    for (node, (file, bytes, _)) in narinfos.into_values().enumerate() {
+        let level = levels.of(node);
         if narinfo_levels.len() <= level {
             narinfo_levels.resize_with(level + 1, Vec::new);
         }
@@ -113,95 +94,24 @@ pub(super) fn read_plan(cache: &Path) -> Result<Plan, PublishError> {
     })
 }
 
-/// The level of each narinfo: 0 without references to other paths of the
-/// cache, else one more than the highest of them. Err: a path on a cycle.
+/// The level of each narinfo, as nodes in the order of `narinfos`: 0
+/// without references to other paths of the cache, else one more than the
+/// highest of them; or the paths on a cycle.
 pub(super) fn levels(
     narinfos: &BTreeMap<String, (File, Vec<u8>, NarInfo)>,
-) -> Result<HashMap<String, usize>, String> {
-    let mut levels: HashMap<String, usize> = HashMap::new();
-    for start in narinfos.keys() {
-        // Depth-first, with an explicit stack: (hash, references pushed?).
-        let mut stack = vec![(start.clone(), false)];
-        let mut on_stack = BTreeSet::from([start.clone()]);
-        while let Some((hash, expanded)) = stack.pop() {
-            if levels.contains_key(&hash) {
-                on_stack.remove(&hash);
-                continue;
-            }
-            let refs: Vec<String> = narinfos[&hash]
-                .2
-                .references
-                .iter()
-                .map(|r| r.hash_part().to_string())
-                .filter(|r| *r != hash && narinfos.contains_key(r))
-                .collect();
-            if expanded {
-                let level = refs.iter().map(|r| levels[r] + 1).max().unwrap_or(0);
-                levels.insert(hash.clone(), level);
-                on_stack.remove(&hash);
-                continue;
-            }
-            stack.push((hash.clone(), true));
-            for r in refs {
-                if levels.contains_key(&r) {
-                    continue;
-                }
-                if !on_stack.insert(r.clone()) {
-                    return Err(r);
-                }
-                stack.push((r, false));
-            }
-        }
-    }
-    Ok(levels)
-}
-
-pub(super) fn read_narinfo(path: &Path) -> Result<Vec<u8>, PublishError> {
-    let mut bytes = Vec::new();
-    fs::File::open(path)
-        .and_then(|f| f.take(MAX_NARINFO_SIZE + 1).read_to_end(&mut bytes))
-        .map_err(|e| cache_error(path, e))?;
-    if bytes.len() as u64 > MAX_NARINFO_SIZE {
-        return Err(cache_error(
-            path,
-            format!("it is larger than {MAX_NARINFO_SIZE} bytes"),
-        ));
-    }
-    Ok(bytes)
-}
-
-/// Every regular file under `dir`, but temporary ones; a symlink or other
-/// special file is an error (a cache has none).
-pub(super) fn walk(root: &Path, rel: &str, out: &mut Vec<File>) -> Result<(), PublishError> {
-    let dir = root.join(rel);
-    let entries = fs::read_dir(&dir).map_err(|e| cache_error(&dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| cache_error(&dir, e))?;
-        let os_name = entry.file_name();
-        if TempNames::owner(&os_name).is_some() {
-            continue;
-        }
-        let path = entry.path();
-        let name = os_name
-            .to_str()
-            .ok_or_else(|| cache_error(&path, "the name is not UTF-8"))?;
-        let name = if rel.is_empty() {
-            name.to_string()
-        } else {
-            format!("{rel}/{name}")
-        };
-        let meta = fs::symlink_metadata(&path).map_err(|e| cache_error(&path, e))?;
-        if meta.is_dir() {
-            walk(root, &name, out)?;
-        } else if meta.is_file() {
-            out.push(File {
-                name,
-                path,
-                size: meta.len(),
-            });
-        } else {
-            return Err(cache_error(&path, "not a regular file or directory"));
-        }
-    }
-    Ok(())
+) -> Result<Levels, ReferenceCycle> {
+    let infos: Vec<&NarInfo> = narinfos.values().map(|(_, _, info)| info).collect();
+    let hashes: Vec<&str> = narinfos.keys().map(String::as_str).collect();
+    Graph::by_key(&hashes, |i| {
+        infos[i].references.iter().map(|r| r.hash_part())
+    })
+    .levels()
+    .map_err(|Cycle(nodes)| {
+        ReferenceCycle(
+            nodes
+                .into_iter()
+                .map(|i| infos[i].store_path.clone())
+                .collect(),
+        )
+    })
 }

@@ -51,11 +51,12 @@ use futures::StreamExt;
 use super::bucket::Bucket;
 use super::plan::File;
 use super::{PublishError, too_large_error};
+use crate::cache::STORE_PATHS;
 use crate::format::cache_info::{self, CacheInfo};
 use crate::format::narinfo::{self, NarInfo};
 use crate::format::pin::{self, Pin};
 use crate::format::store_path::{self, DEFAULT_STORE_DIR, StorePath, is_hash_part};
-use crate::ops::write::STORE_PATHS;
+use crate::support::graph::{Cycle, Graph};
 
 /// The folder of the bucket's marks.
 pub const MARKS: &str = "prune-marks";
@@ -423,7 +424,8 @@ pub(super) async fn prune(bucket: &Bucket, opts: &Options) -> Result<Report, Pub
         }
     }
     protect(&mut doomed, &listed, &nodes);
-    let order = deletion_order(&doomed, &nodes);
+    let order = deletion_order(&doomed, &nodes)
+        .map_err(|hashes| PublishError::BucketCycle(url.clone(), hashes.join(", ")))?;
     report.deleted = order.iter().map(Vec::len).sum();
     report.deleted_bytes = order.iter().flatten().map(|n| listed[n].size).sum();
     report.requests += order.iter().map(|s| s.len().div_ceil(1000)).sum::<usize>();
@@ -625,51 +627,45 @@ fn protect(
 }
 
 /// The order `doomed` goes in: narinfos in levels (a path's before those of
-/// the paths it refers to), then listings, then NARs.
-fn deletion_order(doomed: &HashSet<&str>, nodes: &HashMap<String, Node>) -> Vec<Vec<String>> {
-    let narinfos: BTreeSet<&str> = doomed
+/// the paths it refers to, the reference order of `support::graph` walked
+/// down), then listings, then NARs.
+///
+/// Cycle policy: refuse, before anything is deleted (the hash parts on the
+/// cycle are the error). No order would delete a narinfo on a cycle before
+/// what it refers to, and Nix never writes one.
+fn deletion_order(
+    doomed: &HashSet<&str>,
+    nodes: &HashMap<String, Node>,
+) -> Result<Vec<Vec<String>>, Vec<String>> {
+    let narinfos: Vec<&str> = doomed
         .iter()
         .copied()
         .filter(|n| kind_of(n) == Some(Kind::Narinfo))
         .map(|n| n.trim_end_matches(".narinfo"))
+        .collect::<BTreeSet<&str>>()
+        .into_iter()
         .collect();
-    let refs = |hash: &str| -> Vec<&str> {
-        nodes.get(hash).map_or(Vec::new(), |n| {
-            n.references
-                .iter()
-                .map(String::as_str)
-                .filter(|r| *r != hash && narinfos.contains(r))
+    let graph = Graph::by_key(&narinfos, |i| {
+        nodes.get(narinfos[i]).map_or(Vec::new(), |n| {
+            n.references.iter().map(String::as_str).collect()
+        })
+    });
+    let levels = graph.levels().map_err(|Cycle(on)| {
+        on.into_iter()
+            .map(|i| narinfos[i].to_owned())
+            .collect::<Vec<_>>()
+    })?;
+    let mut stages: Vec<Vec<String>> = levels
+        .groups()
+        .into_iter()
+        .rev()
+        .map(|level| {
+            level
+                .into_iter()
+                .map(|i| narinfo::file_name(narinfos[i]))
                 .collect()
         })
-    };
-    let mut referrers: BTreeMap<&str, usize> = BTreeMap::new();
-    for hash in &narinfos {
-        for r in refs(hash) {
-            *referrers.entry(r).or_default() += 1;
-        }
-    }
-    let mut left = narinfos.clone();
-    let mut stages = Vec::new();
-    while !left.is_empty() {
-        let mut level: Vec<&str> = left
-            .iter()
-            .copied()
-            .filter(|h| referrers.get(h).copied().unwrap_or(0) == 0)
-            .collect();
-        if level.is_empty() {
-            // A reference cycle (Nix makes none): no order is safe, take all.
-            level = left.iter().copied().collect();
-        }
-        for hash in &level {
-            left.remove(hash);
-            for r in refs(hash) {
-                if let Some(n) = referrers.get_mut(r) {
-                    *n = n.saturating_sub(1);
-                }
-            }
-        }
-        stages.push(level.iter().map(|h| narinfo::file_name(h)).collect());
-    }
+        .collect();
     for kind in [Kind::Listing, Kind::Nar] {
         let mut stage: Vec<String> = doomed
             .iter()
@@ -680,7 +676,7 @@ fn deletion_order(doomed: &HashSet<&str>, nodes: &HashMap<String, Node>) -> Vec<
         stages.push(stage);
     }
     stages.retain(|s| !s.is_empty());
-    stages
+    Ok(stages)
 }
 
 #[cfg(test)]
@@ -763,7 +759,7 @@ mod tests {
             HashSet::from([a.as_str(), b.as_str(), "nar/a.nar", "nar/b.nar"]);
         protect(&mut doomed, &all, &nodes);
         assert_eq!(
-            deletion_order(&doomed, &nodes),
+            deletion_order(&doomed, &nodes).unwrap(),
             vec![
                 vec![b.clone()],
                 vec![a.clone()],

@@ -14,16 +14,20 @@
 //!    are committed already: batches are committed one after the other);
 //! 4. only then are they reported as done.
 //!
-//! This module holds the batching and the order; writing the files is
-//! [`super::cache_dir`]'s.
+//! This module holds the whole of it: the batching ([`GroupCommit`]), the
+//! order ([`levels`]) and the writing ([`commit`]).
 
-use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::sync::{Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use super::CacheError;
+use crate::cache::{CacheDir, TEMP_FILE_DIRS, read_error, write_error};
 use crate::format::narinfo::NarInfo;
-use crate::format::store_path::StorePath;
+use crate::format::store_path::{ReferenceCycle, StorePath};
+use crate::support::files::{self, TempNames};
+use crate::support::graph::{Cycle, Graph};
 
 /// When a batch of pending narinfos is due to be committed.
 #[derive(Debug, Clone, Copy)]
@@ -130,46 +134,84 @@ impl GroupCommit {
     }
 }
 
-/// The order to rename a batch's narinfos in: indices into `batch`, by
-/// level. Level 0 holds those none of whose references are in the batch;
-/// level n those whose references in the batch are all in levels below n.
-/// Within a level, the batch's order.
-///
-/// # Panics
-/// If references in the batch form a cycle, which store paths cannot.
-pub(super) fn levels(batch: &[NarInfo]) -> Vec<Vec<usize>> {
-    let index: HashMap<&StorePath, usize> = batch
-        .iter()
-        .enumerate()
-        .map(|(i, info)| (&info.store_path, i))
-        .collect();
-    let in_batch: Vec<Vec<usize>> = batch
-        .iter()
-        .map(|info| {
-            info.references
-                .iter()
-                .filter(|r| **r != info.store_path)
-                .filter_map(|r| index.get(r).copied())
-                .collect()
-        })
-        .collect();
-    let mut level: Vec<Option<usize>> = vec![None; batch.len()];
-    let mut levels: Vec<Vec<usize>> = Vec::new();
-    let mut placed = 0;
-    while placed < batch.len() {
-        let n = levels.len();
-        let this: Vec<usize> = (0..batch.len())
-            .filter(|&i| level[i].is_none())
-            .filter(|&i| in_batch[i].iter().all(|&r| level[r].is_some()))
-            .collect();
-        assert!(!this.is_empty(), "references form a cycle in a batch");
-        for &i in &this {
-            level[i] = Some(n);
+/// Commits a batch of narinfos whose references are committed or in the
+/// batch: on return, they are durable (steps 1 to 3 above). On failure,
+/// the temporary files are removed and the narinfos renamed so far stay:
+/// their references are in place.
+pub(super) fn commit(
+    cache: &CacheDir,
+    temp: &TempNames,
+    batch: &[NarInfo],
+) -> Result<(), CacheError> {
+    let dest = |info: &NarInfo| cache.narinfo_path(info.store_path.hash_part());
+    let mut temps = Vec::with_capacity(batch.len());
+    let written = batch.iter().try_for_each(|info| {
+        let dest = dest(info);
+        let tmp = temp.next(&dest);
+        // Pushed first, so that a partial one is removed too.
+        temps.push(Some(tmp.clone()));
+        fs::write(&tmp, info.to_string()).map_err(write_error(&dest))
+    });
+    let renamed = written
+        .map_err(CacheError::from)
+        .and_then(|()| sync_filesystems(cache))
+        .and_then(|()| {
+            for level in levels(batch)? {
+                for i in level {
+                    let dest = dest(&batch[i]);
+                    let tmp = temps[i].take().expect("each narinfo is renamed once");
+                    if let Err(e) = fs::rename(&tmp, &dest) {
+                        temps[i] = Some(tmp);
+                        return Err(write_error(&dest)(e).into());
+                    }
+                }
+                // The next level's narinfos must not outlive these in a crash.
+                files::sync_dir(cache.root()).map_err(write_error(cache.root()))?;
+            }
+            Ok(())
+        });
+    if renamed.is_err() {
+        for tmp in temps.into_iter().flatten() {
+            let _ = fs::remove_file(tmp);
         }
-        placed += this.len();
-        levels.push(this);
     }
-    levels
+    renamed
+}
+
+/// Syncs the filesystem of the cache, and those of `nar/` and `debuginfo/`
+/// where they are others (a mount of their own).
+fn sync_filesystems(cache: &CacheDir) -> Result<(), CacheError> {
+    let mut synced = Vec::new();
+    for dir in TEMP_FILE_DIRS.map(|sub| cache.root().join(sub)) {
+        let device = fs::metadata(&dir).map_err(read_error(&dir))?.dev();
+        if !synced.contains(&device) {
+            files::sync_filesystem(&dir).map_err(write_error(&dir))?;
+            synced.push(device);
+        }
+    }
+    Ok(())
+}
+
+/// The order to rename a batch's narinfos in: indices into `batch`, by
+/// level ([`crate::support::graph`]). Level 0 holds those none of whose
+/// references are in the batch; level n those whose references in the batch
+/// are all in levels below n. Within a level, the batch's order.
+///
+/// Cycle policy: an error, and no narinfo of the batch is renamed. The
+/// batch comes from a [`super::publication::Publication`], which refuses a
+/// closure with a cycle before anything is written, so this is a second
+/// guard, never a panic.
+pub(super) fn levels(batch: &[NarInfo]) -> Result<Vec<Vec<usize>>, ReferenceCycle> {
+    let paths: Vec<&StorePath> = batch.iter().map(|info| &info.store_path).collect();
+    match Graph::by_key(&paths, |i| &batch[i].references).levels() {
+        Ok(levels) => Ok(levels.groups()),
+        Err(Cycle(nodes)) => Err(ReferenceCycle(
+            nodes
+                .into_iter()
+                .map(|i| batch[i].store_path.clone())
+                .collect(),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -198,7 +240,7 @@ mod tests {
             narinfo("b", &["earlier"]),
             narinfo("c", &[]),
         ];
-        assert_eq!(names(&batch, &levels(&batch)), [["a", "b", "c"]]);
+        assert_eq!(names(&batch, &levels(&batch).unwrap()), [["a", "b", "c"]]);
     }
 
     #[test]
@@ -212,7 +254,7 @@ mod tests {
             narinfo("top", &["mid", "leaf", "top"]),
         ];
         assert_eq!(
-            names(&batch, &levels(&batch)),
+            names(&batch, &levels(&batch).unwrap()),
             [vec!["leaf"], vec!["mid", "other"], vec!["top"]]
         );
     }
@@ -224,12 +266,23 @@ mod tests {
             narinfo("mid", &["leaf"]),
             narinfo("leaf", &[]),
         ];
-        assert_eq!(names(&batch, &levels(&batch)), [["leaf"], ["mid"], ["top"]]);
+        assert_eq!(
+            names(&batch, &levels(&batch).unwrap()),
+            [["leaf"], ["mid"], ["top"]]
+        );
     }
 
     #[test]
     fn an_empty_batch_has_no_levels() {
-        assert!(levels(&[]).is_empty());
+        assert!(levels(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_cycle_in_a_batch_is_an_error_naming_its_paths_not_a_panic() {
+        let batch = [narinfo("a", &["b"]), narinfo("b", &["a"])];
+        let ReferenceCycle(paths) = levels(&batch).unwrap_err();
+        let names: Vec<&str> = paths.iter().map(StorePath::name).collect();
+        assert_eq!(names, ["a", "b"]);
     }
 
     #[test]
@@ -317,9 +370,9 @@ mod tests {
         });
         let e = group
             .add(narinfo("a", &[]), |_| {
-                Err(CacheError::NotACache("/the/cache".into()))
+                Err(CacheError::OutputExists("/the/cache".into()))
             })
             .unwrap_err();
-        assert!(matches!(e, CacheError::NotACache(_)), "{e}");
+        assert!(matches!(e, CacheError::OutputExists(_)), "{e}");
     }
 }
