@@ -10,11 +10,13 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use mk_binary_cache::format::cache_info::{self, MAX_PRIORITY};
 use mk_binary_cache::format::compression::Compression;
+use mk_binary_cache::format::pin::Retention;
 use mk_binary_cache::format::signing::{PublicKey, SecretKey};
 use mk_binary_cache::format::store_path::DEFAULT_STORE_DIR;
 use mk_binary_cache::input::attrs;
 use mk_binary_cache::input::request::{self, BuildRequest};
 use mk_binary_cache::input::settings::{self, Settings};
+use mk_binary_cache::ops::pins::{self, files::PinRequest};
 use mk_binary_cache::ops::{prune, sign, verify, write};
 use mk_binary_cache::support::error_line::error_line;
 use mk_binary_cache::support::progress::{Progress, Style, count};
@@ -88,14 +90,36 @@ enum Command {
     /// cannot be checked at all.
     #[command(after_help = VERIFY_EXAMPLES)]
     Verify(VerifyArgs),
+    /// Record paths a cache holds as a new revision of a named pin.
+    ///
+    /// A pin names the roots of a release, one revision per release, with
+    /// the retention policy `prune` applies (--keep-revisions, --keep-days).
+    /// Given only a policy, it changes the pin's policy and records nothing.
+    /// `build --to CACHE --pin NAME` records a revision as it writes it.
+    #[command(after_help = PIN_EXAMPLES)]
+    Pin(PinArgs),
+    /// List a cache's pins, their revisions and what each holds.
+    ///
+    /// For each pin and revision: when it was recorded, whether its pin's
+    /// policy retains it, the paths and bytes it holds, and the bytes only
+    /// it holds (what a prune frees once it goes).
+    #[command(after_help = PINS_EXAMPLES)]
+    Pins {
+        /// The cache.
+        #[arg(value_name = "CACHE")]
+        cache: PathBuf,
+    },
     /// Shrink a cache to the closure of its roots.
     ///
-    /// Removes every narinfo outside the closure of the roots, its listing,
-    /// every NAR no kept narinfo names, and stale temporary files.
-    /// Crash-safe: killed at any point, it leaves a valid cache; it waits for
-    /// `build --to` runs into the same cache to finish. It deletes files one
-    /// after another in an order that keeps the cache valid, so it has no
-    /// --jobs.
+    /// Removes every narinfo outside the closure of the roots (those
+    /// `store-paths` lists and those of the revisions its pins retain), its
+    /// listing, every NAR no kept narinfo names, and stale temporary files;
+    /// pins lose the revisions their policy drops. Crash-safe: killed at any
+    /// point, it leaves a valid cache; it waits for `build --to` runs into
+    /// the same cache to finish. It deletes files one after another in an
+    /// order that keeps the cache valid, so it has no --jobs. Given
+    /// s3://BUCKET[/PREFIX]?…, it prunes the published cache by mark, wait
+    /// and sweep (mk-binary-cache-publish prune).
     #[command(after_help = PRUNE_EXAMPLES)]
     Prune(PruneArgs),
     /// Upload a cache to S3-compatible object storage.
@@ -122,14 +146,15 @@ const PUBLISHER_FROM: &str = "the Nix package mk-binary-cache-publish, or \
 `cargo build --release --features publish` in the source tree";
 
 /// The commands `help` knows, as typed.
-const COMMANDS: [&str; 7] = [
-    "builder", "build", "sign", "verify", "prune", "publish", "help",
+const COMMANDS: [&str; 9] = [
+    "builder", "build", "sign", "verify", "pin", "pins", "prune", "publish", "help",
 ];
 
 const BUILD_EXAMPLES: &str = "\
 Examples:
   mk-binary-cache build --to ./cache ./result
   mk-binary-cache build --to ./cache --compression xz -j 4 ./result
+  mk-binary-cache build --to ./cache --pin app --keep-revisions 3 ./result
   mk-binary-cache build --to ./delta --exclude-cache ./cache ./result-new
   nix path-info --json --recursive ./result > closure.json
   mk-binary-cache build --to ./cache --closure-json closure.json";
@@ -146,16 +171,82 @@ Examples:
   mk-binary-cache verify --trusted-key-file ./public.key --require-sigs ./cache
   mk-binary-cache verify --json ./result > report.json";
 
+const PIN_EXAMPLES: &str = "\
+Examples:
+  mk-binary-cache pin ./cache app ./result
+  mk-binary-cache pin --keep-revisions 5 ./cache app ./result
+  mk-binary-cache pin --keep-days 30 ./cache app";
+
+const PINS_EXAMPLES: &str = "\
+Examples:
+  mk-binary-cache pins ./cache";
+
 const PRUNE_EXAMPLES: &str = "\
 Examples:
   mk-binary-cache prune --dry-run ./cache
-  mk-binary-cache prune --keep ./result --keep ./result-2 ./cache";
+  mk-binary-cache prune --keep ./result --keep ./result-2 ./cache
+  mk-binary-cache prune --dry-run 's3://my-cache?region=eu-west-1'";
+
+/// A pin's retention policy, as flags.
+#[derive(clap::Args)]
+struct RetentionArgs {
+    /// Store with the pin: `prune` keeps its newest N revisions (and those
+    /// --keep-days keeps).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    keep_revisions: Option<u64>,
+    /// Store with the pin: `prune` keeps its revisions younger than DAYS
+    /// days (and those --keep-revisions keeps).
+    #[arg(long, value_name = "DAYS")]
+    keep_days: Option<u64>,
+}
+
+impl RetentionArgs {
+    /// The policy to store, if the flags set one (the pin keeps its own
+    /// otherwise).
+    fn retention(&self) -> Option<Retention> {
+        (self.keep_revisions.is_some() || self.keep_days.is_some()).then_some(Retention {
+            keep_revisions: self.keep_revisions,
+            keep_days: self.keep_days,
+        })
+    }
+}
+
+#[derive(clap::Args)]
+struct PinArgs {
+    /// The cache.
+    #[arg(value_name = "CACHE")]
+    cache: PathBuf,
+    /// The pin's name: letters, digits, '-', '_', '.', '+'.
+    #[arg(value_name = "NAME")]
+    name: String,
+    /// The roots of the new revision (store paths, paths inside them, or
+    /// symlinks to them), which the cache must hold. None: only store the
+    /// policy.
+    #[arg(value_name = "PATHS")]
+    paths: Vec<PathBuf>,
+    #[command(flatten)]
+    retention: RetentionArgs,
+    /// Print nothing but errors.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
 
 #[derive(clap::Args)]
 struct PruneArgs {
-    /// The cache to prune.
+    /// The cache to prune: a directory, or a published cache
+    /// `s3://BUCKET[/PREFIX]?…` (see `mk-binary-cache-publish prune --help`).
     #[arg(value_name = "CACHE")]
     cache: PathBuf,
+    /// s3:// only: seconds an object stays marked before it is deleted
+    /// (default: a day).
+    #[arg(long, value_name = "SECONDS")]
+    grace: Option<u64>,
+    /// s3:// only: seconds a sweep may take (default: 600).
+    #[arg(long, value_name = "SECONDS")]
+    sweep_within: Option<u64>,
+    /// s3:// only: prune even if no root is listed (deletes every path).
+    #[arg(long)]
+    allow_no_roots: bool,
     /// Keep the closure of PATH (a store path, a path inside one, or a
     /// symlink to one) instead of the roots `CACHE/store-paths` lists, and
     /// make the paths given the roots it lists. Repeat for several.
@@ -197,6 +288,12 @@ struct BuildArgs {
     /// Repeatable.
     #[arg(long, value_name = "CACHE")]
     exclude_cache: Vec<PathBuf>,
+    /// Record the roots as a new revision of the pin NAME (kept by `prune`
+    /// as the pin's retention policy says).
+    #[arg(long, value_name = "NAME")]
+    pin: Option<String>,
+    #[command(flatten)]
+    retention: RetentionArgs,
     /// zstd, xz or none.
     #[arg(long, value_name = "NAME", default_value = "zstd", value_parser = parse_compression)]
     compression: Compression,
@@ -434,8 +531,28 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
             count(job.excluded + job.closure.len(), "path", "paths")
         ));
     }
-    let updated = write::update_cache(&args.to, &job.closure, &job.options, &progress)
-        .with_context(|| format!("writing the cache to '{}'", args.to.display()))?;
+    let pin = match &args.pin {
+        Some(name) => Some(PinRequest {
+            name: name.clone(),
+            retention: args.retention.retention(),
+        }),
+        None if args.retention.retention().is_some() => {
+            anyhow::bail!("--keep-revisions and --keep-days are a pin's policy: give --pin NAME")
+        }
+        None => None,
+    };
+    let updated = match &pin {
+        Some(pin) => write::update_cache_pinned(
+            &args.to,
+            &job.closure,
+            &job.options,
+            pin,
+            pins::files::now(),
+            &progress,
+        ),
+        None => write::update_cache(&args.to, &job.closure, &job.options, &progress),
+    }
+    .with_context(|| format!("writing the cache to '{}'", args.to.display()))?;
     // A run that found every path cached said so already: no line of zeros.
     if updated.written.paths > 0 || updated.skipped == 0 {
         progress.finish("cached", &updated.written);
@@ -443,7 +560,47 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `prune s3://…`: handed to mk-binary-cache-publish, which holds the
+/// network code.
+fn prune_bucket(args: PruneArgs) -> anyhow::Error {
+    let mut forward: Vec<std::ffi::OsString> = vec!["prune".into(), args.cache.into()];
+    for (flag, value) in [
+        ("--grace", args.grace),
+        ("--sweep-within", args.sweep_within),
+    ] {
+        if let Some(value) = value {
+            forward.extend([flag.into(), value.to_string().into()]);
+        }
+    }
+    for (flag, set) in [
+        ("--dry-run", args.dry_run),
+        ("--allow-no-roots", args.allow_no_roots),
+        ("--summary", args.summary),
+        ("--quiet", args.quiet),
+    ] {
+        if set {
+            forward.push(flag.into());
+        }
+    }
+    let error = sibling::exec("mk-binary-cache-publish", &forward);
+    anyhow::anyhow!(
+        "prune s3://… needs the program mk-binary-cache-publish ({error}): install {}",
+        PUBLISHER_FROM
+    )
+}
+
 fn prune(args: PruneArgs) -> anyhow::Result<()> {
+    if args.cache.to_string_lossy().starts_with("s3://") {
+        if !args.keep.is_empty() {
+            anyhow::bail!(
+                "--keep is for a cache directory: a bucket keeps what store-paths and its pins name"
+            );
+        }
+        return Err(prune_bucket(args));
+    }
+    if args.grace.is_some() || args.sweep_within.is_some() || args.allow_no_roots {
+        anyhow::bail!("--grace, --sweep-within and --allow-no-roots are for prune s3://…");
+    }
     let options = prune::Options {
         keep: (!args.keep.is_empty()).then_some(args.keep),
         dry_run: args.dry_run,
@@ -469,7 +626,40 @@ fn prune(args: PruneArgs) -> anyhow::Result<()> {
             println!("{line}");
         }
     }
+    for pin in &report.pins {
+        println!("{pin}");
+    }
     println!("{report}");
+    Ok(())
+}
+
+fn pin(args: PinArgs) -> anyhow::Result<()> {
+    let request = PinRequest {
+        name: args.name,
+        retention: args.retention.retention(),
+    };
+    let pin = pins::pin(&args.cache, &request, &args.paths)
+        .with_context(|| format!("pinning in '{}'", args.cache.display()))?;
+    if args.quiet {
+        return Ok(());
+    }
+    match (args.paths.is_empty(), pin.revisions.first()) {
+        (false, Some(revision)) => println!(
+            "pin {}: revision {} with {} roots (keeps {})",
+            pin.name,
+            revision.number,
+            revision.roots.len(),
+            pin.retention
+        ),
+        _ => println!("pin {}: keeps {}", pin.name, pin.retention),
+    }
+    Ok(())
+}
+
+fn list_pins(cache: PathBuf) -> anyhow::Result<()> {
+    let listing =
+        pins::list(&cache).with_context(|| format!("listing the pins of '{}'", cache.display()))?;
+    print!("{listing}");
     Ok(())
 }
 
@@ -512,6 +702,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Build(args) => build(args).map(|()| ExitCode::SUCCESS),
         Command::Sign(args) => sign(args).map(|()| ExitCode::SUCCESS),
         Command::Prune(args) => prune(args).map(|()| ExitCode::SUCCESS),
+        Command::Pin(args) => pin(args).map(|()| ExitCode::SUCCESS),
+        Command::Pins { cache } => list_pins(cache).map(|()| ExitCode::SUCCESS),
         Command::Verify(args) => verify(args),
         Command::Publish(_) => Err(publish()),
         Command::Help { command } => help(command.as_deref()).map(|()| ExitCode::SUCCESS),

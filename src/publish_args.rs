@@ -64,3 +64,55 @@ fn in_range(text: &str, min: u16, max: u16) -> Result<u16, String> {
         _ => Err(format!("expected a whole number from {min} to {max}")),
     }
 }
+
+/// What `mk-binary-cache-publish prune` (and `mk-binary-cache prune
+/// s3://…`) does, for its long help.
+#[allow(dead_code)] // mk-binary-cache-publish's only
+pub const PRUNE_LONG_ABOUT: &str = "\
+Prune a published cache by mark, wait and sweep.
+
+Deletes what neither `store-paths` nor the revisions its pins retain keep, \
+safe while others publish to the same bucket: an object goes only if it was \
+unreachable when a run marked it and still is at a run after the grace \
+period. So run it regularly (daily, say); `mk-binary-cache prune s3://…` \
+runs it too.";
+
+/// Examples of `prune`, for its help.
+#[allow(dead_code)] // mk-binary-cache-publish's only
+pub const PRUNE_EXAMPLES: &str = "\
+Examples:
+  mk-binary-cache-publish prune --dry-run 's3://my-cache?region=eu-west-1'
+  mk-binary-cache-publish prune --grace 172800 's3://my-cache?region=eu-west-1'";
+
+/// The arguments of `mk-binary-cache-publish prune`.
+#[derive(clap::Args, Debug)]
+#[allow(dead_code)] // mk-binary-cache-publish's only
+pub struct PruneArgs {
+    /// The bucket: `s3://BUCKET[/PREFIX]?PARAMETERS`, as for publishing.
+    #[arg(value_name = "URL")]
+    pub url: String,
+    /// How long an object must stay unreachable after it is marked before
+    /// it is deleted, in seconds (default: a day). Publishes that take
+    /// longer than this, less a minute, are not protected.
+    #[arg(long, value_name = "SECONDS")]
+    pub grace: Option<u64>,
+    /// A sweep stops after this many seconds (default: 600; the rest waits
+    /// for the next run); a publish that finds what it needs marked waits
+    /// this long.
+    #[arg(long, value_name = "SECONDS")]
+    pub sweep_within: Option<u64>,
+    /// Say what would be deleted and marked, in objects and bytes, and the
+    /// requests it would take; write and delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Prune even if no root is listed in store-paths or a pin (which
+    /// deletes every path).
+    #[arg(long)]
+    pub allow_no_roots: bool,
+    /// Print only the summary, not what each pin retains and drops.
+    #[arg(long, short = 's')]
+    pub summary: bool,
+    /// Print nothing but errors.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}

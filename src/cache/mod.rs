@@ -9,6 +9,7 @@
 //! debuginfo/<id>.debug    the debug-info index, when written
 //! log/ realisations/ build-trace-v2/   what Nix may add
 //! store-paths             the roots, one per line (ours, not Nix's)
+//! pins/NAME               the named pins and their revisions (ours)
 //! ```
 //!
 //! Every operation (writing, signing, verifying, pruning, publishing,
@@ -18,7 +19,8 @@
 //! nothing outside the cache is read on a narinfo's behalf. A subdirectory
 //! that is a symlink is refused when the cache is opened, for the same
 //! reason. How files are written (temporary names, syncs) is the writers'
-//! business; this module writes only `nix-cache-info` and `store-paths`.
+//! business; this module writes only `nix-cache-info`, `store-paths` and
+//! the pin files.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -34,8 +36,10 @@ use crate::support::files::{self, DirLock, TempNames};
 use crate::support::progress::human_bytes;
 
 mod narinfos;
+mod pins;
 
 pub use narinfos::{CacheFile, Entry, narinfo_hash_part};
+pub use pins::PinsError;
 
 /// Where the NARs are: `nar/<FileHash>.nar<ext>`.
 pub const NAR_DIR: &str = "nar";
@@ -57,6 +61,9 @@ pub const SUBDIRECTORIES: [&str; 5] = [
 pub const TEMP_FILE_DIRS: [&str; 3] = ["", NAR_DIR, DEBUGINFO_DIR];
 /// The file listing the cache's root paths, one per line.
 pub const STORE_PATHS: &str = "store-paths";
+/// The named pins, `pins/NAME` (`format::pin`), read and written through
+/// [`CacheDir::pins`], [`CacheDir::read_pin`] and [`CacheDir::write_pin`].
+pub const PINS_DIR: &str = crate::format::pin::DIR;
 
 /// What is wrong with a cache, or with one of its files.
 #[derive(Debug, Error)]

@@ -8,5 +8,6 @@ pub mod hash;
 pub mod nar;
 pub mod narinfo;
 pub mod nixbase32;
+pub mod pin;
 pub mod signing;
 pub mod store_path;

@@ -1,6 +1,7 @@
-//! The operations on a cache: write it, sign it, verify it, prune it, and (with the
-//! `publish` feature) upload it to object storage.
+//! The operations on a cache: write it, sign it, verify it, pin its releases,
+//! prune it, and (with the `publish` feature) upload it to object storage.
 
+pub mod pins;
 pub mod prune;
 #[cfg(feature = "publish")]
 pub mod publish;

@@ -115,6 +115,26 @@ pub fn remove_temporary(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Replaces the file `dest` with `bytes`, atomically and durably: written
+/// under a temporary name, synced, renamed, and its directory synced.
+pub fn replace(dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = TempNames::default().next(dest);
+    let written = File::create(&tmp)
+        .and_then(|mut f| {
+            io::Write::write_all(&mut f, bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| fs::rename(&tmp, dest));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
+    match dest.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
+        _ => sync_dir(Path::new(".")),
+    }
+}
+
 /// Makes the renames done in `dir` durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir).and_then(|d| d.sync_all())

@@ -48,8 +48,8 @@ fn help_at(columns: usize, args: &[&str]) -> String {
     out.stdout
 }
 
-const COMMANDS: [&str; 7] = [
-    "builder", "build", "sign", "verify", "prune", "publish", "help",
+const COMMANDS: [&str; 9] = [
+    "builder", "build", "sign", "verify", "pin", "pins", "prune", "publish", "help",
 ];
 
 /// Every way of asking for help: the program's, each command's, short and
@@ -103,7 +103,7 @@ fn each_command_is_summed_up_in_one_line() {
 
 #[test]
 fn every_command_but_builder_and_help_shows_examples() {
-    for command in ["build", "sign", "verify", "prune", "publish"] {
+    for command in ["build", "sign", "verify", "pin", "pins", "prune", "publish"] {
         for flag in ["-h", "--help"] {
             let help = help_at(80, &[command, flag]);
             let (_, examples) = help

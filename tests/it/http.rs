@@ -21,14 +21,14 @@ use crate::e2e::{assert_store_holds_fixture, substitute_fixture_from};
 const NGINX: &str = "/usr/sbin/nginx";
 
 /// An nginx serving one directory; killed when dropped.
-struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
 }
 
 impl Nginx {
-    fn serve(root: &Path) -> Nginx {
+    pub(crate) fn serve(root: &Path) -> Nginx {
         assert!(
             Path::new(NGINX).is_file(),
             "the HTTP test needs nginx: apt-get install -y nginx-light (scripts/test does)"
@@ -69,6 +69,18 @@ impl Nginx {
 
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The body of `GET path`, which must answer 200.
+    pub(crate) fn get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).unwrap();
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 "), "GET {path}: {head}");
+        body.to_owned()
     }
 
     /// The request lines nginx has logged: `GET /nix-cache-info`, …

@@ -310,12 +310,24 @@ impl NixInRoot {
         options: &[&str],
         read_only: &[(PathBuf, &Path)],
     ) -> Substituted {
+        self.realise_from(url, options, read_only, &fixture().closure)
+    }
+
+    /// Realises `paths` into a new empty store from the substituter `url`,
+    /// never building, with `options`.
+    pub(crate) fn realise_from(
+        &self,
+        url: &str,
+        options: &[&str],
+        read_only: &[(PathBuf, &Path)],
+        paths: &[String],
+    ) -> Substituted {
         let (guard, store) = self.tempdir();
         let mut cmd = self.cmd_binding("nix-store", read_only);
         cmd.arg("--store")
             .arg(&store)
             .arg("--realise")
-            .args(&fixture().closure)
+            .args(paths)
             .args(["--max-jobs", "0"])
             .args(["--option", "substituters", url])
             .args(options);

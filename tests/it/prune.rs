@@ -38,11 +38,11 @@ const STALE_TEMPS: [&str; 2] = [
     "nar/.0000000000000000000000000000000a.tmp.2147483647.1",
 ];
 
-fn top() -> &'static str {
+pub(crate) fn top() -> &'static str {
     &fixture().roots[0]
 }
 
-fn left_file() -> &'static str {
+pub(crate) fn left_file() -> &'static str {
     &fixture().roots[1]
 }
 
@@ -59,7 +59,7 @@ fn two_releases(dir: &Path) {
     }
 }
 
-fn prune(cache: &Path, args: &[&str]) -> Command {
+pub(crate) fn prune(cache: &Path, args: &[&str]) -> Command {
     let mut cmd = mk_binary_cache();
     cmd.arg("prune").arg(cache).args(args);
     cmd
@@ -75,7 +75,7 @@ fn names(dir: &Path, sub: &str) -> BTreeSet<String> {
 
 /// Checks that `cache` holds exactly the closure of `roots`, the NARs its
 /// narinfos name and a listing per narinfo, nothing else of those kinds.
-fn assert_holds_exactly(cache: &Path, roots: &[&str]) {
+pub(crate) fn assert_holds_exactly(cache: &Path, roots: &[&str]) {
     assert_eq!(assert_cache_consistent(cache), closure_of(roots));
     let hashes: BTreeSet<String> = narinfo_hash_parts(cache).into_iter().collect();
     let urls: BTreeSet<String> = hashes
@@ -432,7 +432,9 @@ fn a_cache_without_roots_is_refused_unless_keep_names_them() {
     let before = tree(cache.path());
     let stderr = run_failing(&mut prune(cache.path(), &[]));
     assert!(
-        stderr.contains("store-paths' is missing or empty: give the paths to keep with --keep"),
+        stderr.contains(
+            "store-paths' is missing or empty and no pin names a root: give the paths to keep with --keep"
+        ),
         "{stderr}"
     );
     assert!(tree(cache.path()) == before);

@@ -91,7 +91,7 @@ impl Moto {
 
     /// Starts a server from a thread that lives as long as the process, so
     /// that the server's parent-death signal comes when the process ends.
-    fn start() -> Moto {
+    pub(crate) fn start() -> Moto {
         let venv = venv();
         let dir = tempdir();
         let log = dir.path().join("moto.log");
@@ -148,6 +148,10 @@ impl Moto {
         }
     }
 
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
     pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -186,7 +190,7 @@ impl Moto {
     }
 
     /// The requests that completed, in order: (method, path and query).
-    fn requests(&self) -> Vec<(String, String)> {
+    pub(crate) fn requests(&self) -> Vec<(String, String)> {
         let file = fs::File::open(&self.log).unwrap();
         BufReader::new(file)
             .lines()
@@ -238,7 +242,7 @@ impl Bucket<'_> {
     }
 
     /// The URL of the prefix `prefix` of the bucket.
-    fn url_of_prefix(&self, prefix: &str) -> String {
+    pub(crate) fn url_of_prefix(&self, prefix: &str) -> String {
         format!(
             "s3://{}/{prefix}?endpoint={}",
             self.name,
@@ -276,7 +280,7 @@ impl Bucket<'_> {
         serde_json::from_slice(&self.moto.s3(&["list", &self.name])).unwrap()
     }
 
-    fn put(&self, key: &str, file: &Path) {
+    pub(crate) fn put(&self, key: &str, file: &Path) {
         self.moto
             .s3(&["put", &self.name, key, file.to_str().unwrap()]);
     }
@@ -301,6 +305,14 @@ impl Bucket<'_> {
                 complete.then_some(key)
             })
             .collect()
+    }
+
+    /// A copy of every object, in a new temporary directory.
+    pub(crate) fn download(&self) -> tempfile::TempDir {
+        let copy = tempdir();
+        self.moto
+            .s3(&["download", &self.name, copy.path().to_str().unwrap()]);
+        copy
     }
 
     /// Checks that the bucket holds exactly the files of `cache`, byte for
@@ -894,13 +906,41 @@ fn mk_binary_cache_publish_without_the_publisher_says_where_it_looked() {
 /// A proxy in front of moto that answers every `nth` request itself with
 /// `503 Slow Down`, as a busy S3 does, and forwards the others. One request
 /// per connection: it closes each after the answer.
-struct FlakyProxy {
-    port: u16,
+/// One HTTP request from `client`: its head, then as many bytes as
+/// Content-Length says; None if the client closed the connection first.
+pub(crate) fn read_request(client: &mut TcpStream) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if client.read(&mut byte)? == 0 {
+            return Ok(None);
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let length: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0; length];
+    client.read_exact(&mut body)?;
+    Ok(Some((head, body)))
+}
+
+pub(crate) struct FlakyProxy {
+    pub(crate) port: u16,
     faults: std::sync::Arc<AtomicU32>,
 }
 
 impl FlakyProxy {
     fn start(upstream: u16, nth: u32) -> FlakyProxy {
+        Self::start_delaying(upstream, nth, 0)
+    }
+
+    /// A proxy that fails every `nth` request and delays each by up to
+    /// `max_delay_ms` (pseudo-random, from the request's number).
+    pub(crate) fn start_delaying(upstream: u16, nth: u32, max_delay_ms: u64) -> FlakyProxy {
         let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let faults = std::sync::Arc::new(AtomicU32::new(0));
@@ -911,7 +951,7 @@ impl FlakyProxy {
                 let Ok(client) = client else { continue };
                 let (seen, faults) = (seen.clone(), counted.clone());
                 std::thread::spawn(move || {
-                    let _ = Self::serve(client, upstream, nth, &seen, &faults);
+                    let _ = Self::serve(client, upstream, nth, max_delay_ms, &seen, &faults);
                 });
             }
         });
@@ -922,27 +962,21 @@ impl FlakyProxy {
         mut client: TcpStream,
         upstream: u16,
         nth: u32,
+        max_delay_ms: u64,
         seen: &AtomicU32,
         faults: &AtomicU32,
     ) -> std::io::Result<()> {
-        use std::io::{Read, Write};
-        // The request's head, then as many bytes as Content-Length says.
-        let mut request = Vec::new();
-        let mut byte = [0u8; 1];
-        while !request.ends_with(b"\r\n\r\n") {
-            if client.read(&mut byte)? == 0 {
-                return Ok(());
-            }
-            request.push(byte[0]);
+        use std::io::Write;
+        let Some((request, body)) = read_request(&mut client)? else {
+            return Ok(());
+        };
+        let number = seen.fetch_add(1, Ordering::SeqCst) + 1;
+        if max_delay_ms > 0 {
+            // A multiplicative hash of the number: spread, and the same each run.
+            let spread = u64::from(number).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+            std::thread::sleep(Duration::from_millis(spread % (max_delay_ms + 1)));
         }
-        let head = String::from_utf8_lossy(&request).to_ascii_lowercase();
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .map_or(0, |v| v.trim().parse().unwrap());
-        let mut body = vec![0; length];
-        client.read_exact(&mut body)?;
-        if (seen.fetch_add(1, Ordering::SeqCst) + 1) % nth == 0 {
+        if number % nth == 0 {
             faults.fetch_add(1, Ordering::SeqCst);
             client.write_all(
                 b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",

@@ -2,11 +2,18 @@
 //!
 //! A cache grown by `build --to` over many releases keeps every path it was
 //! ever given. [`prune`] keeps the closure of the roots (those `store-paths`
-//! lists, or the ones given, which then replace `store-paths`) and removes
+//! lists, or the ones given, which then replace `store-paths`, and those of
+//! the revisions its pins retain) and removes
 //! everything else the cache's writers leave: other narinfos and their `.ls`
 //! listings, `debuginfo/` entries whose NAR goes, NARs that no kept narinfo
 //! names (including those an interrupted `build` left without a narinfo),
 //! and temporary files of processes no longer running.
+//!
+//! Pins (`ops::pins`) first lose the revisions their policy drops, and
+//! `store-paths` the roots only those revisions named (a path added under a
+//! pin is a root through its pin alone); both files are replaced atomically
+//! before anything is removed, so a prune killed later never leaves a pin or
+//! `store-paths` naming a path that is gone.
 //!
 //! It is crash-safe by the order it removes things in, each step made
 //! durable before the next: narinfos first, a path's before those of its
@@ -25,6 +32,7 @@
 //! exclusively, so it never runs while a `build --to` into the same
 //! directory is between finding what the cache holds and listing its roots.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs;
 use std::io;
@@ -33,21 +41,27 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::cache::{CacheDir, CacheDirError, CacheLock, DEBUGINFO_DIR, NAR_DIR};
-use crate::format::store_path::{ReferenceCycle, StorePath};
+use crate::format::pin::{Pin, Retention};
+use crate::format::store_path::{self, ReferenceCycle, StorePath};
 use crate::input::local_store::{self, BuildError};
+use crate::ops::pins::files::{self as pin_files, PinsError};
 use crate::support::files;
 use crate::support::progress::{count, human_bytes};
 
-mod plan;
+pub(crate) mod plan;
 
-use plan::{in_dir, kept_closure, plan, read_narinfos};
+use plan::{Entry, closure, in_dir, kept_closure, plan, read_narinfos};
 
 #[derive(Debug, Error)]
 pub enum PruneError {
     #[error(transparent)]
     Cache(#[from] CacheDirError),
-    #[error("'{0}' is missing or empty: give the paths to keep with --keep")]
+    #[error(
+        "'{0}' is missing or empty and no pin names a root: give the paths to keep with --keep"
+    )]
     NoRoots(PathBuf),
+    #[error(transparent)]
+    Pins(#[from] PinsError),
     #[error("--keep: {0}")]
     Keep(Box<BuildError>),
     #[error("--keep '{path}': the cache has no narinfo for it ('{narinfo}')")]
@@ -118,6 +132,63 @@ pub struct Report {
     pub kept: usize,
     /// In the order they go (went).
     pub removals: Vec<Removal>,
+    /// What each pin kept and freed, by name.
+    pub pins: Vec<PinReport>,
+}
+
+/// What [`prune`] did (would do) to one pin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinReport {
+    pub name: String,
+    pub retention: Retention,
+    /// The numbers of the revisions retained, newest first.
+    pub kept: Vec<u64>,
+    /// The numbers of the revisions the policy drops, newest first.
+    pub dropped: Vec<u64>,
+    /// Paths in the closure of the retained revisions.
+    pub kept_paths: usize,
+    /// Narinfos removed that the dropped revisions' closures held.
+    pub freed_paths: usize,
+    /// Their bytes, and those of their listings and of the NARs removed
+    /// that they named.
+    pub freed_bytes: u64,
+}
+
+impl fmt::Display for PinReport {
+    /// `pin release (the newest 2 revisions): kept revisions 3, 2 (5 paths); dropped revision 1: 2 paths, 1.2 KiB (1234 bytes)`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let numbers = |n: &[u64]| {
+            let list: Vec<String> = n.iter().map(u64::to_string).collect();
+            format!(
+                "{} {}",
+                if n.len() == 1 {
+                    "revision"
+                } else {
+                    "revisions"
+                },
+                list.join(", ")
+            )
+        };
+        write!(
+            f,
+            "pin {} ({}): kept {} ({} paths)",
+            self.name,
+            self.retention,
+            numbers(&self.kept),
+            self.kept_paths
+        )?;
+        if !self.dropped.is_empty() {
+            write!(
+                f,
+                "; dropped {}: {} paths, {} ({} bytes)",
+                numbers(&self.dropped),
+                self.freed_paths,
+                human_bytes(self.freed_bytes),
+                self.freed_bytes
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl Report {
@@ -137,7 +208,17 @@ impl Report {
         } else {
             "removed"
         };
-        self.removals.iter().map(move |r| format!("{verb} {r}"))
+        let drop = if self.dry_run {
+            "would drop"
+        } else {
+            "dropped"
+        };
+        let revisions = self.pins.iter().flat_map(move |pin| {
+            pin.dropped
+                .iter()
+                .map(move |n| format!("{drop} revision {n} of pin {}", pin.name))
+        });
+        revisions.chain(self.removals.iter().map(move |r| format!("{verb} {r}")))
     }
 }
 
@@ -199,7 +280,7 @@ pub fn prune(dir: &Path, opts: &Options, waiting: impl FnOnce()) -> Result<Repor
     };
 
     let narinfos = read_narinfos(&cache)?;
-    let roots = match &opts.keep {
+    let listed = match &opts.keep {
         Some(keep) => {
             let roots = local_store::resolve_roots(keep, cache.store_dir())
                 .map_err(|e| PruneError::Keep(Box::new(e)))?;
@@ -213,12 +294,29 @@ pub fn prune(dir: &Path, opts: &Options, waiting: impl FnOnce()) -> Result<Repor
         }
         None => cache.store_paths()?,
     };
+    let pins = cache.pins()?;
+    let now = pin_files::now();
+    let retained = pin_files::retained_roots(&pins, now);
+    let dropped = pin_files::dropped_roots(&pins, now);
+    // What `store-paths` lists after the prune: its roots (or --keep) but
+    // those only dropped revisions named, and, with --keep, the pinned ones.
+    let mut store_paths: Vec<StorePath> = listed
+        .iter()
+        .filter(|r| !dropped.contains(*r))
+        .cloned()
+        .collect();
+    if opts.keep.is_some() {
+        store_path::append_new(&mut store_paths, retained.iter().cloned());
+    }
+    let mut roots = store_paths.clone();
+    store_path::append_new(&mut roots, retained);
     if roots.is_empty() {
         return Err(PruneError::NoRoots(cache.store_paths_file()));
     }
 
     let kept = kept_closure(&cache, &roots, &narinfos)?;
     let stages = plan(&cache, &narinfos, &kept)?;
+    let removals: Vec<Removal> = stages.iter().flatten().cloned().collect();
     let report = Report {
         dry_run: opts.dry_run,
         roots_not_cached: roots
@@ -226,18 +324,31 @@ pub fn prune(dir: &Path, opts: &Options, waiting: impl FnOnce()) -> Result<Repor
             .filter(|r| !narinfos.contains_key(r.hash_part()))
             .cloned()
             .collect(),
+        pins: pins
+            .iter()
+            .map(|pin| pin_report(pin, now, &narinfos, &kept, &removals))
+            .collect(),
         roots: roots.clone(),
         kept: kept.len(),
-        removals: stages.iter().flatten().cloned().collect(),
+        removals,
     };
     if opts.dry_run {
         return Ok(report);
     }
-    if opts.keep.is_some() {
-        // Before anything goes: a prune killed later must not leave roots
-        // listed whose paths are gone. Under the lock `build --to` takes to
-        // merge it.
-        cache.replace_store_paths(&roots)?;
+    // Before anything goes: a prune killed later must not leave a pin or
+    // `store-paths` naming paths that are gone.
+    let changed_pins: Vec<&Pin> = pins.iter().filter(|p| !p.split(now).1.is_empty()).collect();
+    if !changed_pins.is_empty() {
+        let _lock = cache.lock_pins()?;
+        for pin in changed_pins {
+            let mut kept = pin.clone();
+            kept.revisions = pin.split(now).0.into_iter().cloned().collect();
+            cache.write_pin(&kept)?;
+        }
+    }
+    if opts.keep.is_some() || store_paths != listed {
+        // Under the lock `build --to` takes to merge it.
+        cache.replace_store_paths(&store_paths)?;
     }
     for stage in &stages {
         for removal in stage {
@@ -251,6 +362,55 @@ pub fn prune(dir: &Path, opts: &Options, waiting: impl FnOnce()) -> Result<Repor
         }
     }
     Ok(report)
+}
+
+/// What the prune keeps of `pin` and frees of its dropped revisions.
+fn pin_report(
+    pin: &Pin,
+    now: u64,
+    narinfos: &BTreeMap<String, Entry>,
+    kept: &BTreeSet<String>,
+    removals: &[Removal],
+) -> PinReport {
+    let (retained, dropped) = pin.split(now);
+    let hashes = |revisions: &[&crate::format::pin::Revision]| {
+        let roots: Vec<&str> = revisions
+            .iter()
+            .flat_map(|r| r.roots.iter().map(StorePath::hash_part))
+            .collect();
+        closure(roots, narinfos)
+    };
+    let freed: BTreeSet<String> = hashes(&dropped)
+        .into_iter()
+        .filter(|h| !kept.contains(h))
+        .collect();
+    // The files removed that belong to the freed paths: narinfos, listings
+    // and the NARs they name.
+    let nars: BTreeSet<String> = freed
+        .iter()
+        .filter_map(|h| narinfos[h].info.as_ref().ok())
+        .map(|info| info.url.trim_start_matches("./").to_owned())
+        .collect();
+    let freed_bytes = removals
+        .iter()
+        .filter(|r| {
+            let file = r.file.to_string_lossy();
+            let stem = file
+                .strip_suffix(".narinfo")
+                .or_else(|| file.strip_suffix(".ls"));
+            stem.is_some_and(|h| freed.contains(h)) || nars.contains(&*file)
+        })
+        .map(|r| r.bytes)
+        .sum();
+    PinReport {
+        name: pin.name.clone(),
+        retention: pin.retention,
+        kept: retained.iter().map(|r| r.number).collect(),
+        dropped: dropped.iter().map(|r| r.number).collect(),
+        kept_paths: hashes(&retained).len(),
+        freed_paths: freed.len(),
+        freed_bytes,
+    }
 }
 
 /// Removes `path` itself (a symlink as a link); gone already is fine.
@@ -322,6 +482,7 @@ mod tests {
             roots: Vec::new(),
             roots_not_cached: Vec::new(),
             kept: 3,
+            pins: Vec::new(),
             removals: vec![
                 removal("a.narinfo", Kind::Narinfo(None), 100),
                 removal("nar/a.nar", Kind::Nar, 2000),

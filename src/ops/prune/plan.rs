@@ -13,9 +13,9 @@ use crate::support::graph::{Cycle, Graph};
 
 /// A narinfo in the cache: the file's size, and what it says (or why it
 /// cannot be parsed).
-pub(super) struct Entry {
-    pub(super) bytes: u64,
-    pub(super) info: Result<NarInfo, String>,
+pub(crate) struct Entry {
+    pub(crate) bytes: u64,
+    pub(crate) info: Result<NarInfo, String>,
 }
 
 /// Every narinfo of the cache, by hash part. One that cannot be read at all
@@ -23,7 +23,7 @@ pub(super) struct Entry {
 /// neither follows it nor decides anything on what it might say. One that
 /// is read but does not parse is kept as such: it goes, unless the kept
 /// closure needs it.
-pub(super) fn read_narinfos(cache: &CacheDir) -> Result<BTreeMap<String, Entry>, PruneError> {
+pub(crate) fn read_narinfos(cache: &CacheDir) -> Result<BTreeMap<String, Entry>, PruneError> {
     let mut narinfos = BTreeMap::new();
     for hash in cache.narinfos()? {
         let bytes = cache.read_narinfo_bytes(&hash)?;
@@ -45,26 +45,63 @@ pub(super) fn kept_closure(
     roots: &[StorePath],
     narinfos: &BTreeMap<String, Entry>,
 ) -> Result<BTreeSet<String>, PruneError> {
+    let kept = closure(roots.iter().map(StorePath::hash_part), narinfos);
+    match kept
+        .iter()
+        .find_map(|h| Some((h, narinfos[h].info.as_ref().err()?)))
+    {
+        Some((hash, reason)) => Err(PruneError::UnreadableKept {
+            path: cache.narinfo_path(hash),
+            reason: reason.clone(),
+        }),
+        None => Ok(kept),
+    }
+}
+
+/// The hash parts of `roots` and of everything their narinfos refer to,
+/// transitively, that has a narinfo here (an unreadable one is in it, but
+/// what it refers to is unknown).
+pub(crate) fn closure<'a>(
+    roots: impl IntoIterator<Item = &'a str>,
+    narinfos: &BTreeMap<String, Entry>,
+) -> BTreeSet<String> {
     let mut kept = BTreeSet::new();
-    let mut todo: Vec<String> = roots.iter().map(|r| r.hash_part().to_owned()).collect();
+    let mut todo: Vec<String> = roots.into_iter().map(str::to_owned).collect();
     while let Some(hash) = todo.pop() {
         let Some(entry) = narinfos.get(&hash) else {
             continue;
         };
-        if !kept.insert(hash.clone()) {
+        if !kept.insert(hash) {
             continue;
         }
-        match &entry.info {
-            Ok(info) => todo.extend(info.references.iter().map(|r| r.hash_part().to_owned())),
-            Err(reason) => {
-                return Err(PruneError::UnreadableKept {
-                    path: cache.narinfo_path(&hash),
-                    reason: reason.clone(),
-                });
-            }
+        if let Ok(info) = &entry.info {
+            todo.extend(info.references.iter().map(|r| r.hash_part().to_owned()));
         }
     }
-    Ok(kept)
+    kept
+}
+
+/// The paths and bytes of the cache's files that `paths` (hash parts) hold:
+/// their narinfos, and the NARs they name (a NAR two of them share counted
+/// once), by the `FileSize` the narinfos give.
+pub(crate) fn holding(
+    paths: &BTreeSet<String>,
+    narinfos: &BTreeMap<String, Entry>,
+) -> (usize, u64) {
+    let mut nars = BTreeSet::new();
+    let mut bytes = 0;
+    for hash in paths {
+        let Some(entry) = narinfos.get(hash) else {
+            continue;
+        };
+        bytes += entry.bytes;
+        if let Ok(info) = &entry.info
+            && nars.insert(info.url.as_str())
+        {
+            bytes += info.file_size.unwrap_or(0);
+        }
+    }
+    (paths.len(), bytes)
 }
 
 /// What goes, in stages, each to be durable before the next: narinfos in

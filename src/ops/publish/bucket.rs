@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as Key;
@@ -134,6 +134,68 @@ impl Bucket {
                 Some((name, (m.size, m.e_tag)))
             })
             .collect())
+    }
+
+    /// Every object under `sub` (a folder of the cache, or "" for all):
+    /// name relative to the cache's prefix, size and last modification (in
+    /// seconds since 1970, by the bucket's clock). One listing, in pages;
+    /// each object is handed to `each` as it comes, so that nothing but what
+    /// `each` keeps is held.
+    pub(super) async fn list_each(
+        &self,
+        sub: &str,
+        mut each: impl FnMut(String, u64, i64),
+    ) -> Result<(), PublishError> {
+        let full = self.location.key(sub);
+        let full = full.trim_end_matches('/');
+        let prefix = (!full.is_empty()).then(|| Key::from(full));
+        let strip = if self.location.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.location.prefix)
+        };
+        let mut stream = self.store.list(prefix.as_ref());
+        while let Some(meta) = stream
+            .try_next()
+            .await
+            .map_err(|e| self.error("listing", sub, e))?
+        {
+            if let Some(name) = meta.location.as_ref().strip_prefix(&strip) {
+                each(name.to_string(), meta.size, meta.last_modified.timestamp());
+            }
+        }
+        Ok(())
+    }
+
+    /// When the bucket last wrote `name`, by its own clock (seconds since
+    /// 1970); None if it is not there.
+    pub(super) async fn modified(&self, name: &str) -> Result<Option<i64>, PublishError> {
+        match self.store.head(&self.key(name)).await {
+            Ok(meta) => Ok(Some(meta.last_modified.timestamp())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error("reading", name, e)),
+        }
+    }
+
+    /// Deletes `names` in `DeleteObjects` requests of up to 1,000 keys;
+    /// returns how many requests that took.
+    pub(super) async fn delete_all(&self, names: &[String]) -> Result<usize, PublishError> {
+        let mut requests = 0;
+        for batch in names.chunks(1000) {
+            let keys: Vec<object_store::Result<Key>> =
+                batch.iter().map(|n| Ok(self.key(n))).collect();
+            let mut deleted = self
+                .store
+                .delete_stream(Box::pin(futures::stream::iter(keys)));
+            while let Some(result) = deleted.next().await {
+                match result {
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(self.error("deleting from", &batch[0], e)),
+                }
+            }
+            requests += 1;
+        }
+        Ok(requests)
     }
 
     pub(super) async fn get(&self, name: &str) -> Result<Vec<u8>, PublishError> {

@@ -34,8 +34,9 @@ mod bucket;
 pub mod credentials;
 pub mod location;
 mod plan;
+pub mod sweep;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
@@ -44,6 +45,7 @@ use thiserror::Error;
 use crate::cache::{CacheDirError, STORE_PATHS};
 use crate::format::cache_info::{self, CacheInfo};
 use crate::format::narinfo;
+use crate::format::pin::Pin;
 use crate::format::store_path::DEFAULT_STORE_DIR;
 
 pub use credentials::{Credentials, Environment, ProcessEnvironment};
@@ -51,6 +53,7 @@ pub use location::{Location, Warning};
 
 use bucket::{Bucket, same_by_etag};
 use plan::{File, Plan, read_plan};
+use sweep::{KeepAlive, REFRESH, Relied};
 
 /// The default size of one part of a multipart upload (S3 needs at least
 /// 5 MiB for every part but the last).
@@ -87,6 +90,8 @@ pub struct Report {
     pub skipped: usize,
     pub narinfos_uploaded: usize,
     pub narinfos_skipped: usize,
+    /// Objects written again because a prune had marked them (see `sweep`).
+    pub kept_alive: usize,
 }
 
 #[derive(Debug, Error)]
@@ -134,6 +139,18 @@ pub enum PublishError {
     Credentials(#[from] credentials::CredentialsError),
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("{0} has no nix-cache-info: it is not a binary cache, and prune deletes nothing in it")]
+    NotACacheBucket(String),
+    #[error(
+        "{0}: store-paths is missing or empty and no pin names a root, so prune would delete every path; \
+         --allow-no-roots if that is what you want"
+    )]
+    NoRoots(String),
+    #[error(
+        "{0}: the narinfos of {1} refer to each other in a cycle: no order deletes them safely, \
+         and prune deletes nothing"
+    )]
+    BucketCycle(String, String),
     #[error(
         "{url}/{name} is {size} bytes, more than a {what} can be ({})",
         narinfo::MAX_SIZE
@@ -166,6 +183,39 @@ pub fn content_type(file: &str) -> &'static str {
     }
 }
 
+pub(crate) fn too_large_error(
+    url: &str,
+    name: &str,
+    size: u64,
+    what: &'static str,
+) -> PublishError {
+    PublishError::TooLarge {
+        url: url.to_owned(),
+        name: name.to_owned(),
+        size,
+        what,
+    }
+}
+
+/// Prunes the published cache at `location` (`prune s3://…`): see
+/// [`sweep`].
+pub fn prune_bucket(
+    location: &Location,
+    credentials: Option<Credentials>,
+    opts: &sweep::Options,
+) -> Result<sweep::Report, PublishError> {
+    let bucket = Bucket::open(location, credentials, DEFAULT_PART_SIZE)?;
+    runtime()?.block_on(sweep::prune(&bucket, opts))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, PublishError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(PublishError::Runtime)
+}
+
 /// Uploads the flat-file cache `cache` to `location`.
 pub fn publish(
     cache: &Path,
@@ -175,12 +225,7 @@ pub fn publish(
 ) -> Result<Report, PublishError> {
     let plan = read_plan(cache)?;
     let bucket = Bucket::open(location, credentials, opts.part_size)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(PublishError::Runtime)?;
-    runtime.block_on(run(cache, &plan, &bucket, opts))
+    runtime()?.block_on(run(cache, &plan, &bucket, opts))
 }
 
 async fn run(
@@ -281,6 +326,20 @@ async fn run(
         report.skipped += 1;
     }
 
+    // What this publish relies on, which a prune's marks must not take.
+    let mut relied: BTreeMap<&str, Relied<'_>> = plan
+        .files
+        .iter()
+        .map(|f| (f.name.as_str(), Relied::File(f)))
+        .collect();
+    for (file, bytes) in plan.narinfo_levels.iter().flatten() {
+        relied.insert(&file.name, Relied::Bytes(bytes));
+    }
+    // Read the marks now, and again at least every REFRESH / 2 until the
+    // roots are up (see `sweep` for why).
+    let mut keep_alive = KeepAlive::default();
+    keep_alive.check(bucket, &relied).await?;
+
     // Phase 1: everything a narinfo may name.
     let files: Vec<&File> = plan
         .files
@@ -295,30 +354,53 @@ async fn run(
     report.skipped += plan.files.len() - files.len();
     report.uploaded += files.len();
     report.uploaded_bytes += files.iter().map(|f| f.size).sum::<u64>();
-    futures::stream::iter(files.into_iter().map(Ok))
-        .try_for_each_concurrent(opts.jobs.max(1), |file| bucket.put_file(file))
-        .await?;
+    let uploads = futures::stream::iter(files.into_iter().map(Ok))
+        .try_for_each_concurrent(opts.jobs.max(1), |file| bucket.put_file(file));
+    let mut checking = KeepAlive::default();
+    let checks = async {
+        loop {
+            tokio::time::sleep(REFRESH / 2).await;
+            checking.check(bucket, &relied).await?;
+        }
+    };
+    tokio::select! {
+        uploaded = uploads => uploaded?,
+        failed = checks => return failed,
+    }
+    keep_alive.rewritten += checking.rewritten;
 
-    // Phase 2: narinfos, a level only once the one below is complete.
+    // Phase 2: narinfos, a level only once the one below is complete; the
+    // marks read again every little while (see `sweep`).
     for level in narinfo_levels {
         report.uploaded += level.len();
         report.narinfos_uploaded += level.len();
         report.uploaded_bytes += level.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
-        futures::stream::iter(level.into_iter().map(Ok))
-            .try_for_each_concurrent(opts.jobs.max(1), |(file, bytes)| {
-                bucket.put_bytes(&file.name, bytes.clone())
-            })
-            .await?;
+        for chunk in level.chunks(256) {
+            if keep_alive.due() {
+                keep_alive.check(bucket, &relied).await?;
+            }
+            futures::stream::iter(chunk.iter().map(Ok))
+                .try_for_each_concurrent(opts.jobs.max(1), |(file, bytes)| {
+                    bucket.put_bytes(&file.name, bytes.clone())
+                })
+                .await?;
+        }
     }
+    keep_alive.check(bucket, &relied).await?;
+    report.kept_alive = keep_alive.rewritten;
 
-    // Phase 3: the roots, merged with those already published.
+    // Phase 3: the roots, merged with those already published: store-paths,
+    // then the pins.
+    let read = |file: &File| {
+        let path = file.path.clone();
+        async move {
+            tokio::fs::read(&path)
+                .await
+                .map_err(|source| PublishError::Io { path, source })
+        }
+    };
     if let Some(file) = &plan.store_paths {
-        let ours = tokio::fs::read(&file.path)
-            .await
-            .map_err(|source| PublishError::Io {
-                path: file.path.clone(),
-                source,
-            })?;
+        let ours = read(file).await?;
         let merged = match remote.get(STORE_PATHS) {
             None => Some(ours),
             Some((_, etag)) if same_by_etag(etag.as_deref(), &ours) == Some(true) => None,
@@ -332,6 +414,34 @@ async fn run(
                 report.uploaded += 1;
                 report.uploaded_bytes += bytes.len() as u64;
                 bucket.put_bytes(STORE_PATHS, bytes).await?;
+            }
+            None => report.skipped += 1,
+        }
+    }
+    for file in &plan.pins {
+        let bytes = read(file).await?;
+        let bad = |path: PathBuf, e: &dyn std::fmt::Display| PublishError::Cache {
+            path,
+            message: e.to_string(),
+        };
+        let ours = Pin::parse(&String::from_utf8_lossy(&bytes), &plan.store_dir)
+            .map_err(|e| bad(file.path.clone(), &e))?;
+        let merged = match remote.get(&file.name) {
+            None => Some(bytes),
+            Some((_, etag)) if same_by_etag(etag.as_deref(), &bytes) == Some(true) => None,
+            Some(_) => {
+                let theirs = bucket.get(&file.name).await?;
+                let theirs = Pin::parse(&String::from_utf8_lossy(&theirs), &plan.store_dir)
+                    .map_err(|e| bad(PathBuf::from(format!("{url}/{}", file.name)), &e))?;
+                let merged = theirs.merged_with(&ours);
+                (merged != theirs).then(|| merged.to_string().into_bytes())
+            }
+        };
+        match merged {
+            Some(bytes) => {
+                report.uploaded += 1;
+                report.uploaded_bytes += bytes.len() as u64;
+                bucket.put_bytes(&file.name, bytes).await?;
             }
             None => report.skipped += 1,
         }

@@ -1,11 +1,12 @@
 //! What to upload: the cache on disk, read and sorted into the phases of a
-//! publish (other files, then narinfos by depth, then `store-paths`).
+//! publish (other files, then narinfos by depth, then `store-paths` and the
+//! pins).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::PublishError;
-use crate::cache::{CacheDir, CacheDirError, STORE_PATHS, narinfo_hash_part};
+use crate::cache::{CacheDir, CacheDirError, PINS_DIR, STORE_PATHS, narinfo_hash_part};
 use crate::format::cache_info;
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::ReferenceCycle;
@@ -24,6 +25,8 @@ pub(super) struct Plan {
     /// cache; those of level n only to paths of lower levels.
     pub(super) narinfo_levels: Vec<Vec<(File, Vec<u8>)>>,
     pub(super) store_paths: Option<File>,
+    /// `pins/…`: uploaded last, after the narinfos they name.
+    pub(super) pins: Vec<File>,
 }
 
 pub(super) fn cache_error(path: &Path, message: impl ToString) -> PublishError {
@@ -46,11 +49,14 @@ pub(super) fn read_plan(cache: &Path) -> Result<Plan, PublishError> {
     let mut files = Vec::new();
     let mut narinfos = BTreeMap::new();
     let mut store_paths = None;
+    let mut pins = Vec::new();
     for file in all {
         if file.name == cache_info::FILE_NAME {
             cache_info = Some(file);
         } else if file.name == STORE_PATHS {
             store_paths = Some(file);
+        } else if file.name.starts_with(&format!("{PINS_DIR}/")) {
+            pins.push(file);
         } else if let Some(hash) = narinfo_hash_part(&file.name) {
             let bytes = dir
                 .read_narinfo_bytes(hash)
@@ -84,6 +90,7 @@ pub(super) fn read_plan(cache: &Path) -> Result<Plan, PublishError> {
         files,
         narinfo_levels,
         store_paths,
+        pins,
     })
 }
 

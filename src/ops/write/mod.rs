@@ -45,6 +45,7 @@ use crate::format::compression::Compression;
 use crate::format::hash::Sha256;
 use crate::format::nar::dump::DumpError;
 use crate::format::store_path::{DEFAULT_STORE_DIR, PathInfo, ReferenceCycle, StorePath};
+use crate::ops::pins::files::{self as pin_files, PinRequest, PinsError};
 use crate::support::files::{self, TempNames};
 use crate::support::progress::{Progress, Totals};
 use target::{ExistingCache, NewOutput};
@@ -90,6 +91,8 @@ impl Default for Options {
 
 #[derive(Debug, Error)]
 pub enum CacheError {
+    #[error(transparent)]
+    Pins(#[from] PinsError),
     #[error(transparent)]
     Dump(#[from] DumpError),
     #[error(transparent)]
@@ -180,6 +183,34 @@ pub fn update_cache(
     opts: &Options,
     progress: &Progress,
 ) -> Result<Updated, CacheError> {
+    update(dir, closure, opts, None, progress)
+}
+
+/// [`update_cache`], recording `opts.root_paths` as a new revision of the
+/// pin `pin` (`build --to --pin`), at `time` (seconds since 1970). The
+/// revision is recorded once the narinfos are, before the roots join
+/// `store-paths`, and while the cache lock is held: a prune sees the new
+/// paths only with the revision that roots them.
+pub fn update_cache_pinned(
+    dir: &Path,
+    closure: &[PathInfo],
+    opts: &Options,
+    pin: &PinRequest,
+    time: u64,
+    progress: &Progress,
+) -> Result<Updated, CacheError> {
+    // A bad name is refused before anything is written.
+    crate::format::pin::check_name(&pin.name).map_err(PinsError::from)?;
+    update(dir, closure, opts, Some((pin, time)), progress)
+}
+
+fn update(
+    dir: &Path,
+    closure: &[PathInfo],
+    opts: &Options,
+    pin: Option<(&PinRequest, u64)>,
+    progress: &Progress,
+) -> Result<Updated, CacheError> {
     // A path that is neither in the store nor in the cache (a closure file
     // that names a path this machine lacks) is refused before anything is
     // written, so that a bad input leaves no cache behind. (A narinfo that
@@ -227,6 +258,9 @@ pub fn update_cache(
     }
     let target = ExistingCache::new(cache);
     let written = Writer::new(&target).write_paths(&missing, opts, progress)?;
+    if let Some((pin, time)) = pin {
+        pin_files::record(&target.cache, pin, &opts.root_paths, time)?;
+    }
     target.cache.add_store_paths(&opts.root_paths)?;
     Ok(Updated {
         written,
