@@ -124,9 +124,10 @@ fn substitute(cache: &Path, path: &str, trusted_key: &str) -> (tempfile::TempDir
     (store, cmd)
 }
 
-// Compared with the narinfos `nix copy` writes for the same paths (xz, so
-// that FileHash agrees too): every field, the signatures made in the store
-// among them, in Nix's order.
+// Compared with the narinfos `nix copy` writes for the same paths (xz with
+// parallel compression, which is what we write for every path, so that
+// FileHash agrees too): every field, the signatures made in the store among
+// them, in Nix's order.
 #[test]
 fn narinfos_carry_signatures_deriver_and_ca_as_nix_copy_writes_them() {
     let signed = signed();
@@ -136,7 +137,10 @@ fn narinfos_carry_signatures_deriver_and_ca_as_nix_copy_writes_them() {
         &cache,
         &["--compression", "xz", "-q", &signed.app],
     ));
-    let theirs = nix_copy_to("compression=xz", std::slice::from_ref(&signed.app));
+    let theirs = nix_copy_to(
+        "compression=xz&parallel-compression=true",
+        std::slice::from_ref(&signed.app),
+    );
     for path in &signed.closure {
         let name = format!("{}.narinfo", hash_part(path));
         let ours = std::fs::read_to_string(cache.join(&name)).unwrap();
