@@ -10,7 +10,7 @@ use mk_binary_cache::format::cache_info::MAX_PRIORITY;
 use mk_binary_cache::format::compression::Compression;
 use mk_binary_cache::format::signing::{PublicKey, SecretKey};
 use mk_binary_cache::format::store_path::DEFAULT_STORE_DIR;
-use mk_binary_cache::input::{attrs, exclude, local_store};
+use mk_binary_cache::input::{attrs, exclude, local_store, upstream};
 use mk_binary_cache::ops::{prune, sign, verify, write};
 use mk_binary_cache::support::error_line::error_line;
 use mk_binary_cache::support::progress::{Progress, Style};
@@ -106,6 +106,21 @@ struct BuildArgs {
     /// Repeatable.
     #[arg(long, value_name = "DIR")]
     exclude_cache: Vec<PathBuf>,
+    /// Leave out every path the local store has a signature for by key NAME
+    /// (e.g. cache.nixos.org-1): its cache serves it. No network access.
+    /// nix-cache-info then names the key (`UpstreamKey:`). Repeatable.
+    #[arg(long, value_name = "NAME")]
+    upstream_key: Vec<String>,
+    /// Leave out every path the cache at URL (file://, http://, https://,
+    /// s3://) serves a narinfo for; nix-cache-info then names it
+    /// (`Upstream:`). Over the network, asked by mk-binary-cache-publish.
+    /// Repeatable.
+    #[arg(long, value_name = "URL")]
+    upstream: Vec<String>,
+    /// Take an --upstream that does not answer (network failure, timeout,
+    /// server error, after retries) as serving nothing, instead of failing.
+    #[arg(long)]
+    unreachable_upstream_is_empty: bool,
     /// zstd, xz or none.
     #[arg(long, default_value = "zstd", value_parser = parse_compression)]
     compression: Compression,
@@ -277,8 +292,14 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     for dir in &args.exclude_cache {
         exclusion.add_cache(dir)?;
     }
+    let upstreams = upstream::Upstreams::new(
+        args.upstream_key,
+        &args.upstream,
+        args.unreachable_upstream_is_empty,
+    )?;
     let whole = input.closure.len();
     let closure = exclusion.apply(input.closure);
+    let (closure, decision) = upstream::leave_out(&upstreams, closure, &store_dir)?;
     let level = match args.compression_level {
         Some(level) => args.compression.check_level(level)?,
         None => args.compression.default_level(),
@@ -296,6 +317,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         root_paths: input.roots,
         write_nar_listing: args.write_nar_listing,
         index_debug_info: args.index_debug_info,
+        upstreams: upstreams.recorded(),
     };
     let style = if args.quiet {
         Style::Quiet
@@ -303,15 +325,21 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         Style::for_stderr()
     };
     let progress = Progress::with_style(style);
-    if closure.len() < whole {
-        progress.message(&format!(
-            "{} of {whole} paths are excluded",
-            whole - closure.len()
-        ));
+    for unreachable in &decision.unreachable {
+        eprintln!(
+            "mk-binary-cache: warning: {unreachable}; taken as serving nothing \
+             (--unreachable-upstream-is-empty)"
+        );
     }
+    let skipped = decision.summary();
+    let excluded = whole - closure.len() - decision.skipped_paths();
+    if excluded > 0 {
+        progress.message(&format!("{excluded} of {whole} paths are excluded"));
+    }
+
     let updated = write::update_cache(&args.to, &closure, &options, &progress)
         .with_context(|| format!("writing the cache to '{}'", args.to.display()))?;
-    progress.finish("cached", &updated.written);
+    progress.finish_with("cached", &updated.written, skipped.as_deref());
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use crate::format::cache_info::MAX_PRIORITY;
+use crate::format::cache_info::{MAX_PRIORITY, Upstreams};
 use crate::format::compression::{Compression, CompressionError};
 use crate::format::store_path::{self, DEFAULT_STORE_DIR, PathInfo, StorePath, StorePathError};
 use crate::input::closure::{self, ClosureError};
@@ -143,6 +143,7 @@ pub fn from_json(attrs: &Value, store_dir: &str, jobs: usize) -> Result<Job, Att
         root_paths: root_paths(attrs.get("rootPaths"), store_dir)?,
         write_nar_listing: bool_attr(attrs, "writeNarListing")?.unwrap_or(false),
         index_debug_info: bool_attr(attrs, "indexDebugInfo")?.unwrap_or(false),
+        upstreams: Upstreams::default(),
     };
     let level = int_attr(attrs, "compressionLevel")?;
     Ok(Job {
@@ -203,6 +204,7 @@ fn from_legacy_environment(
         root_paths: root_paths(Some(&Value::Array(roots)), store_dir)?,
         write_nar_listing: flag("writeNarListing"),
         index_debug_info: flag("indexDebugInfo"),
+        upstreams: Upstreams::default(),
     };
     Ok(Job {
         out: PathBuf::from(out),

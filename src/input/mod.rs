@@ -5,3 +5,4 @@ pub mod attrs;
 pub mod closure;
 pub mod exclude;
 pub mod local_store;
+pub mod upstream;

@@ -13,6 +13,7 @@ use super::commit::{self, BatchPolicy, GroupCommit};
 use super::pipeline::{check, compress_and_hash, plan};
 use super::publication::Publication;
 use super::{CacheError, DIRECTORIES, Options, STORE_PATHS, read_error, write_error};
+use crate::format::cache_info::{CacheInfo, Upstreams};
 use crate::format::debuginfo;
 use crate::format::nar::listing;
 use crate::format::narinfo::{self, NarInfo, Sig};
@@ -439,6 +440,30 @@ impl<'a> Cache<'a> {
         }
         let list: String = paths.iter().map(|p| format!("{p}\n")).collect();
         self.write_file(&file, list.as_bytes())
+    }
+
+    /// Adds to the `nix-cache-info` at `file` the upstreams it does not name
+    /// yet, keeping its other settings.
+    pub(super) fn add_upstreams(
+        &self,
+        file: &Path,
+        upstreams: &Upstreams,
+    ) -> Result<(), CacheError> {
+        if upstreams.is_empty() {
+            return Ok(());
+        }
+        // Runs into the same cache take turns, as for `store-paths`.
+        let root = File::open(self.root).map_err(read_error(self.root))?;
+        let _lock = DirLock::exclusive(root).map_err(write_error(self.root))?;
+        let text = fs::read_to_string(file).map_err(read_error(file))?;
+        let mut info: CacheInfo = text.parse().map_err(|source| CacheError::CacheInfo {
+            path: file.to_owned(),
+            source,
+        })?;
+        if !info.upstreams.add(upstreams) {
+            return Ok(());
+        }
+        self.write_file(file, info.to_string().as_bytes())
     }
 
     /// Removes temporary files that processes no longer running left behind.

@@ -38,7 +38,7 @@ mod commit;
 mod pipeline;
 mod publication;
 
-use crate::format::cache_info::{self, CacheInfo, CacheInfoError};
+use crate::format::cache_info::{self, CacheInfo, CacheInfoError, Upstreams};
 use crate::format::compression::Compression;
 use crate::format::hash::Sha256;
 use crate::format::nar::dump::DumpError;
@@ -75,6 +75,9 @@ pub struct Options {
     pub write_nar_listing: bool,
     /// Index `lib/debug/.build-id` files under `debuginfo/`.
     pub index_debug_info: bool,
+    /// The upstreams whose paths this run leaves out: `nix-cache-info`
+    /// names them (and keeps naming those of earlier runs).
+    pub upstreams: Upstreams,
 }
 
 impl Default for Options {
@@ -91,6 +94,7 @@ impl Default for Options {
             root_paths: Vec::new(),
             write_nar_listing: false,
             index_debug_info: false,
+            upstreams: Upstreams::default(),
         }
     }
 }
@@ -217,7 +221,8 @@ pub struct Updated {
 ///
 /// An existing `nix-cache-info` is kept, and must agree with `opts`: the same
 /// `StoreDir`, and the same `Priority` and `WantMassQuery` when `opts` sets
-/// them. Compression may differ from path to path: each narinfo names its own.
+/// them; the upstreams of `opts` it lacks are added to it before any path
+/// is written, so that a delta cache says so from its first narinfo on. Compression may differ from path to path: each narinfo names its own.
 /// Listings and debug-info entries are written for the paths written now.
 pub fn update_cache(
     dir: &Path,
@@ -239,7 +244,10 @@ pub fn update_cache(
     let cache = Cache::new(dir, Mode::Update);
     let info_file = dir.join(cache_info::FILE_NAME);
     match fs::read_to_string(&info_file) {
-        Ok(text) => check_cache_info(&info_file, &text, opts)?,
+        Ok(text) => {
+            check_cache_info(&info_file, &text, opts)?;
+            cache.add_upstreams(&info_file, &opts.upstreams)?;
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if !is_empty_but_for_temp_files(dir)? {
                 return Err(CacheError::NotACache(dir.to_owned()));
@@ -330,6 +338,7 @@ pub fn cache_info(opts: &Options) -> CacheInfo {
         want_mass_query: opts.want_mass_query,
         // At most MAX_PRIORITY, an i32: the options are checked when read.
         priority: opts.priority.map(|p| p as i64),
+        upstreams: opts.upstreams.clone(),
     }
 }
 
