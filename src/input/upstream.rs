@@ -358,9 +358,15 @@ pub fn ask_query_program(
         .wait_with_output()
         .map_err(|e| query_error(format!("waiting for {QUERY_PROGRAM}: {e}")))?;
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let message = stderr
-        .trim()
-        .trim_start_matches(&format!("{QUERY_PROGRAM}: error: "))
+    // Its message, without what ours says again.
+    let message = stderr.trim();
+    let message = message
+        .strip_prefix(&format!("{QUERY_PROGRAM}: error: "))
+        .unwrap_or(message);
+    let message = message
+        .strip_prefix(&format!("upstream {url} did not answer: "))
+        .or_else(|| message.strip_prefix(&format!("upstream {url}: ")))
+        .unwrap_or(message)
         .to_owned();
     match output.status.code() {
         Some(0) => {}

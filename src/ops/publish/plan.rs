@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::{MAX_NARINFO_SIZE, PublishError};
 use crate::format::cache_info::{self, CacheInfo};
-use crate::format::narinfo::NarInfo;
+use crate::format::narinfo::{self, NarInfo};
 use crate::format::store_path::DEFAULT_STORE_DIR;
 use crate::ops::write::STORE_PATHS;
 use crate::support::files::TempNames;
@@ -26,12 +26,38 @@ pub(super) struct File {
 pub(super) struct Plan {
     pub(super) store_dir: String,
     pub(super) cache_info: File,
+    /// What the cache's `nix-cache-info` says.
+    pub(super) info: CacheInfo,
     /// NARs, listings, debug info, logs: anything no narinfo is.
     pub(super) files: Vec<File>,
     /// Narinfos by depth: those of level 0 refer to no other path of the
     /// cache; those of level n only to paths of lower levels.
     pub(super) narinfo_levels: Vec<Vec<(File, Vec<u8>)>>,
     pub(super) store_paths: Option<File>,
+    /// Every narinfo of the levels, by hash part.
+    pub(super) narinfos: BTreeMap<String, NarInfo>,
+}
+
+impl Plan {
+    /// Uploads nothing of the paths `hash_parts` names: their narinfos,
+    /// their listings, and the NARs no other narinfo names.
+    pub(super) fn leave_out(&mut self, hash_parts: &BTreeSet<String>) {
+        let mut gone: BTreeSet<String> = BTreeSet::new();
+        for hash in hash_parts {
+            if let Some(info) = self.narinfos.remove(hash) {
+                gone.insert(narinfo::file_name(hash));
+                gone.insert(format!("{hash}.ls"));
+                gone.insert(info.url);
+            }
+        }
+        for kept in self.narinfos.values() {
+            gone.remove(&kept.url);
+        }
+        for level in &mut self.narinfo_levels {
+            level.retain(|(file, _)| !gone.contains(&file.name));
+        }
+        self.files.retain(|file| !gone.contains(&file.name));
+    }
 }
 
 pub(super) fn cache_error(path: &Path, message: impl ToString) -> PublishError {
@@ -53,6 +79,7 @@ pub(super) fn read_plan(cache: &Path) -> Result<Plan, PublishError> {
     let info: CacheInfo = info_text.parse().map_err(|e| cache_error(&info_path, e))?;
     let store_dir = info
         .store_dir
+        .clone()
         .unwrap_or_else(|| DEFAULT_STORE_DIR.to_string());
 
     let mut all = Vec::new();
@@ -89,19 +116,23 @@ pub(super) fn read_plan(cache: &Path) -> Result<Plan, PublishError> {
         )
     })?;
     let mut narinfo_levels: Vec<Vec<(File, Vec<u8>)>> = Vec::new();
-    for (hash, (file, bytes, _)) in narinfos {
+    let mut parsed = BTreeMap::new();
+    for (hash, (file, bytes, narinfo)) in narinfos {
         let level = levels[&hash];
         if narinfo_levels.len() <= level {
             narinfo_levels.resize_with(level + 1, Vec::new);
         }
         narinfo_levels[level].push((file, bytes));
+        parsed.insert(hash, narinfo);
     }
     Ok(Plan {
         store_dir,
         cache_info: cache_info.expect("read above"),
+        info,
         files,
         narinfo_levels,
         store_paths,
+        narinfos: parsed,
     })
 }
 

@@ -140,6 +140,9 @@ pub struct Report {
     /// Whether no problem was found.
     pub ok: bool,
     pub counts: Counts,
+    /// The upstreams its `nix-cache-info` names (`file:///…`, `key NAME`):
+    /// the references it lacks are there.
+    pub upstreams: Vec<String>,
     /// Problems about the cache as a whole first, then by narinfo file name.
     pub problems: Vec<Problem>,
 }
@@ -164,6 +167,9 @@ impl Report {
         }
         if c.signed > 0 {
             line += &format!(", {} signed by a trusted key", c.signed);
+        }
+        if !self.upstreams.is_empty() {
+            line += &format!("; a delta of {}", self.upstreams.join(", "));
         }
         line
     }
