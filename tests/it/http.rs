@@ -21,14 +21,14 @@ use crate::e2e::{assert_store_holds_fixture, substitute_fixture_from};
 const NGINX: &str = "/usr/sbin/nginx";
 
 /// An nginx serving one directory; killed when dropped.
-struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
 }
 
 impl Nginx {
-    fn serve(root: &Path) -> Nginx {
+    pub(crate) fn serve(root: &Path) -> Nginx {
         assert!(
             Path::new(NGINX).is_file(),
             "the HTTP test needs nginx: apt-get install -y nginx-light (scripts/test does)"
@@ -67,12 +67,12 @@ impl Nginx {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// The request lines nginx has logged: `GET /nix-cache-info`, …
-    fn requests(&self) -> Vec<String> {
+    pub(crate) fn requests(&self) -> Vec<String> {
         fs::read_to_string(self.dir.path().join("access.log"))
             .unwrap_or_default()
             .lines()

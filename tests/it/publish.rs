@@ -37,7 +37,7 @@ fn venv() -> PathBuf {
 }
 
 /// `mk-binary-cache-publish`, built with the `publish` feature.
-fn publisher() -> Command {
+pub(crate) fn publisher() -> Command {
     // Without the feature the program is not built (a copy left by an
     // earlier build with it could be stale).
     let bin = option_env!("CARGO_BIN_EXE_mk-binary-cache-publish")
@@ -67,7 +67,7 @@ fn credentials<'a>(cmd: &'a mut Command, id: &str, secret: &str) -> &'a mut Comm
 }
 
 /// A moto server of this test run.
-struct Moto {
+pub(crate) struct Moto {
     port: u16,
     log: PathBuf,
     child: std::sync::Mutex<Child>,
@@ -76,7 +76,7 @@ struct Moto {
 
 impl Moto {
     /// The server the tests share.
-    fn shared() -> &'static Moto {
+    pub(crate) fn shared() -> &'static Moto {
         static MOTO: OnceLock<Moto> = OnceLock::new();
         MOTO.get_or_init(Moto::start)
     }
@@ -145,7 +145,7 @@ impl Moto {
     }
 
     /// `s3.py ENDPOINT ARGS…`; its standard output.
-    fn s3(&self, args: &[&str]) -> Vec<u8> {
+    pub(crate) fn s3(&self, args: &[&str]) -> Vec<u8> {
         let mut cmd = Command::new(venv().join("bin/python"));
         cmd.arg(repo().join("tests/it/s3.py"))
             .arg(self.endpoint())
@@ -162,7 +162,7 @@ impl Moto {
 
     /// A new bucket anyone may read, with a name no earlier run used (Nix
     /// keeps what it read from `s3://NAME` in its disk cache, across runs).
-    fn bucket(&self, name: &str) -> Bucket<'_> {
+    pub(crate) fn bucket(&self, name: &str) -> Bucket<'_> {
         static N: AtomicU32 = AtomicU32::new(0);
         let run = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -218,14 +218,14 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
-struct Bucket<'a> {
+pub(crate) struct Bucket<'a> {
     moto: &'a Moto,
-    name: String,
+    pub(crate) name: String,
 }
 
 impl Bucket<'_> {
     /// The URL Nix and `publish` take.
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("s3://{}?endpoint={}", self.name, self.moto.endpoint())
     }
 
@@ -239,7 +239,7 @@ impl Bucket<'_> {
     }
 
     /// Every object: key -> (size, content type).
-    fn objects(&self) -> BTreeMap<String, (u64, String)> {
+    pub(crate) fn objects(&self) -> BTreeMap<String, (u64, String)> {
         serde_json::from_slice(&self.moto.s3(&["list", &self.name])).unwrap()
     }
 
