@@ -15,8 +15,14 @@
 # nixpkgs' function takes `stdenv`, `coreutils`, `jq`, `python3`, `nix`, `xz`
 # and `zstd`, so `pkgs.mkBinaryCache.override { nix = …; }` is written for it;
 # they are taken here too, and ignored, since none of them enters the build.
+#
+# `stdenv`, when given (callPackage gives it), is read for one thing only: its
+# host platform, which `meta.platforms` is checked against as mkDerivation
+# checks it. `config` (nixpkgs' configuration, which callPackage also gives)
+# decides `meta.available` as it does for stdenv builds.
 {
   lib ? null,
+  config ? { },
   mk-binary-cache,
   stdenv ? null,
   coreutils ? null,
@@ -45,30 +51,38 @@ let
   # bare store path (as the tests pass) is taken to run on this machine.
   system = mk-binary-cache.system or builtins.currentSystem;
 
-  # Every argument but `rootPaths`, with its default. `overrideAttrs` shows
-  # these to its function as the previous attributes, given or not, as
-  # mkDerivation shows its own.
-  defaults = {
-    name = "binary-cache";
-    exclude = [ ];
-    compression = "zstd";
-    compressionLevel = null;
-    priority = null;
-    wantMassQuery = null;
-    writeNarListing = false;
-    indexDebugInfo = false;
-    # Writing a cache is cheaper than fetching one.
-    preferLocalBuild = true;
-    allowSubstitutes = false;
-    passthru = { };
-    meta = { };
-  };
+  # What `meta.platforms` is checked against: where the result is used, as
+  # for any package.
+  hostPlatform = if stdenv != null then stdenv.hostPlatform else { inherit system; };
 
-  # `meta` and `passthru` describe the result; they are not build inputs.
+  # `meta`, `passthru` and `pos` describe the result; they are not build
+  # inputs.
   notDerivationAttrs = [
     "meta"
     "passthru"
+    "pos"
   ];
+
+  # Attributes of a `stdenv.mkDerivation` call that mean nothing here, each
+  # with the reason and what to do instead. Here `old.X` (and `final.X`) is
+  # an error that says why, and so is setting one, in a call or an override:
+  # the build would silently ignore it.
+  stdenvOnly = import ./stdenv-only.nix;
+
+  # `attrs`, given by a call or returned by an override, unless it sets an
+  # attribute of `stdenvOnly`.
+  refuseStdenvOnly =
+    attrs:
+    let
+      set = builtins.attrNames (builtins.intersectAttrs stdenvOnly attrs);
+      name = builtins.head set;
+    in
+    if set == [ ] then attrs else throw "mkBinaryCache: ${name} cannot be set: ${stdenvOnly.${name}}";
+
+  # What `old.X` gives for those attributes.
+  stdenvOnlyPlaceholders = builtins.mapAttrs (
+    name: reason: throw "mkBinaryCache: ${name} does not exist here: ${reason}"
+  ) stdenvOnly;
 
   # "a string", "an int", "an attribute set", for error messages.
   aTypeOf =
@@ -160,8 +174,13 @@ let
       throw (notA "an attribute set" "passthru")
     else if !builtins.isAttrs attrs.meta then
       throw (notA "an attribute set" "meta")
+    else if attrs.outputs != [ "out" ] then
+      throw "mkBinaryCache: outputs must be [ \"out\" ]: the cache is one directory, the output out"
     else
       builtins.all (checkRoot "rootPaths") rootPaths && builtins.all (checkRoot "exclude") attrs.exclude;
+
+  # `{ meta; refusal; }` for the final attributes.
+  checkMeta = import ./check-meta.nix { inherit lib config hostPlatform; };
 
   # What `overrideAttrs` accepts, as mkDerivation's does: the new attributes,
   # a function of the previous ones (`old: { … }`), or a function of the
@@ -169,7 +188,7 @@ let
   # result is again a function is the two-argument form.
   toExtension =
     f:
-    if builtins.isFunction f then
+    if builtins.isFunction f || f ? __functor then
       final: prev:
       let
         fromPrev = f prev;
@@ -184,16 +203,24 @@ let
     let
       prev = rattrs final;
     in
-    prev // extension final prev;
+    prev // refuseStdenvOnly (extension final prev);
 
   # The cache described by `rattrs`, a function from the final attributes
-  # (with `finalPackage`, the result itself) to the attributes.
+  # (with `finalPackage`, the result itself, and its `overrideAttrs`) to the
+  # attributes.
   makeCache =
     rattrs:
     let
-      attrs = rattrs (attrs // { finalPackage = cache; });
-      drv = derivation (
-        builtins.removeAttrs attrs notDerivationAttrs
+      attrs = rattrs (
+        attrs
+        // {
+          finalPackage = cache;
+          inherit overrideAttrs;
+        }
+      );
+      overrideAttrs = f: makeCache (extend (toExtension f) rattrs);
+      derivationAttrs =
+        builtins.removeAttrs attrs (notDerivationAttrs ++ builtins.attrNames stdenvOnly)
         // {
           inherit system builder;
           __structuredAttrs = true;
@@ -203,15 +230,58 @@ let
           # And the closure of `exclude` as `exclude`: the builder leaves
           # it out (a delta cache). Empty by default.
           exportReferencesGraph.exclude = map exported attrs.exclude;
+        };
+      drv = derivation derivationAttrs;
+
+      # What building the cache needs: the builder, the roots and what is
+      # excluded. As mkDerivation's `inputDerivation`, a derivation whose
+      # output refers to each, so that building it fetches or builds them
+      # and a GC root on it keeps them. It needs no shell: it is a cache of
+      # all of them with all of them excluded, whose `store-paths` lists
+      # them and which holds nothing else.
+      inputs = [ (exported builder) ] ++ attrs.rootPaths ++ attrs.exclude;
+      inputDerivation = derivation (
+        derivationAttrs
+        // {
+          rootPaths = inputs;
+          exportReferencesGraph = {
+            closure = map exported inputs;
+            exclude = map exported inputs;
+          };
         }
       );
+
+      checkedMeta = checkMeta attrs;
+      # As mkDerivation's result, where the cache is not available (by
+      # `meta`, under `config`): its meta can be read, its paths cannot.
+      refused =
+        if checkedMeta.refusal == null then
+          { }
+        else
+          {
+            drvPath = throw checkedMeta.refusal;
+            outPath = throw checkedMeta.refusal;
+          };
+
+      # As mkDerivation's result: the derivation, with `passthru` over it.
+      # `out` (the only output) is the result itself, as there.
+      withPassthru =
+        drv
+        // refused
+        // {
+          inherit inputDerivation overrideAttrs;
+          inherit (attrs) passthru;
+          inherit (checkedMeta) meta;
+        }
+        // attrs.passthru;
       cache =
         assert check attrs;
-        drv
-        // attrs.passthru
+        withPassthru
         // {
-          inherit (attrs) meta passthru;
-          overrideAttrs = f: makeCache (extend (toExtension f) rattrs);
+          out = cache // {
+            outputSpecified = true;
+          };
+          all = [ cache.out ];
         };
     in
     cache;
@@ -274,9 +344,15 @@ in
 
   `passthru`, `meta` (attribute sets, default `{ }`)
   : Attached to the result, not passed to the derivation; `passthru`'s
-    attributes also appear on the result itself.
+    attributes also appear on the result itself, and `meta` is filled in
+    as `stdenv.mkDerivation` fills it (see ./check-meta.nix).
 
-  Any other attribute is passed on to the derivation.
+  `preferLocalBuild` (bool, default `true`)
+  : As nixpkgs' function sets it. Substitutes are allowed, as there.
+
+  Any other attribute is passed on to the derivation, but for `outputs`,
+  which can only be `[ "out" ]`, and the attributes of a stdenv build
+  (./stdenv-only.nix), which are an evaluation error that says why.
 
   # Result
 
@@ -288,6 +364,12 @@ in
   a direct call is: `.overrideAttrs { compression = "xz"; }` gives an xz
   cache, `.overrideAttrs { compression = "gzip"; }` the same evaluation error
   as `mkBinaryCache { compression = "gzip"; … }`.
+
+  As a mkDerivation result, it also has `outputs` (`[ "out" ]`), `out`,
+  `all`, `meta` filled in, and `inputDerivation`, a derivation whose output
+  refers to the builder, the roots and `exclude`. Where `meta` makes the
+  cache unavailable (unfree, broken, unsupported, insecure, and not allowed
+  by `config`), its `drvPath` and `outPath` are an error that says why.
 
   # Type
 
@@ -302,6 +384,7 @@ in
     wantMassQuery ? Bool | Null,
     writeNarListing ? Bool,
     indexDebugInfo ? Bool,
+    preferLocalBuild ? Bool,
     passthru ? AttrSet,
     meta ? AttrSet,
     ...
@@ -342,5 +425,47 @@ in
   ```
   :::
 */
-{ rootPaths, ... }@args:
-makeCache (_final: defaults // args)
+{
+  rootPaths,
+  name ? "binary-cache",
+  exclude ? [ ],
+  compression ? "zstd",
+  compressionLevel ? null,
+  priority ? null,
+  wantMassQuery ? null,
+  writeNarListing ? false,
+  indexDebugInfo ? false,
+  # Built where it is asked for, not on a remote builder, which would first
+  # have to receive the whole closure; as nixpkgs' function sets it.
+  # Substitutes are allowed (Nix's default), as there: fetching a cache that
+  # a substituter holds saves fetching its whole closure to write it.
+  preferLocalBuild ? true,
+  passthru ? { },
+  meta ? { },
+  ...
+}@args:
+makeCache (
+  _final:
+  stdenvOnlyPlaceholders
+  // {
+    outputs = [ "out" ];
+    # Where the default name is given: `meta.position` points at the next
+    # line when the caller gives neither a name nor `meta.description`.
+    inherit name;
+    inherit
+      rootPaths
+      exclude
+      compression
+      compressionLevel
+      priority
+      wantMassQuery
+      writeNarListing
+      indexDebugInfo
+      preferLocalBuild
+      passthru
+      meta
+      ;
+  }
+  # Given last, so that `meta.position` points where the caller wrote `name`.
+  // refuseStdenvOnly args
+)

@@ -35,8 +35,9 @@ struct Cli {
     /// `build --to` directory).
     #[arg(value_name = "CACHE", required_unless_present = "query_upstream")]
     cache: Option<PathBuf>,
-    /// Where to: `s3://BUCKET[/PREFIX]?region=R&endpoint=HOST[:PORT]&scheme=http&profile=P`,
-    /// the URL Nix uses for the same bucket.
+    /// Where to: `s3://BUCKET[/PREFIX]?region=R&endpoint=https://HOST[:PORT]&profile=P`,
+    /// the URL Nix uses for the same bucket (also `addressing-style=auto|path|virtual`,
+    /// `storage-class=CLASS`).
     #[arg(value_name = "URL", required_unless_present = "query_upstream")]
     url: Option<String>,
     /// Do not upload a path whose narinfo has a signature by key NAME (e.g.
@@ -110,11 +111,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         unreachable!("clap requires CACHE and URL without --query-upstream");
     };
     let location = Location::parse(&url)?;
-    let resolved = publish::credentials::resolve(
-        location.profile.as_deref(),
-        location.region.as_deref(),
-        &ProcessEnvironment,
-    )?;
+    for warning in &location.warnings {
+        eprintln!("mk-binary-cache-publish: warning: {warning}");
+    }
+    let credentials =
+        publish::credentials::resolve(location.profile.as_deref(), &ProcessEnvironment)?;
     let options = Options {
         force: cli.force,
         jobs: cli.jobs.into(),
@@ -126,7 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         )?,
     };
     let start = Instant::now();
-    let report = publish::publish(&cache, &location, resolved, &options)?;
+    let report = publish::publish(&cache, &location, credentials, &options)?;
     for unreachable in &report.unreachable {
         eprintln!(
             "mk-binary-cache-publish: warning: {unreachable}; taken as serving nothing \

@@ -2,7 +2,15 @@
 //! with it keeps working. Its result takes `overrideAttrs` as a
 //! `stdenv.mkDerivation` result does, and callPackage's `.override` with it;
 //! the overlay leaves nixpkgs' own function where the program cannot run;
-//! `rootPaths` takes every kind of root nixpkgs' function takes.
+//! `rootPaths` takes every kind of root nixpkgs' function takes; the result
+//! has the attributes of a `stdenv.mkDerivation` result (`outputs`, `meta`
+//! filled in, `inputDerivation`), the function the arguments
+//! `lib.functionArgs` reports, and what cannot mean anything here (`old.
+//! nativeBuildInputs`, `old.buildCommand`) is an error that says why.
+//!
+//! Where nixpkgs' shape matters, the result is compared with nixpkgs' own
+//! function in the stand-in (tests/fixtures/fake-nixpkgs), whose `lib` and
+//! `stdenv.mkDerivation` follow nixpkgs'.
 //!
 //! Evaluation tests use `nix-instantiate --eval` (any directory stands for
 //! the builder there); build tests use real Nix with the sandbox on and the
@@ -161,7 +169,9 @@ fn override_attrs_old_holds_the_arguments_with_their_defaults() {
           seen = (cache.overrideAttrs (old: {
             passthru.old = {
               inherit (old) name compression compressionLevel priority wantMassQuery
-                writeNarListing indexDebugInfo passthru meta;
+                writeNarListing indexDebugInfo preferLocalBuild outputs passthru meta;
+              # Nix's default, as in nixpkgs' function: not set.
+              setsAllowSubstitutes = old ? allowSubstitutes;
               rootPaths = map toString old.rootPaths;
             };
           })).old;
@@ -178,6 +188,9 @@ fn override_attrs_old_holds_the_arguments_with_their_defaults() {
             "wantMassQuery": null,
             "writeNarListing": false,
             "indexDebugInfo": false,
+            "preferLocalBuild": true,
+            "outputs": ["out"],
+            "setsAllowSubstitutes": false,
             "passthru": {},
             "meta": {},
             "rootPaths": null,
@@ -227,7 +240,9 @@ fn passthru_and_meta_survive_overrides_and_can_be_overridden() {
             passthru = old.passthru // { extra = 1; };
             meta = old.meta // { license = "mit"; };
           });
-        in [ xz.tests xz.meta more.tests more.extra more.passthru.extra more.meta ]
+          # The caller's part of `meta`; mkDerivation's is filled in around it.
+          given = meta: builtins.intersectAttrs { description = 0; license = 0; } meta;
+        in [ xz.tests (given xz.meta) more.tests more.extra more.passthru.extra (given more.meta) ]
         "#,
     );
     assert_eq!(
@@ -462,4 +477,488 @@ fn a_root_nix_does_not_know_as_a_store_path_is_an_evaluation_error() {
         "error: mkBinaryCache: rootPaths must hold derivations or store paths, got an \
          attribute set without outPath (attributes: name)"
     );
+}
+
+// The attributes of a stdenv.mkDerivation result
+
+/// The line of `file` (a path under the repository) that contains `text`,
+/// counted from 1, as `meta.position` counts.
+fn line_of(file: &str, text: &str) -> usize {
+    let source = fs::read_to_string(repo().join(file)).unwrap();
+    let lines: Vec<usize> = (source.lines().enumerate())
+        .filter(|(_, line)| line.contains(text))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(lines.len(), 1, "{text:?} in {file}: {lines:?}");
+    lines[0]
+}
+
+#[test]
+fn function_args_lists_every_argument_with_whether_it_has_a_default() {
+    // Tools and callPackage-style wiring read `lib.functionArgs`; nixpkgs'
+    // function reports `{ compression = true; name = true; rootPaths =
+    // false; }`, this one every option it takes.
+    let expected = json!({
+        "rootPaths": false,
+        "name": true,
+        "exclude": true,
+        "compression": true,
+        "compressionLevel": true,
+        "priority": true,
+        "wantMassQuery": true,
+        "writeNarListing": true,
+        "indexDebugInfo": true,
+        "preferLocalBuild": true,
+        "passthru": true,
+        "meta": true,
+    });
+    let v = eval_with_overlay(
+        "",
+        r#"
+        let
+          inherit (pkgs.lib) functionArgs;
+          called = pkgs.callPackage ./nix/mk-binary-cache.nix { mk-binary-cache = pkgs.hello; };
+        in [
+          (functionArgs pkgs.mkBinaryCache)
+          (functionArgs called)
+          (functionArgs (pkgs.mkBinaryCache.override { mk-binary-cache = pkgs.hello; }))
+          (builtins.functionArgs mkBinaryCache)
+          (functionArgs plain.mkBinaryCache)
+        ]
+        "#,
+    );
+    let [overlay, called, overridden, direct, nixpkgs] = v.as_array().unwrap().as_slice() else {
+        panic!("{v}")
+    };
+    for (how, args) in [
+        ("overlay", overlay),
+        ("callPackage", called),
+        (".override", overridden),
+        ("import", direct),
+    ] {
+        assert_eq!(args, &expected, "{how}");
+    }
+    // Every argument of nixpkgs' function, with the same default-ness.
+    for (name, has_default) in nixpkgs.as_object().unwrap() {
+        assert_eq!(&expected[name], has_default, "{name}");
+    }
+}
+
+#[test]
+fn the_result_has_one_output_out_as_a_mk_derivation_result_does() {
+    let query = r#"c: [
+      c.outputs
+      c.outputName
+      (c.out.outPath == c.outPath)
+      c.out.outputSpecified
+      (map (o: o.outPath == c.outPath) c.all)
+      (c.out.meta == c.meta)
+    ]"#;
+    let v = eval_with_overlay(
+        "",
+        &format!(
+            r#"
+            let
+              query = {query};
+              call = set: set.mkBinaryCache {{ rootPaths = [ set.hello ]; }};
+            in [ (query (call pkgs)) (query (call plain)) ]
+            "#
+        ),
+    );
+    let expected = json!([["out"], "out", true, true, [true], true]);
+    assert_eq!(v, json!([expected, expected]));
+}
+
+#[test]
+fn outputs_other_than_out_are_an_evaluation_error() {
+    // The builder writes one directory: a second output would fail the
+    // build after the whole closure was fetched.
+    let expected = r#"error: mkBinaryCache: outputs must be [ "out" ]: the cache is one directory, the output out"#;
+    assert_eq!(
+        eval_error(
+            r#"(mkBinaryCache { rootPaths = [ root ]; outputs = [ "out" "dev" ]; }).drvPath"#
+        ),
+        expected
+    );
+    assert_eq!(
+        eval_error(r#"(cache.overrideAttrs { outputs = [ "dev" ]; }).drvPath"#),
+        expected
+    );
+}
+
+#[test]
+fn substitutes_are_allowed_and_local_builds_preferred_as_by_nixpkgs_function() {
+    // As nixpkgs' function: a cache that a substituter holds is fetched, not
+    // written again (which would mean fetching its whole closure first).
+    let v = eval_with_overlay(
+        "",
+        r#"
+        let
+          call = set: set.mkBinaryCache { rootPaths = [ set.hello ]; };
+          settings = c: [ (c.allowSubstitutes or true) c.preferLocalBuild ];
+          # As any derivation attribute, it can still be set.
+          local = pkgs.mkBinaryCache { rootPaths = [ pkgs.hello ]; allowSubstitutes = false; };
+        in [ (settings (call pkgs)) (settings (call plain)) local.allowSubstitutes ]
+        "#,
+    );
+    assert_eq!(v, json!([[true, true], [true, true], false]));
+}
+
+#[test]
+fn meta_holds_what_mk_derivation_fills_in_as_nixpkgs_result_does() {
+    // `position` names each function's file.
+    let v = eval_with_overlay(
+        "",
+        r#"
+        let
+          meta = set: builtins.removeAttrs (set.mkBinaryCache { rootPaths = [ set.hello ]; }).meta [ "position" ];
+        in [ (meta plain) (meta pkgs) ]
+        "#,
+    );
+    let (nixpkgs, ours) = (&v[0], &v[1]);
+    let mut missing = nixpkgs.clone();
+    for key in ours.as_object().unwrap().keys() {
+        assert_eq!(nixpkgs[key], ours[key], "meta.{key}");
+        missing.as_object_mut().unwrap().remove(key);
+    }
+    // The two that doc/nix-function.md's list of differences gives reasons for.
+    let missing: Vec<&String> = missing.as_object().unwrap().keys().collect();
+    assert_eq!(missing, ["identifiers", "problems"]);
+    assert_eq!(ours["available"], true);
+    assert_eq!(ours["name"], "binary-cache");
+    assert_eq!(ours["outputsToInstall"], json!(["out"]));
+}
+
+#[test]
+fn meta_checks_find_what_nixpkgs_checks_find() {
+    // The same findings and verdict (`available`) as nixpkgs' stdenv, with
+    // its default config, for each reason a package is unavailable, and the
+    // same maintainers and positions.
+    let overridden = |meta: &str| {
+        format!(
+            "(set.mkBinaryCache {{ rootPaths = [ set.hello ]; }}).overrideAttrs {{ meta = {meta}; }}"
+        )
+    };
+    for meta in [
+        "{ }",
+        r#"{ description = "a cache"; maintainers = [ { name = "a"; } ]; teams = [ { members = [ { name = "b"; } { name = "a"; } ]; } ]; }"#,
+        "{ license = { free = false; }; }",
+        "{ license = [ { free = true; } { free = false; } ]; }",
+        r#"{ license = "MIT"; }"#,
+        "{ broken = true; }",
+        r#"{ platforms = [ "aarch64-darwin" ]; }"#,
+        r#"{ badPlatforms = [ builtins.currentSystem ]; }"#,
+        r#"{ knownVulnerabilities = [ "CVE-0000-0000" ]; }"#,
+    ] {
+        // Checked against the host platform: here, and where the caches are
+        // made for macOS.
+        for set_args in ["", r#"crossSystem = "aarch64-darwin";"#] {
+            let v = eval_with_overlay(
+                set_args,
+                &format!(
+                    r#"
+                let
+                  # Without what doc/nix-function.md's list of differences explains.
+                  findings = set: builtins.removeAttrs ({}).meta [ "position" "identifiers" "problems" ];
+                in [ (findings plain) (findings pkgs) ]
+                "#,
+                    overridden(meta)
+                ),
+            );
+            assert_eq!(v[1], v[0], "meta = {meta}, {set_args}");
+        }
+    }
+}
+
+#[test]
+fn meta_available_follows_config_as_for_stdenv_builds() {
+    // callPackage hands the function nixpkgs' config; what it allows is
+    // available.
+    let available = |set_args: &str| {
+        eval_with_overlay(
+            set_args,
+            r#"
+            (pkgs.mkBinaryCache { rootPaths = [ pkgs.hello ]; meta.license.free = false; }).meta.available
+            "#,
+        )
+    };
+    assert_eq!(available(""), json!(false));
+    assert_eq!(available("config.allowUnfree = true;"), json!(true));
+    assert_eq!(
+        available(r#"config.allowUnfreePredicate = p: p.name == "binary-cache";"#),
+        json!(true)
+    );
+}
+
+#[test]
+fn an_unavailable_cache_is_refused_where_nixpkgs_refuses_a_package() {
+    // As for a stdenv build: its meta can be read, its paths cannot, unless
+    // config allows it.
+    for (meta, allow) in [
+        ("{ license.free = false; }", "allowUnfree"),
+        ("{ broken = true; }", "allowBroken"),
+        (
+            r#"{ platforms = [ "aarch64-darwin" ]; }"#,
+            "allowUnsupportedSystem",
+        ),
+    ] {
+        for set_args in [String::new(), format!("config.{allow} = true;")] {
+            let v = eval_with_overlay(
+                &set_args,
+                &format!(
+                    r#"
+                    let
+                      outcome = set:
+                        let c = (set.mkBinaryCache {{ rootPaths = [ set.hello ]; }}).overrideAttrs {{ meta = {meta}; }};
+                        in [ (builtins.tryEval c.drvPath).success (builtins.tryEval c.outPath).success c.meta.available ];
+                    in [ (outcome plain) (outcome pkgs) ]
+                    "#
+                ),
+            );
+            let allowed = !set_args.is_empty();
+            let expected = json!([allowed, allowed, allowed]);
+            assert_eq!(v, json!([expected, expected]), "{meta} {set_args}");
+        }
+    }
+}
+
+#[test]
+fn a_refused_cache_says_why_and_how_to_allow_it() {
+    let refused = |meta: &str| {
+        eval_error(&format!(
+            "(mkBinaryCache {{ rootPaths = [ root ]; meta = {meta}; }}).drvPath"
+        ))
+    };
+    let mk = "nix/mk-binary-cache.nix";
+    let at = format!(
+        "{}:{}",
+        repo().join(mk).display(),
+        line_of(mk, "# Where the default name is given") + 2
+    );
+    let because = |why: &str| {
+        format!("error: mkBinaryCache: refusing to evaluate binary-cache ({at}), because it {why}")
+    };
+    assert_eq!(
+        refused("{ broken = true; }"),
+        because(
+            "is marked broken (meta.broken); allow it with config.allowBroken = true or NIXPKGS_ALLOW_BROKEN=1"
+        )
+    );
+    assert_eq!(
+        refused(r#"{ knownVulnerabilities = [ "CVE-0000-0000" ]; }"#),
+        because(
+            r#"is marked insecure (meta.knownVulnerabilities: CVE-0000-0000); allow it with config.permittedInsecurePackages = [ "binary-cache" ] or NIXPKGS_ALLOW_INSECURE=1"#
+        )
+    );
+    // Without nixpkgs, config is given to the function.
+    let v = eval(
+        r#"
+        let
+          allowing = config: import ./nix/mk-binary-cache.nix { mk-binary-cache = root; inherit config; };
+          insecure = mk: builtins.isString (mk { rootPaths = [ root ]; meta.knownVulnerabilities = [ "CVE-0000-0000" ]; }).drvPath;
+        in [
+          (insecure (allowing { permittedInsecurePackages = [ "binary-cache" ]; }))
+          (insecure (allowing { allowInsecurePredicate = p: p.name == "binary-cache"; }))
+        ]
+        "#,
+    );
+    assert_eq!(v, json!([true, true]));
+}
+
+#[test]
+fn nix_env_lists_a_cache_with_its_meta_and_leaves_out_a_refused_one() {
+    // `nix-env -qa` (and what reads package sets as it does) reads `meta`,
+    // and skips a package whose derivation is refused, as for nixpkgs.
+    let dir = tempdir();
+    let file = dir.path().join("caches.nix");
+    fs::write(
+        &file,
+        format!(
+            r#"
+            let mkBinaryCache = import ({function}) {{ mk-binary-cache = {builder}; }};
+            in {{
+              described = mkBinaryCache {{ rootPaths = [ ]; meta.description = "a cache"; }};
+              broken = mkBinaryCache {{ name = "broken-cache"; rootPaths = [ ]; meta.broken = true; }};
+            }}
+            "#,
+            function = nix_path(&repo().join("nix/mk-binary-cache.nix")),
+            builder = nix_path(busybox_dir()),
+        ),
+    )
+    .unwrap();
+    let query = |args: &[&str]| {
+        run(nix_cmd("nix-env")
+            .env("HOME", dir.path())
+            .arg("--file")
+            .arg(&file)
+            .args(["--query", "--available"])
+            .args(args))
+    };
+    let listed: Value = serde_json::from_str(&query(&["--json", "--meta"])).unwrap();
+    let meta = &listed["described"]["meta"];
+    assert_eq!(meta["description"], "a cache");
+    assert_eq!(meta["available"], true);
+    assert_eq!(meta["outputsToInstall"], json!(["out"]));
+    assert_eq!(listed["broken"]["meta"]["available"], false);
+    // With their derivations: the refused one is left out.
+    let with_drvs = query(&["--attr-path", "--drv-path"]);
+    let attrs: Vec<&str> = with_drvs
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(attrs, ["described"], "{with_drvs}");
+}
+
+#[test]
+fn meta_position_is_where_the_caller_wrote_the_description_or_the_name() {
+    // As mkDerivation's: `nix edit`, Hydra and error messages point there.
+    let v = eval(&format!(
+        "let d = import ./tests/fixtures/drop-in.nix {{ busyboxDir = {bb}; toolDir = {bb}; }}; \
+         in [ d.delta.meta.position d.multiOutput.meta.position cache.meta.position ]",
+        bb = nix_path(busybox_dir()),
+    ));
+    let fixture = "tests/fixtures/drop-in.nix";
+    let at = |file: &str, line: usize| format!("{}:{line}", repo().join(file).display());
+    assert_eq!(
+        v,
+        json!([
+            at(
+                fixture,
+                line_of(fixture, r#"meta.description = "a delta cache";"#)
+            ),
+            at(fixture, line_of(fixture, r#"name = "multi-output-cache";"#)),
+            // A default name: where the function gives it.
+            at(
+                "nix/mk-binary-cache.nix",
+                line_of(
+                    "nix/mk-binary-cache.nix",
+                    "# Where the default name is given"
+                ) + 2
+            ),
+        ])
+    );
+}
+
+#[test]
+fn meta_is_filled_in_without_lib_for_system_names_only() {
+    // nix/mk-binary-cache.nix works without nixpkgs: `meta.platforms`
+    // patterns (attribute sets) need lib to be matched.
+    let v = eval(
+        r#"
+        let m = (mkBinaryCache { rootPaths = [ root ]; meta.platforms = [ builtins.currentSystem ]; }).meta;
+        in [ m.name m.outputsToInstall m.unsupported m.available ]
+        "#,
+    );
+    assert_eq!(v, json!(["binary-cache", ["out"], false, true]));
+    assert_eq!(
+        eval_error(
+            r#"(mkBinaryCache { rootPaths = [ root ]; meta.platforms = [ { kernel.name = "linux"; } ]; }).meta.available"#
+        ),
+        "error: mkBinaryCache: meta.platforms and meta.badPlatforms can hold only system names \
+         when the function is called without lib, got an attribute set"
+    );
+}
+
+#[test]
+fn input_derivation_refers_to_the_builder_the_roots_and_the_excluded_paths() {
+    // As mkDerivation's: building it fetches (or builds) everything the
+    // cache's build needs, and a GC root on it keeps them; it writes no NAR.
+    let out = build_drop_in(&["delta.inputDerivation"]);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let inputs = drop_in_paths("[ d.refersToNote d.note ]");
+    let refs = run(nix_cmd("nix-store").args(["--query", "--references", &out[0]]));
+    let mut names: Vec<&str> = refs.lines().map(|p| &basename(p)[33..]).collect();
+    names.sort();
+    // The tool directory is the builder here.
+    assert_eq!(names, ["mk-binary-cache", "note.txt", "refers-to-note.txt"]);
+    for input in &inputs {
+        assert!(refs.lines().any(|r| r == input), "{input} in {refs}");
+    }
+    assert_eq!(narinfo_hash_parts(Path::new(&out[0])), Vec::<String>::new());
+    let v = eval(&format!(
+        "let d = import ./tests/fixtures/drop-in.nix {{ busyboxDir = {bb}; toolDir = {bb}; }}; \
+         in [ d.delta.inputDerivation.name d.delta.inputDerivation.outputs ]",
+        bb = nix_path(busybox_dir()),
+    ));
+    assert_eq!(v, json!(["delta-cache", ["out"]]));
+}
+
+// What a stdenv build has and this one cannot
+
+#[test]
+fn stdenv_attributes_read_from_old_are_errors_that_say_why() {
+    // nixpkgs' function is a stdenv build: overrides written for it extend
+    // its build inputs or its script. Here neither exists.
+    let inputs = "the cache is written by the mk-binary-cache program alone, with no stdenv \
+                  and no shell, so no build input would be used. To put store paths into the \
+                  cache, add them to rootPaths; to run a tool on the cache, do it in a derivation \
+                  of your own that takes the cache as an input (such as runCommand)";
+    let script = "the cache is written by the mk-binary-cache program alone, with no stdenv \
+                  and no shell, so no script, phase or hook would run. To change what the cache \
+                  holds, set its options (rootPaths, exclude, compression, …); to change its \
+                  files afterwards, do it in a derivation of your own that takes the cache as \
+                  an input (such as runCommand)";
+    for (expr, error) in [
+        (
+            r#"old: { name = "${old.name}-${toString old.nativeBuildInputs}"; }"#,
+            format!("error: mkBinaryCache: nativeBuildInputs does not exist here: {inputs}"),
+        ),
+        (
+            r#"final: prev: { name = "${prev.name}-${toString final.buildInputs}"; }"#,
+            format!("error: mkBinaryCache: buildInputs does not exist here: {inputs}"),
+        ),
+        (
+            r#"old: { name = old.buildCommand + "touch $out/extra"; }"#,
+            format!("error: mkBinaryCache: buildCommand does not exist here: {script}"),
+        ),
+    ] {
+        assert_eq!(
+            eval_error(&format!("(cache.overrideAttrs ({expr})).name")),
+            error,
+            "{expr}"
+        );
+    }
+}
+
+#[test]
+fn stdenv_attributes_set_by_a_call_or_an_override_are_errors_that_say_why() {
+    // An override that extends the build inputs the way overlays extend
+    // stdenv builds (reading them with a fallback) would change nothing in
+    // the cache: it is refused, not ignored, whatever the value.
+    let inputs_error = "error: mkBinaryCache: nativeBuildInputs cannot be set: the cache is \
+                        written by the mk-binary-cache program alone";
+    for expr in [
+        "(cache.overrideAttrs (old: { nativeBuildInputs = (old.nativeBuildInputs or [ ]) ++ [ root ]; })).drvPath",
+        "(cache.overrideAttrs { nativeBuildInputs = [ ]; }).drvPath",
+        "(mkBinaryCache { rootPaths = [ root ]; nativeBuildInputs = [ root ]; }).drvPath",
+    ] {
+        let error = eval_error(expr);
+        assert!(error.starts_with(inputs_error), "{expr}: {error}");
+    }
+    for attr in ["postInstall", "installPhase", "phases", "patches", "src"] {
+        let error = eval_error(&format!(
+            r#"(cache.overrideAttrs {{ {attr} = "x"; }}).drvPath"#
+        ));
+        assert!(
+            error.starts_with(&format!(
+                "error: mkBinaryCache: {attr} cannot be set: the cache is written by the \
+                 mk-binary-cache program alone, with no stdenv and no shell, so no script, \
+                 phase or hook would run."
+            )),
+            "{attr}: {error}"
+        );
+    }
+}
+
+#[test]
+fn the_result_has_no_stdenv_attribute_for_tools_that_collect_them() {
+    // mkShell's `inputsFrom` and similar tools collect `nativeBuildInputs`
+    // and the like from packages with a fallback: the result itself has
+    // none, so they find nothing rather than an error.
+    let v = eval(
+        r#"
+        builtins.catAttrs "nativeBuildInputs" [ cache (cache.overrideAttrs { compression = "xz"; }) ]
+        "#,
+    );
+    assert_eq!(v, json!([]));
 }

@@ -147,12 +147,20 @@ impl NixInRoot {
     /// directories `read_only` (paths inside the root) are bind-mounted
     /// read-only onto themselves.
     fn cmd(&self, program: impl AsRef<OsStr>, read_only: &[&Path]) -> Command {
+        let binds: Vec<_> = read_only.iter().map(|dir| (self.host(dir), *dir)).collect();
+        self.cmd_binding(program, &binds)
+    }
+
+    /// `program` run inside the root with the project's Nix settings, and
+    /// each (host file or directory, path inside) of `read_only` bind-mounted
+    /// read-only for it alone.
+    fn cmd_binding(&self, program: impl AsRef<OsStr>, read_only: &[(PathBuf, &Path)]) -> Command {
         let mut cmd = Command::new(debian_root());
         cmd.arg("run").arg(&self.dir).arg("--bind").arg(repo());
-        for dir in read_only {
-            let mut spec = self.host(dir).into_os_string();
+        for (host, inside) in read_only {
+            let mut spec = host.clone().into_os_string();
             spec.push(":");
-            spec.push(dir);
+            spec.push(inside);
             cmd.arg("--ro-bind").arg(spec);
         }
         cmd.args(["--", "env"])
@@ -289,8 +297,21 @@ impl NixInRoot {
         options: &[&str],
         read_only: &[&Path],
     ) -> Substituted {
+        let binds: Vec<_> = read_only.iter().map(|dir| (self.host(dir), *dir)).collect();
+        self.substitute_binding(url, options, &binds)
+    }
+
+    /// [`Self::substitute`], with the host's files or directories
+    /// `read_only` (host path, path inside) bind-mounted read-only into the
+    /// root for it (an `/etc/hosts` that names the server, say).
+    pub(crate) fn substitute_binding(
+        &self,
+        url: &str,
+        options: &[&str],
+        read_only: &[(PathBuf, &Path)],
+    ) -> Substituted {
         let (guard, store) = self.tempdir();
-        let mut cmd = self.cmd("nix-store", read_only);
+        let mut cmd = self.cmd_binding("nix-store", read_only);
         cmd.arg("--store")
             .arg(&store)
             .arg("--realise")

@@ -11,11 +11,19 @@
 //! Debian's Nix 2.34 (the sid root of tests/it/nix_versions.rs) is built
 //! without AWS support: it reads `s3://` anonymously, so the test buckets
 //! allow anyone to read (a bucket policy), as a public cache's does.
+//!
+//! Virtual-hosted requests go to `BUCKET.s3.localtest` (moto takes the
+//! first label of a Host header with a dot as the bucket). The name
+//! resolves to 127.0.0.1 only for the commands given a hosts file of the
+//! test's (`Hosts`: a mount namespace of their own in which it is
+//! `/etc/hosts`); the machine's is never touched.
 
 use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpStream};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -54,7 +62,7 @@ pub(crate) fn publisher() -> Command {
 }
 
 /// Gives `cmd` these AWS keys and no other AWS setting of the machine.
-fn credentials<'a>(cmd: &'a mut Command, id: &str, secret: &str) -> &'a mut Command {
+pub(crate) fn credentials<'a>(cmd: &'a mut Command, id: &str, secret: &str) -> &'a mut Command {
     for (name, _) in std::env::vars() {
         if name.starts_with("AWS_") {
             cmd.env_remove(name);
@@ -140,7 +148,7 @@ impl Moto {
         }
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -238,6 +246,31 @@ impl Bucket<'_> {
         )
     }
 
+    /// The URL with virtual-hosted addressing: requests go to
+    /// `BUCKET.s3.localtest`, a name only [`Hosts`] resolves.
+    fn virtual_url(&self) -> String {
+        format!(
+            "s3://{}?endpoint=http://{VIRTUAL_DOMAIN}:{}&addressing-style=virtual",
+            self.name, self.moto.port
+        )
+    }
+
+    /// The requests so far that named this bucket in their path, as
+    /// path-style requests for an object do.
+    fn path_style_requests(&self) -> Vec<(String, String)> {
+        let prefix = format!("/{}/", self.name);
+        self.moto
+            .requests()
+            .into_iter()
+            .filter(|(_, target)| target.starts_with(&prefix))
+            .collect()
+    }
+
+    /// Every object: key -> storage class.
+    fn storage_classes(&self) -> BTreeMap<String, String> {
+        serde_json::from_slice(&self.moto.s3(&["classes", &self.name])).unwrap()
+    }
+
     /// Every object: key -> (size, content type).
     pub(crate) fn objects(&self) -> BTreeMap<String, (u64, String)> {
         serde_json::from_slice(&self.moto.s3(&["list", &self.name])).unwrap()
@@ -272,7 +305,7 @@ impl Bucket<'_> {
 
     /// Checks that the bucket holds exactly the files of `cache`, byte for
     /// byte.
-    fn assert_holds(&self, cache: &Path) {
+    pub(crate) fn assert_holds(&self, cache: &Path) {
         let copy = tempdir();
         self.moto
             .s3(&["download", &self.name, copy.path().to_str().unwrap()]);
@@ -289,6 +322,70 @@ impl Bucket<'_> {
                 cache.display()
             );
         }
+    }
+}
+
+/// The domain of the tests' virtual-hosted requests.
+const VIRTUAL_DOMAIN: &str = "s3.localtest";
+
+/// A hosts file in which `BUCKET.s3.localtest` is 127.0.0.1, for the
+/// commands [`Hosts::apply`] is given.
+struct Hosts {
+    _dir: tempfile::TempDir,
+    file: PathBuf,
+}
+
+impl Hosts {
+    fn naming(bucket: &Bucket) -> Hosts {
+        let dir = tempdir();
+        let file = dir.path().join("hosts");
+        fs::write(
+            &file,
+            format!(
+                "127.0.0.1 localhost\n127.0.0.1 {}.{VIRTUAL_DOMAIN}\n",
+                bucket.name
+            ),
+        )
+        .unwrap();
+        Hosts { _dir: dir, file }
+    }
+
+    /// Runs `cmd` in a mount namespace of its own, in which this file is
+    /// `/etc/hosts`.
+    fn apply<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        let source = CString::new(self.file.as_os_str().as_bytes()).unwrap();
+        // SAFETY: unshare and mount are system calls, async-signal-safe; the
+        // strings were made before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let check = |status: libc::c_int| match status {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                };
+                check(libc::unshare(libc::CLONE_NEWNS))?;
+                // The bind below must not reach the machine's namespace.
+                check(libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
+                check(libc::mount(
+                    source.as_ptr(),
+                    c"/etc/hosts".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ))
+            });
+        }
+        cmd
+    }
+
+    /// The file, as a read-only bind onto `/etc/hosts` of a Debian root.
+    fn bind(&self) -> (PathBuf, &'static Path) {
+        (self.file.clone(), Path::new("/etc/hosts"))
     }
 }
 
@@ -312,6 +409,19 @@ fn fixture_cache() -> (tempfile::TempDir, PathBuf) {
         .arg(build_cache(&[]))
         .arg(&copy));
     (dir, copy)
+}
+
+/// The fixture cache as a writable copy, with a build log of `mib` MiB
+/// (larger than a part, it goes up as a multipart upload); and the log's
+/// name in the cache.
+fn fixture_cache_with_log(mib: usize) -> (tempfile::TempDir, PathBuf, String) {
+    let (dir, cache) = fixture_cache();
+    let drv = basename(fixture_path("busybox"));
+    let name = format!("log/{drv}.drv");
+    fs::create_dir_all(cache.join("log")).unwrap();
+    let line = format!("building '{drv}'... a line of a long build log\n");
+    fs::write(cache.join(&name), line.repeat((mib << 20) / line.len())).unwrap();
+    (dir, cache, name)
 }
 
 fn publish(cache: &Path, bucket: &Bucket) -> String {
@@ -368,6 +478,172 @@ fn nix_2_34_substitutes_every_path_from_a_prefix_of_a_bucket() {
     let substituted = nix.substitute(&url, &["--option", "require-sigs", "false"], &[]);
     substituted.assert_success(nix);
     nix.assert_store_holds_the_closure(&substituted.store);
+}
+
+#[test]
+fn virtual_hosted_addressing_names_the_bucket_in_the_host_and_nix_2_34_substitutes() {
+    // As Nix 2.34 addresses AWS by default: publish and Nix both send every
+    // request to BUCKET.s3.localtest.
+    let bucket = Moto::shared().bucket("virtual");
+    let hosts = Hosts::naming(&bucket);
+    let cache = build_cache(&[]);
+    let url = bucket.virtual_url();
+    run(hosts.apply(&mut publisher()).arg(&cache).arg(&url));
+
+    let nix = crate::nix_versions::nix_2_34::nix();
+    let substituted = nix.substitute_binding(
+        &url,
+        &["--option", "require-sigs", "false"],
+        &[hosts.bind()],
+    );
+    substituted.assert_success(nix);
+    nix.assert_store_holds_the_closure(&substituted.store);
+    // No request named the bucket in its path (the test's own reads below
+    // do): the objects were written and read by host name alone.
+    assert_eq!(bucket.path_style_requests(), []);
+    bucket.assert_holds(&cache);
+}
+
+#[test]
+fn path_style_addressing_when_asked_names_the_bucket_in_the_path() {
+    let bucket = Moto::shared().bucket("path");
+    let cache = build_cache(&[]);
+    run(publisher()
+        .arg(&cache)
+        .arg(format!("{}&addressing-style=path", bucket.url())));
+    // Every file went up as PUT /BUCKET/KEY.
+    let mut written = bucket.written();
+    written.sort();
+    assert_eq!(written, files_of(&cache).into_keys().collect::<Vec<_>>());
+    bucket.assert_holds(&cache);
+}
+
+#[test]
+fn every_upload_carries_the_storage_class_multipart_ones_too() {
+    let moto = Moto::shared();
+    let bucket = moto.bucket("class");
+    // A 12 MiB build log: a multipart upload in parts of 5 MiB.
+    let (_dir, cache, _) = fixture_cache_with_log(12);
+    let url = format!("{}&storage-class=STANDARD_IA", bucket.url());
+    run(publisher().args(["--part-size", "5"]).arg(&cache).arg(&url));
+
+    let part = format!("/{}/log/", bucket.name);
+    assert!(
+        moto.requests()
+            .iter()
+            .any(|(m, t)| m == "PUT" && t.starts_with(&part) && t.contains("partNumber=3")),
+        "the log did not go up in parts"
+    );
+    // The server's own record of each object (STANDARD unless the upload
+    // said otherwise).
+    let classes = bucket.storage_classes();
+    assert_eq!(
+        classes.keys().collect::<Vec<_>>(),
+        files_of(&cache).keys().collect::<Vec<_>>()
+    );
+    for (key, class) in &classes {
+        assert_eq!(class, "STANDARD_IA", "the storage class of {key}");
+    }
+    // Nix 2.34 takes the same URL.
+    let nix = crate::nix_versions::nix_2_34::nix();
+    let substituted = nix.substitute(&url, &["--option", "require-sigs", "false"], &[]);
+    substituted.assert_success(nix);
+    nix.assert_store_holds_the_closure(&substituted.store);
+}
+
+#[test]
+fn the_environment_s_s3_endpoint_does_not_override_the_url_s() {
+    // The client library would take AWS_ENDPOINT_URL_S3 over the endpoint it
+    // is given; Nix reads no such variable, and one URL must mean one bucket
+    // to both.
+    let moto = Moto::shared();
+    let bucket = moto.bucket("envendpoint");
+    let decoy = moto.bucket("decoy");
+    let cache = build_cache(&[]);
+    run(publisher()
+        .env(
+            "AWS_ENDPOINT_URL_S3",
+            format!("{}/{}", moto.endpoint(), decoy.name),
+        )
+        .arg(&cache)
+        .arg(bucket.url()));
+    bucket.assert_holds(&cache);
+    assert_eq!(decoy.objects().len(), 0, "publish wrote to the decoy");
+}
+
+/// Runs `cmd`, which must succeed; returns the lines of its standard error
+/// that are warnings.
+fn warnings_of(cmd: &mut Command) -> Vec<String> {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "`{}` failed:\n{stderr}", show(cmd));
+    stderr
+        .lines()
+        .filter(|l| l.contains("warning"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_bare_endpoint_with_scheme_publishes_with_one_warning_saying_what_to_write() {
+    let moto = Moto::shared();
+    let bucket = moto.bucket("bare");
+    let cache = build_cache(&[]);
+    let url = format!(
+        "s3://{}?endpoint=127.0.0.1:{}&scheme=http",
+        bucket.name, moto.port
+    );
+    let warnings = warnings_of(publisher().arg(&cache).arg(&url));
+    assert_eq!(
+        warnings,
+        [format!(
+            "mk-binary-cache-publish: warning: endpoint=127.0.0.1:{0} has no scheme, a form \
+             Nix 2.36 deprecates and Nix 2.33 to 2.35 misread: write \
+             endpoint=http://127.0.0.1:{0} and drop scheme=",
+            moto.port
+        )]
+    );
+    bucket.assert_holds(&cache);
+}
+
+#[test]
+fn scheme_with_an_endpoint_url_is_ignored_with_a_warning() {
+    let bucket = Moto::shared().bucket("scheme");
+    let cache = build_cache(&[]);
+    // The endpoint's http wins, as in Nix: https would find no server.
+    let warnings = warnings_of(
+        publisher()
+            .arg(&cache)
+            .arg(format!("{}&scheme=https", bucket.url())),
+    );
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("scheme=https is deprecated since Nix 2.36, and ignored"),
+        "{warnings:#?}"
+    );
+    bucket.assert_holds(&cache);
+}
+
+#[test]
+fn a_parameter_publish_does_not_take_is_refused_before_anything_is_written() {
+    let bucket = Moto::shared().bucket("unknown");
+    let cache = build_cache(&[]);
+    for (parameter, message) in [
+        ("compression=xz", "unknown parameter 'compression'"),
+        (
+            "adressing-style=path",
+            "unknown parameter 'adressing-style'",
+        ),
+        (
+            "addressing-style=dns",
+            "addressing-style must be auto, path or virtual, not 'dns'",
+        ),
+    ] {
+        let url = format!("{}&{parameter}", bucket.url());
+        let err = run_failing(publisher().arg(&cache).arg(&url));
+        assert!(err.contains(&format!("'{url}': {message}")), "{err}");
+    }
+    assert_eq!(bucket.objects().len(), 0, "publish wrote to the bucket");
 }
 
 #[test]
@@ -445,17 +721,9 @@ fn a_second_publish_uploads_nothing() {
 fn a_killed_publish_is_completed_by_the_next() {
     let moto = Moto::shared();
     let bucket = moto.bucket("killed");
-    let (_dir, cache) = fixture_cache();
     // A large build log: a multipart upload of ten parts, sent first (the
     // files go in name order, one at a time with --jobs 1).
-    let drv = basename(fixture_path("busybox"));
-    fs::create_dir_all(cache.join("log")).unwrap();
-    let line = format!("building '{drv}'... a line of a long build log\n");
-    fs::write(
-        cache.join(format!("log/{drv}.drv")),
-        line.repeat((48 << 20) / line.len()),
-    )
-    .unwrap();
+    let (_dir, cache, log) = fixture_cache_with_log(48);
 
     let mut child = publisher()
         .args(["--jobs", "1", "--part-size", "5"])
@@ -491,7 +759,7 @@ fn a_killed_publish_is_completed_by_the_next() {
         );
     }
     assert!(
-        !objects.contains_key(&format!("log/{drv}.drv")),
+        !objects.contains_key(&log),
         "a part-uploaded log is visible"
     );
 
@@ -570,13 +838,8 @@ fn bad_credentials_are_a_clear_error_and_nothing_is_written() {
 fn a_large_file_goes_up_in_parts_in_bounded_memory() {
     let moto = Moto::shared();
     let bucket = moto.bucket("large");
-    let (_dir, cache) = fixture_cache();
     // A 128 MiB build log, more than the memory allowed below.
-    let drv = basename(fixture_path("busybox"));
-    fs::create_dir_all(cache.join("log")).unwrap();
-    let line = format!("building '{drv}'... another line of a very long build log\n");
-    let log = cache.join(format!("log/{drv}.drv"));
-    fs::write(&log, line.repeat((128 << 20) / line.len())).unwrap();
+    let (_dir, cache, key) = fixture_cache_with_log(128);
 
     let mut child = publisher()
         .arg(&cache)
@@ -592,7 +855,6 @@ fn a_large_file_goes_up_in_parts_in_bounded_memory() {
         peak_kib < 80 << 10,
         "publishing a 128 MiB file took {peak_kib} KiB of memory"
     );
-    let key = format!("log/{drv}.drv");
     let parts = moto
         .requests()
         .iter()

@@ -5,16 +5,18 @@
 //! the examples name: `result` (a symlink to a root of the fixture closure, as
 //! `nix-build` leaves one), `base-cache` (a cache of part of that closure),
 //! and `cache.secret`/`cache.public` (a key pair made by Nix). Each must
-//! exit 0. The one example that needs an S3 server (`publish`) is not run
-//! here: `tests/it/publish.rs` runs `publish` against one. Then Nix itself
-//! substitutes the root from the cache the examples built, as the README
-//! says a consumer does.
+//! exit 0. The `publish` example goes to the S3 server of the tests
+//! (`tests/it/publish.rs`) instead of AWS: its URL gets that server's
+//! `endpoint=` and the name of a fresh bucket, which must then hold the cache
+//! byte for byte. Then Nix itself substitutes the root from the cache the
+//! examples built, as the README says a consumer does.
 
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
 use crate::common::*;
+use crate::publish::{Moto, credentials};
 
 /// The example command lines of the README, in order.
 fn examples() -> Vec<String> {
@@ -72,15 +74,22 @@ fn the_readme_s_examples_run_as_written() {
         bin.parent().unwrap().display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    let moto = Moto::shared();
+    let bucket = moto.bucket("readme");
     let mut ran = 0;
     for example in examples() {
+        let mut example = example;
         if example.starts_with("mk-binary-cache publish ") {
-            continue;
+            example = example.replace(
+                "s3://my-cache?",
+                &format!("s3://{}?endpoint={}&", bucket.name, moto.endpoint()),
+            );
         }
-        let out = Command::new("sh")
-            .args(["-c", &example])
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &example])
             .current_dir(work)
-            .env("PATH", &path)
+            .env("PATH", &path);
+        let out = credentials(&mut cmd, "testing", "testing")
             .output()
             .unwrap();
         assert!(
@@ -92,7 +101,8 @@ fn the_readme_s_examples_run_as_written() {
         );
         ran += 1;
     }
-    assert!(ran >= 5, "only {ran} examples ran");
+    assert!(ran >= 6, "only {ran} examples ran");
+    bucket.assert_holds(&work.join("signed"));
 
     // What the examples built is a cache Nix substitutes from, building nothing.
     let store = work.join("fresh-store");

@@ -4,6 +4,7 @@ and reads back what `publish` wrote, independently of the client library
 
     s3.py ENDPOINT create BUCKET        a bucket anyone may read (as Nix 2.34 reads)
     s3.py ENDPOINT list BUCKET          {key: [size, content type]} as JSON
+    s3.py ENDPOINT classes BUCKET       {key: storage class} as JSON
     s3.py ENDPOINT download BUCKET DIR  every object into DIR/KEY
     s3.py ENDPOINT put BUCKET KEY FILE  upload FILE
     s3.py ENDPOINT auth on|off          moto checks signatures, or not
@@ -35,6 +36,13 @@ elif command == "list":
         for obj in page.get("Contents", []):
             head = s3.head_object(Bucket=bucket, Key=obj["Key"])
             out[obj["Key"]] = [obj["Size"], head["ContentType"]]
+    json.dump(out, sys.stdout)
+elif command == "classes":
+    (bucket,) = args
+    out = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            out[obj["Key"]] = obj["StorageClass"]
     json.dump(out, sys.stdout)
 elif command == "download":
     bucket, directory = args

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use md5::{Digest, Md5};
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as Key;
 use object_store::{
     Attribute, Attributes, BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt,
@@ -16,7 +16,7 @@ use object_store::{
 use tokio::io::AsyncReadExt;
 
 use super::plan::File;
-use super::{Location, PublishError, Resolved, content_type};
+use super::{Credentials, Location, PublishError, content_type};
 
 /// The bucket, and how to name things in messages.
 pub(super) struct Bucket {
@@ -29,13 +29,22 @@ pub(super) struct Bucket {
 impl Bucket {
     pub(super) fn open(
         location: &Location,
-        resolved: Resolved,
+        credentials: Option<Credentials>,
         part_size: usize,
     ) -> Result<Bucket, PublishError> {
+        // The bucket's address is the one Nix computes from the URL
+        // (`Location::bucket_url`), handed over whole: to `object_store`, an
+        // endpoint with virtual-hosted requests is the bucket's own address,
+        // used as it is. The environment's `AWS_ENDPOINT_URL_S3`, which
+        // would take precedence over it, and `AWS_S3_EXPRESS` are overridden:
+        // Nix reads neither, and the URL must mean one bucket to both.
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(&location.bucket)
-            .with_region(&resolved.region)
-            .with_virtual_hosted_style_request(false)
+            .with_region(&location.region)
+            .with_endpoint(&location.bucket_url)
+            .with_config(AmazonS3ConfigKey::S3Endpoint, &location.bucket_url)
+            .with_virtual_hosted_style_request(true)
+            .with_s3_express(false)
             .with_retry(RetryConfig {
                 backoff: BackoffConfig {
                     init_backoff: Duration::from_millis(100),
@@ -49,17 +58,9 @@ impl Bucket {
                 ClientOptions::new()
                     .with_connect_timeout(Duration::from_secs(10))
                     .with_timeout(Duration::from_secs(300))
-                    .with_allow_http(
-                        location
-                            .endpoint
-                            .as_deref()
-                            .is_some_and(|e| e.starts_with("http://")),
-                    ),
+                    .with_allow_http(location.bucket_url.starts_with("http://")),
             );
-        if let Some(endpoint) = &location.endpoint {
-            builder = builder.with_endpoint(endpoint);
-        }
-        let credentials = match &resolved.credentials {
+        let credentials = match &credentials {
             Some(c) => {
                 builder = builder
                     .with_access_key_id(&c.access_key_id)
@@ -148,9 +149,20 @@ impl Bucket {
         Ok(bytes.to_vec())
     }
 
+    /// The headers of an upload of `name` (a single one, or the start of a
+    /// multipart one, whose parts inherit them): its content type, and the
+    /// URL's storage class.
+    fn attributes(&self, name: &str) -> Attributes {
+        let mut attributes = Attributes::from_iter([(Attribute::ContentType, content_type(name))]);
+        if let Some(class) = &self.location.storage_class {
+            attributes.insert(Attribute::StorageClass, class.clone().into());
+        }
+        attributes
+    }
+
     pub(super) async fn put_bytes(&self, name: &str, bytes: Vec<u8>) -> Result<(), PublishError> {
         let options = PutOptions {
-            attributes: attributes(name),
+            attributes: self.attributes(name),
             ..Default::default()
         };
         self.store
@@ -171,7 +183,7 @@ impl Bucket {
             return self.put_bytes(&file.name, bytes).await;
         }
         let options = PutMultipartOptions {
-            attributes: attributes(&file.name),
+            attributes: self.attributes(&file.name),
             ..Default::default()
         };
         let upload = self
@@ -214,10 +226,6 @@ impl Bucket {
             }
         }
     }
-}
-
-pub(super) fn attributes(name: &str) -> Attributes {
-    Attributes::from_iter([(Attribute::ContentType, content_type(name))])
 }
 
 /// The MD5 of `bytes` in hex: the ETag S3 gives a single-part upload.

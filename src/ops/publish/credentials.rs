@@ -11,18 +11,14 @@
 //! would. A profile named in the URL or `AWS_PROFILE` that neither file has
 //! is an error, not a silent fall-back.
 //!
-//! The region: the URL's `region=`, else `AWS_REGION`, `AWS_DEFAULT_REGION`,
-//! the profile's `region` in the config file, else `us-east-1` (Nix's
-//! default).
+//! The region is the URL's alone (`location.rs`), as for Nix: not
+//! `AWS_REGION` nor a profile's `region`.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
-
-/// The region Nix uses when none is given.
-pub const DEFAULT_REGION: &str = "us-east-1";
 
 /// Static credentials, and where they were found (for error messages).
 #[derive(Clone, PartialEq, Eq)]
@@ -42,14 +38,6 @@ impl std::fmt::Debug for Credentials {
             self.access_key_id, self.source
         )
     }
-}
-
-/// What [`resolve`] found.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Resolved {
-    /// None: leave it to the client library's chain.
-    pub credentials: Option<Credentials>,
-    pub region: String,
 }
 
 #[derive(Debug, Error)]
@@ -83,12 +71,12 @@ impl Environment for ProcessEnvironment {
     }
 }
 
-/// Finds the credentials and region for a URL's `profile` and `region`.
+/// Finds the credentials for a URL's `profile`; None leaves them to the
+/// client library's chain.
 pub fn resolve(
     url_profile: Option<&str>,
-    url_region: Option<&str>,
     env: &dyn Environment,
-) -> Result<Resolved, CredentialsError> {
+) -> Result<Option<Credentials>, CredentialsError> {
     let home = env.var("HOME").unwrap_or_default();
     let credentials_file = env
         .var("AWS_SHARED_CREDENTIALS_FILE")
@@ -130,24 +118,13 @@ pub fn resolve(
         }),
         _ => None,
     };
-    let credentials = match from_env {
-        Some(c) => Some(c),
+    match from_env {
+        Some(c) => Ok(Some(c)),
         None => match key_in(from_credentials, &profile, &credentials_file)? {
-            Some(c) => Some(c),
-            None => key_in(from_config, &profile, &config_file)?,
+            Some(c) => Ok(Some(c)),
+            None => key_in(from_config, &profile, &config_file),
         },
-    };
-
-    let region = url_region
-        .map(str::to_string)
-        .or_else(|| env.var("AWS_REGION"))
-        .or_else(|| env.var("AWS_DEFAULT_REGION"))
-        .or_else(|| from_config.and_then(|s| s.get("region").cloned()))
-        .unwrap_or_else(|| DEFAULT_REGION.to_string());
-    Ok(Resolved {
-        credentials,
-        region,
-    })
+    }
 }
 
 type Section = BTreeMap<String, String>;
@@ -269,11 +246,9 @@ s3 =
     #[test]
     fn the_default_profile_of_the_shared_files() {
         let (_home, env) = setup(CREDENTIALS, CONFIG, &[]);
-        let r = resolve(None, None, &env).unwrap();
-        let c = r.credentials.unwrap();
+        let c = resolve(None, &env).unwrap().unwrap();
         assert_eq!(c.access_key_id, "AKIDDEFAULT");
         assert_eq!(c.secret_access_key, "secret-default");
-        assert_eq!(r.region, "eu-central-1");
     }
 
     #[test]
@@ -286,11 +261,9 @@ s3 =
                 ("AWS_SECRET_ACCESS_KEY", "s"),
             ],
         );
-        let r = resolve(Some("ci"), None, &env).unwrap();
-        let c = r.credentials.unwrap();
+        let c = resolve(Some("ci"), &env).unwrap().unwrap();
         assert_eq!(c.access_key_id, "AKIDCI");
         assert_eq!(c.session_token.as_deref(), Some("token-ci"));
-        assert_eq!(r.region, "ap-south-1");
     }
 
     #[test]
@@ -302,35 +275,33 @@ s3 =
                 ("AWS_PROFILE", "ci"),
                 ("AWS_ACCESS_KEY_ID", "AKIDENV"),
                 ("AWS_SECRET_ACCESS_KEY", "s"),
-                ("AWS_REGION", "us-west-2"),
             ],
         );
-        let r = resolve(None, None, &env).unwrap();
-        assert_eq!(r.credentials.unwrap().access_key_id, "AKIDENV");
-        assert_eq!(r.region, "us-west-2");
-    }
-
-    #[test]
-    fn the_url_s_region_wins() {
-        let (_home, env) = setup(CREDENTIALS, CONFIG, &[("AWS_REGION", "us-west-2")]);
         assert_eq!(
-            resolve(None, Some("sa-east-1"), &env).unwrap().region,
-            "sa-east-1"
+            resolve(None, &env).unwrap().unwrap().access_key_id,
+            "AKIDENV"
         );
     }
 
     #[test]
-    fn nothing_anywhere_leaves_it_to_the_library_in_nix_s_default_region() {
+    fn aws_profile_names_the_profile_of_the_shared_files() {
+        let (_home, env) = setup(CREDENTIALS, CONFIG, &[("AWS_PROFILE", "ci")]);
+        assert_eq!(
+            resolve(None, &env).unwrap().unwrap().access_key_id,
+            "AKIDCI"
+        );
+    }
+
+    #[test]
+    fn nothing_anywhere_leaves_it_to_the_library() {
         let (_home, env) = setup("", "", &[]);
-        let r = resolve(None, None, &env).unwrap();
-        assert_eq!(r.credentials, None);
-        assert_eq!(r.region, DEFAULT_REGION);
+        assert_eq!(resolve(None, &env).unwrap(), None);
     }
 
     #[test]
     fn a_named_profile_that_does_not_exist_is_an_error() {
         let (_home, env) = setup(CREDENTIALS, CONFIG, &[]);
-        let e = resolve(Some("nope"), None, &env).unwrap_err();
+        let e = resolve(Some("nope"), &env).unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("the AWS profile 'nope' is in neither "),
@@ -342,7 +313,7 @@ s3 =
     fn half_a_key_is_an_error() {
         let (_home, env) = setup("[default]\naws_access_key_id = X\n", "", &[]);
         assert!(matches!(
-            resolve(None, None, &env),
+            resolve(None, &env),
             Err(CredentialsError::HalfAKey { .. })
         ));
     }

@@ -48,8 +48,8 @@ use crate::format::store_path::{DEFAULT_STORE_DIR, StorePath};
 use crate::input::upstream::{Candidate, Decision, UpstreamError, Upstreams};
 use crate::ops::write::STORE_PATHS;
 
-pub use credentials::{Credentials, Environment, ProcessEnvironment, Resolved};
-pub use location::Location;
+pub use credentials::{Credentials, Environment, ProcessEnvironment};
+pub use location::{Location, Warning};
 
 use bucket::{Bucket, same_by_etag};
 use plan::{File, Plan, read_plan};
@@ -178,12 +178,12 @@ pub fn content_type(file: &str) -> &'static str {
 pub fn publish(
     cache: &Path,
     location: &Location,
-    resolved: Resolved,
+    credentials: Option<Credentials>,
     opts: &Options,
 ) -> Result<Report, PublishError> {
     let mut plan = read_plan(cache)?;
     let decision = leave_out_served(&mut plan, opts)?;
-    let bucket = Bucket::open(location, resolved, opts.part_size)?;
+    let bucket = Bucket::open(location, credentials, opts.part_size)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

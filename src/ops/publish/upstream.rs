@@ -26,7 +26,7 @@ use super::{DEFAULT_PART_SIZE, Location, ProcessEnvironment, credentials};
 use crate::format::cache_info;
 use crate::format::narinfo;
 use crate::format::store_path::StorePath;
-use crate::input::upstream::{UpstreamError, check_cache_info, is_narinfo_of};
+use crate::input::upstream::{QUERY_PROGRAM, UpstreamError, check_cache_info, is_narinfo_of};
 
 /// Requests in flight to one upstream, by default.
 pub const DEFAULT_JOBS: usize = 16;
@@ -47,13 +47,13 @@ impl Upstream {
         };
         if url.starts_with("s3://") {
             let location = Location::parse(url).map_err(|e| query_error(format!("{e}")))?;
-            let resolved = credentials::resolve(
-                location.profile.as_deref(),
-                location.region.as_deref(),
-                &ProcessEnvironment,
-            )
-            .map_err(|e| query_error(format!("{e}")))?;
-            let bucket = Bucket::open(&location, resolved, DEFAULT_PART_SIZE)
+            for warning in &location.warnings {
+                eprintln!("{QUERY_PROGRAM}: warning: {warning}");
+            }
+            let credentials =
+                credentials::resolve(location.profile.as_deref(), &ProcessEnvironment)
+                    .map_err(|e| query_error(format!("{e}")))?;
+            let bucket = Bucket::open(&location, credentials, DEFAULT_PART_SIZE)
                 .map_err(|e| query_error(format!("{e}")))?;
             let store = Arc::clone(&bucket.store);
             return Ok(Upstream {
