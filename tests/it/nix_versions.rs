@@ -5,11 +5,12 @@
 //!
 //! With each version: `mkBinaryCache` builds the cache of the fixture closure
 //! (tests/fixtures/closure.nix); that Nix substitutes every path of the
-//! closure into an empty store from the cache and from a read-only copy of
-//! it; it accepts the signed cache with the public key and refuses it with
-//! another; `mk-binary-cache build --to` gets the closure from that Nix's
-//! `nix path-info` and `verify` accepts the result; `nix store verify` finds
-//! no problem in any of these caches.
+//! closure into an empty store from the cache, from a read-only copy of it,
+//! and from a copy whose `nix-cache-info` names upstreams (the lines `build
+//! --upstream` adds); it accepts the signed cache with the public key and
+//! refuses it with another; `mk-binary-cache build --to` gets the closure
+//! from that Nix's `nix path-info` and `verify` accepts the result; `nix
+//! store verify` finds no problem in any of these caches.
 //!
 //! The repository is bind-mounted at its own path inside each root, so the
 //! fixtures, the static `mk-binary-cache` (`tool_dir`) and busybox
@@ -464,6 +465,24 @@ fn substitutes_every_path_from_a_read_only_copy(nix: &NixInRoot) {
     nix.assert_store_holds_the_closure(&substituted.store);
 }
 
+fn substitutes_from_a_cache_that_names_its_upstreams(nix: &NixInRoot) {
+    // `build --upstream` adds lines of its own to nix-cache-info: this Nix
+    // must read past them as it reads the rest.
+    let (_guard, copy_dir) = nix.tempdir();
+    let copy = copy_dir.join("cache");
+    run(Command::new("cp")
+        .args(["-r", "--no-preserve=mode"])
+        .arg(nix.host(Path::new(nix.cache())))
+        .arg(nix.host(&copy)));
+    let info = nix.host(&copy.join("nix-cache-info"));
+    let mut text = fs::read_to_string(&info).unwrap();
+    text.push_str("Upstream: https://cache.example.org\nUpstreamKey: cache.example.org-1\n");
+    fs::write(&info, text).unwrap();
+    let substituted = nix.substitute(&url(&copy), &["--option", "require-sigs", "false"], &[]);
+    substituted.assert_success(nix);
+    nix.assert_store_holds_the_closure(&substituted.store);
+}
+
 /// Substitutes from the signed cache with `require-sigs` on, trusting only
 /// `key`.
 fn substitute_signed(nix: &NixInRoot, key: &str) -> Substituted {
@@ -609,6 +628,7 @@ macro_rules! nix_version {
                 mk_binary_cache_builds_the_fixture_cache,
                 substitutes_every_path_into_an_empty_store,
                 substitutes_every_path_from_a_read_only_copy,
+                substitutes_from_a_cache_that_names_its_upstreams,
                 accepts_the_signed_cache_with_its_public_key,
                 refuses_the_signed_cache_with_a_wrong_key,
                 build_to_caches_the_closure_nix_path_info_gives,
