@@ -6,7 +6,7 @@
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// `program` in the directory of the running executable if it is there,
@@ -21,7 +21,7 @@ fn locate(program: &str) -> PathBuf {
 
 /// The error of a program that could not be started: the places looked in
 /// when it was not found.
-fn start_error(program: &str, found: &PathBuf, error: io::Error) -> io::Error {
+fn start_error(program: &str, found: &Path, error: io::Error) -> io::Error {
     if error.kind() != io::ErrorKind::NotFound {
         return io::Error::new(
             error.kind(),

@@ -21,48 +21,25 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 use std::process::Output;
-use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::build::{build_into, closure_of, mk_binary_cache};
+use crate::build::{build_into, closure_of, mk_binary_cache, store_paths_file};
 use crate::common::*;
 use crate::e2e::{assert_store_holds_fixture, substitute_attr};
+use crate::exclude::{base_cache, held, left_file, minus_base, top};
 use crate::http::Nginx;
-
-fn top() -> &'static str {
-    &fixture().roots[0]
-}
-
-fn left_file() -> &'static str {
-    &fixture().roots[1]
-}
-
-/// The store paths `cache` has narinfos for.
-fn held(cache: &Path) -> BTreeSet<String> {
-    narinfo_hash_parts(cache)
-        .iter()
-        .map(|h| {
-            // Not `narinfo()`: the signed paths carry the `Sig:` lines of
-            // every run's key.
-            let text = fs::read_to_string(cache.join(format!("{h}.narinfo"))).unwrap();
-            narinfo_fields(&text)
-                .into_iter()
-                .find(|(k, _)| k == "StorePath")
-                .unwrap()
-                .1
-        })
-        .collect()
-}
+use crate::publish::{Moto, publisher};
+use crate::store_signatures::signed;
+use mk_binary_cache::support::progress::human_bytes;
 
 /// The closure of `top` without that of left.file: what the upstream lacks.
 fn top_minus_upstream() -> BTreeSet<String> {
-    &closure_of(&[top()]) - &closure_of(&[left_file()])
+    minus_base(&[top()])
 }
 
 /// The upstream: a cache of the closure of left.file.
 fn upstream_cache() -> tempfile::TempDir {
     let dir = tempdir();
-    run(&mut build_into(dir.path(), &["-q", left_file()]));
+    base_cache(dir.path());
     dir
 }
 
@@ -88,8 +65,11 @@ fn cache_info_lines(cache: &Path) -> Vec<String> {
 
 /// `build --to` needs mk-binary-cache-publish beside it to ask over HTTP.
 fn require_query_program() {
+    let built = option_env!("CARGO_BIN_EXE_mk-binary-cache-publish")
+        .filter(|_| cfg!(feature = "publish"))
+        .is_some();
     assert!(
-        cfg!(feature = "publish"),
+        built,
         "the HTTP upstream tests need mk-binary-cache-publish: \
          `cargo test --features publish` (scripts/test passes --all-features)"
     );
@@ -97,93 +77,42 @@ fn require_query_program() {
 
 // --- --upstream-key --------------------------------------------------------
 
-/// This module's closure, with its `toFile` path (and only it) signed in the
-/// store by a key made for this run.
-struct Signed {
-    app: String,
-    note: String,
-    busybox: String,
-    key_name: String,
-    _keys: tempfile::TempDir,
-}
-
-fn signed() -> &'static Signed {
-    static SIGNED: OnceLock<Signed> = OnceLock::new();
-    SIGNED.get_or_init(|| {
-        let keys = tempdir();
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let key_name = format!("mkbc-upstream-{}-{nanos}", std::process::id());
-        let key = generate_key(keys.path(), &key_name);
-        let bb = nix_path(busybox_dir());
-        let out = nix_build(
-            &fixture_file("path-info/closure.nix"),
-            &["--arg", "busyboxDir", &bb, "--argstr", "label", "upstream"],
-        );
-        let app = out[0].clone();
-        let closure = run(nix_cmd("nix-store").arg("-qR").arg(&app));
-        let find = |suffix: &str| {
-            closure
-                .lines()
-                .find(|p| p.ends_with(suffix))
-                .unwrap_or_else(|| panic!("no *{suffix} in {closure}"))
-                .to_string()
-        };
-        let note = find("-upstream-note.txt");
-        let busybox = find("-busybox");
-        run(nix_new(&["store", "sign", "--key-file"])
-            .arg(&key.secret)
-            .arg(&note));
-        Signed {
-            app,
-            note,
-            busybox,
-            key_name,
-            _keys: keys,
-        }
-    })
-}
-
+// The app and its note are signed in the store by the run's key; busybox
+// is not.
 #[test]
-fn build_leaves_out_a_path_signed_by_an_upstream_key_and_keeps_an_unsigned_one() {
+fn build_leaves_out_paths_signed_by_an_upstream_key_and_keeps_an_unsigned_one() {
     let signed = signed();
     let cache = tempdir();
     let stderr = stderr_of(&mut build_into(
         cache.path(),
-        &["--upstream-key", &signed.key_name, &signed.app],
+        &["--upstream-key", signed.key_name(), &signed.app],
     ));
-    let expected: BTreeSet<String> = [signed.app.clone(), signed.busybox.clone()].into();
-    assert_eq!(held(cache.path()), expected);
-    // The app still names the note, which its upstream serves.
-    let app = narinfo_of(cache.path(), &signed.app);
-    assert!(
-        app["References"].contains(basename(&signed.note)),
-        "{app:?}"
+    assert_eq!(
+        held(cache.path()),
+        BTreeSet::from([signed.busybox().to_string()])
     );
+    assert_eq!(store_paths_file(cache.path()), [signed.app.as_str()]);
     assert!(
-        cache_info_lines(cache.path()).contains(&format!("UpstreamKey: {}", signed.key_name)),
+        cache_info_lines(cache.path()).contains(&format!("UpstreamKey: {}", signed.key_name())),
         "{:?}",
         cache_info_lines(cache.path())
     );
-    let note_size = narinfo_of_store(&signed.note);
+    let bytes = human_bytes(nar_size(&signed.app) + nar_size(&signed.note));
     assert!(
         stderr.contains(&format!(
-            "skipped 1 path ({note_size} of NAR) that upstreams serve: 1 signed by {}",
-            signed.key_name
+            "skipped 2 paths ({bytes} of NAR) that upstreams serve: 2 signed by {}",
+            signed.key_name()
         )),
         "{stderr}"
     );
 }
 
-/// The NAR size of a store path as the summary prints it.
-fn narinfo_of_store(path: &str) -> String {
-    let size: u64 = run(nix_cmd("nix-store").args(["-q", "--size", path]))
+/// The NAR size of a store path, as the local store has it.
+fn nar_size(path: &str) -> u64 {
+    run(nix_cmd("nix-store").args(["-q", "--size", path]))
         .trim()
         .parse()
-        .unwrap();
-    mk_binary_cache::support::progress::human_bytes(size)
+        .unwrap()
 }
 
 #[test]
@@ -199,7 +128,8 @@ fn a_key_that_signed_nothing_leaves_everything_in() {
             &signed.app,
         ],
     ));
-    assert_eq!(held(cache.path()).len(), 3);
+    let all: BTreeSet<String> = signed.closure.iter().cloned().collect();
+    assert_eq!(held(cache.path()), all);
 }
 
 #[test]
@@ -403,42 +333,75 @@ fn an_address_that_is_not_a_binary_cache_is_an_error() {
 
 // --- publish -------------------------------------------------------------
 
+/// `mk-binary-cache-publish ARGS CACHE` into a new bucket; its stdout, its
+/// objects, and its nix-cache-info.
+fn publish_with(cache: &Path, args: &[&str]) -> (String, BTreeSet<String>, String) {
+    let moto = Moto::shared();
+    let bucket = moto.bucket("upstream");
+    let stdout = run(publisher().args(args).arg(cache).arg(bucket.url()));
+    let copy = tempdir();
+    moto.s3(&["download", &bucket.name, copy.path().to_str().unwrap()]);
+    let info = fs::read_to_string(copy.path().join("nix-cache-info")).unwrap();
+    (stdout, bucket.objects().into_keys().collect(), info)
+}
+
+/// The objects of the narinfo and NAR of `path` in `cache`.
+fn objects_of(cache: &Path, path: &str) -> [String; 2] {
+    let text = fs::read_to_string(cache.join(format!("{}.narinfo", hash_part(path)))).unwrap();
+    let (_, nar) = narinfo_fields(&text)
+        .into_iter()
+        .find(|(k, _)| k == "URL")
+        .unwrap();
+    [format!("{}.narinfo", hash_part(path)), nar]
+}
+
 #[test]
-fn publish_leaves_out_what_upstreams_serve_and_the_bucket_says_so() {
-    use crate::publish::{Moto, publisher};
+fn publish_leaves_out_paths_whose_narinfos_an_upstream_key_signed() {
     let signed = signed();
     let cache = tempdir();
     run(&mut build_into(cache.path(), &["-q", &signed.app]));
-    let upstream = tempdir();
-    run(&mut build_into(upstream.path(), &["-q", &signed.busybox]));
-    let bucket = Moto::shared().bucket("upstream");
-    let url = file_url(upstream.path());
-    let stdout = run(publisher()
-        .args(["--upstream-key", &signed.key_name, "--upstream", &url])
-        .arg(cache.path())
-        .arg(bucket.url()));
+    let (stdout, objects, info) =
+        publish_with(cache.path(), &["--upstream-key", signed.key_name()]);
+    for object in objects_of(cache.path(), signed.busybox()) {
+        assert!(objects.contains(&object), "{object}: {objects:?}");
+    }
+    for path in [&signed.app, &signed.note] {
+        for object in objects_of(cache.path(), path) {
+            assert!(!objects.contains(&object), "{object}: {objects:?}");
+        }
+    }
     assert!(
         stdout.contains(&format!(
-            "that upstreams serve: 1 signed by {}, 1 served by {url}",
-            signed.key_name
+            "that upstreams serve: 2 signed by {}",
+            signed.key_name()
         )),
         "{stdout}"
     );
-    let objects = bucket.objects();
-    let has = |path: &str| objects.contains_key(&format!("{}.narinfo", hash_part(path)));
-    assert!(has(&signed.app), "{objects:?}");
-    assert!(!has(&signed.note) && !has(&signed.busybox), "{objects:?}");
-    // Nor their NARs: only the app's is there.
-    let nars = objects.keys().filter(|k| k.starts_with("nar/")).count();
-    assert_eq!(nars, 1, "{objects:?}");
-    let app_nar = narinfo_of(cache.path(), &signed.app)["URL"].clone();
-    assert!(objects.contains_key(&app_nar), "{objects:?}");
-    let copy = tempdir();
-    Moto::shared().s3(&["download", &bucket.name, copy.path().to_str().unwrap()]);
-    let info = fs::read_to_string(copy.path().join("nix-cache-info")).unwrap();
     assert!(
-        info.contains(&format!("Upstream: {url}\n"))
-            && info.contains(&format!("UpstreamKey: {}\n", signed.key_name)),
+        info.contains(&format!("UpstreamKey: {}\n", signed.key_name())),
         "{info}"
     );
+}
+
+#[test]
+fn publish_leaves_out_what_a_file_upstream_serves_and_the_bucket_says_so() {
+    let cache = tempdir();
+    run(&mut build_into(cache.path(), &["-q", top()]));
+    let upstream = upstream_cache();
+    let url = file_url(upstream.path());
+    let (stdout, objects, info) = publish_with(cache.path(), &["--upstream", &url]);
+    let narinfos: BTreeSet<String> = objects
+        .iter()
+        .filter(|o| o.ends_with(".narinfo"))
+        .cloned()
+        .collect();
+    let expected: BTreeSet<String> = top_minus_upstream()
+        .iter()
+        .map(|p| format!("{}.narinfo", hash_part(p)))
+        .collect();
+    assert_eq!(narinfos, expected);
+    let nars = objects.iter().filter(|o| o.starts_with("nar/")).count();
+    assert_eq!(nars, expected.len(), "{objects:?}");
+    assert!(stdout.contains(&format!("served by {url}")), "{stdout}");
+    assert!(info.contains(&format!("Upstream: {url}\n")), "{info}");
 }

@@ -88,8 +88,8 @@ impl Upstream {
         })
     }
 
-    /// The file `name`, if the upstream has it and it is at most `limit`
-    /// bytes; None if it has not.
+    /// The file `name`, if the upstream has it; None if it has not. More
+    /// than `limit` bytes is an error.
     async fn get(&self, name: &str, limit: u64) -> Result<Option<Vec<u8>>, UpstreamError> {
         let unreachable = |e: object_store::Error| UpstreamError::Unreachable {
             url: self.url.clone(),
@@ -101,7 +101,11 @@ impl Upstream {
             Err(e) => return Err(unreachable(e)),
         };
         if result.meta.size > limit {
-            return Ok(Some(Vec::new()));
+            // No narinfo or nix-cache-info is that large: not a cache.
+            return Err(UpstreamError::Query {
+                url: self.url.clone(),
+                message: format!("{name} is {} bytes, more than {limit}", result.meta.size),
+            });
         }
         let bytes = result.bytes().await.map_err(unreachable)?;
         Ok(Some(bytes.to_vec()))
