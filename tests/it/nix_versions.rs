@@ -446,16 +446,23 @@ fn substitutes_every_path_into_an_empty_store(nix: &NixInRoot) {
     nix.assert_store_holds_the_closure(&substituted.store);
 }
 
-fn substitutes_every_path_from_a_read_only_copy(nix: &NixInRoot) {
-    // A copy outside the store, mounted read-only: Nix opening a cache
-    // creates the directories it lacks (log/, realisations/…), which would
-    // fail here; the cache must hold them all.
-    let (_guard, copy_dir) = nix.tempdir();
-    let copy = copy_dir.join("cache");
+/// A writable copy of the fixture cache in a temporary directory of the
+/// root, as a path inside it; the directory goes with the guard.
+fn copy_of_the_cache(nix: &NixInRoot) -> (tempfile::TempDir, PathBuf) {
+    let (guard, dir) = nix.tempdir();
+    let copy = dir.join("cache");
     run(Command::new("cp")
         .args(["-r", "--no-preserve=mode"])
         .arg(nix.host(Path::new(nix.cache())))
         .arg(nix.host(&copy)));
+    (guard, copy)
+}
+
+fn substitutes_every_path_from_a_read_only_copy(nix: &NixInRoot) {
+    // A copy outside the store, mounted read-only: Nix opening a cache
+    // creates the directories it lacks (log/, realisations/…), which would
+    // fail here; the cache must hold them all.
+    let (_guard, copy) = copy_of_the_cache(nix);
     let substituted = nix.substitute(
         &url(&copy),
         &["--option", "require-sigs", "false"],
@@ -468,12 +475,7 @@ fn substitutes_every_path_from_a_read_only_copy(nix: &NixInRoot) {
 fn substitutes_from_a_cache_that_names_its_upstreams(nix: &NixInRoot) {
     // `build --upstream` adds lines of its own to nix-cache-info: this Nix
     // must read past them as it reads the rest.
-    let (_guard, copy_dir) = nix.tempdir();
-    let copy = copy_dir.join("cache");
-    run(Command::new("cp")
-        .args(["-r", "--no-preserve=mode"])
-        .arg(nix.host(Path::new(nix.cache())))
-        .arg(nix.host(&copy)));
+    let (_guard, copy) = copy_of_the_cache(nix);
     let info = nix.host(&copy.join("nix-cache-info"));
     let mut text = fs::read_to_string(&info).unwrap();
     text.push_str("Upstream: https://cache.example.org\nUpstreamKey: cache.example.org-1\n");
