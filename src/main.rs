@@ -336,7 +336,6 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     if excluded > 0 {
         progress.message(&format!("{excluded} of {whole} paths are excluded"));
     }
-
     let updated = write::update_cache(&args.to, &closure, &options, &progress)
         .with_context(|| format!("writing the cache to '{}'", args.to.display()))?;
     progress.finish_with("cached", &updated.written, skipped.as_deref());

@@ -27,7 +27,7 @@ use crate::common::*;
 use crate::e2e::{assert_store_holds_fixture, substitute_attr};
 use crate::exclude::{base_cache, held, left_file, minus_base, top};
 use crate::http::Nginx;
-use crate::publish::{Moto, publisher};
+use crate::publish::{Moto, credentials, publisher};
 use crate::store_signatures::signed;
 use mk_binary_cache::support::progress::human_bytes;
 
@@ -164,6 +164,44 @@ fn build_leaves_out_what_a_file_upstream_serves_and_says_so() {
         cache_info_lines(delta.path()).contains(&format!("Upstream: {url}")),
         "{:?}",
         cache_info_lines(delta.path())
+    );
+}
+
+// A cache that grows run by run is a delta of every upstream any run left
+// paths out for: nix-cache-info keeps the upstreams it names, and its other
+// lines, and adds the new ones.
+#[test]
+fn later_runs_add_their_upstreams_to_those_nix_cache_info_names() {
+    let upstream = upstream_cache();
+    let url = file_url(upstream.path());
+    let cache = tempdir();
+    run(&mut build_into(
+        cache.path(),
+        &[
+            "-q",
+            "--priority",
+            "30",
+            "--upstream-key",
+            "mkbc-first-1",
+            left_file(),
+        ],
+    ));
+    run(&mut build_into(
+        cache.path(),
+        &["-q", "--upstream", &url, top()],
+    ));
+    run(&mut build_into(
+        cache.path(),
+        &["-q", "--upstream", &url, top()],
+    ));
+    assert_eq!(
+        cache_info_lines(cache.path()),
+        [
+            "StoreDir: /nix/store".to_string(),
+            "Priority: 30".to_string(),
+            format!("Upstream: {url}"),
+            "UpstreamKey: mkbc-first-1".to_string(),
+        ]
     );
 }
 
@@ -331,6 +369,24 @@ fn an_address_that_is_not_a_binary_cache_is_an_error() {
     );
 }
 
+// --- --upstream s3:// (moto) ---------------------------------------------
+
+#[test]
+fn build_leaves_out_what_an_s3_upstream_serves() {
+    require_query_program();
+    let moto = Moto::shared();
+    let bucket = moto.bucket("upstream-s3");
+    let upstream = upstream_cache();
+    run(publisher().arg("-q").arg(upstream.path()).arg(bucket.url()));
+    let delta = tempdir();
+    let mut cmd = build_into(delta.path(), &["-q", "--upstream", &bucket.url(), top()]);
+    // The program that asks S3 finds its keys as publish does.
+    credentials(&mut cmd, "testing", "testing");
+    run(&mut cmd);
+    assert_eq!(held(delta.path()), top_minus_upstream());
+    assert!(cache_info_lines(delta.path()).contains(&format!("Upstream: {}", bucket.url())));
+}
+
 // --- publish -------------------------------------------------------------
 
 /// `mk-binary-cache-publish ARGS CACHE` into a new bucket; its stdout, its
@@ -386,10 +442,20 @@ fn publish_leaves_out_paths_whose_narinfos_an_upstream_key_signed() {
 #[test]
 fn publish_leaves_out_what_a_file_upstream_serves_and_the_bucket_says_so() {
     let cache = tempdir();
-    run(&mut build_into(cache.path(), &["-q", top()]));
+    // `leaf`, which the upstream serves, has the fixture's debug file.
+    let args = ["-q", "--index-debug-info", "--write-nar-listing", top()];
+    run(&mut build_into(cache.path(), &args));
+    assert!(cache.path().join("debuginfo").read_dir().unwrap().count() > 0);
     let upstream = upstream_cache();
     let url = file_url(upstream.path());
     let (stdout, objects, info) = publish_with(cache.path(), &["--upstream", &url]);
+    // Nor the listing and debug-info entries of what is left out.
+    let listings = objects.iter().filter(|o| o.ends_with(".ls")).count();
+    assert_eq!(listings, top_minus_upstream().len(), "{objects:?}");
+    assert!(
+        !objects.iter().any(|o| o.starts_with("debuginfo/")),
+        "{objects:?}"
+    );
     let narinfos: BTreeSet<String> = objects
         .iter()
         .filter(|o| o.ends_with(".narinfo"))

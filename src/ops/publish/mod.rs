@@ -231,7 +231,7 @@ fn leave_out_served(plan: &mut Plan, opts: &Options) -> Result<Decision, Publish
         .filter(|(i, _)| decision.is_left_out(*i))
         .map(|(_, h)| h.clone())
         .collect();
-    plan.leave_out(&gone);
+    plan.leave_out(&gone)?;
     Ok(decision)
 }
 

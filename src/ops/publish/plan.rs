@@ -40,24 +40,46 @@ pub(super) struct Plan {
 
 impl Plan {
     /// Uploads nothing of the paths `hash_parts` names: their narinfos,
-    /// their listings, and the NARs no other narinfo names.
-    pub(super) fn leave_out(&mut self, hash_parts: &BTreeSet<String>) {
+    /// their listings, the NARs no other narinfo names, and the `debuginfo/`
+    /// entries that point into those.
+    pub(super) fn leave_out(&mut self, hash_parts: &BTreeSet<String>) -> Result<(), PublishError> {
         let mut gone: BTreeSet<String> = BTreeSet::new();
+        let mut nars: BTreeSet<String> = BTreeSet::new();
         for hash in hash_parts {
             if let Some(info) = self.narinfos.remove(hash) {
                 gone.insert(narinfo::file_name(hash));
                 gone.insert(format!("{hash}.ls"));
-                gone.insert(info.url);
+                nars.insert(info.url);
             }
         }
         for kept in self.narinfos.values() {
-            gone.remove(&kept.url);
+            nars.remove(&kept.url);
         }
+        for file in &self.files {
+            if file.name.starts_with("debuginfo/")
+                && !nars.is_empty()
+                && nars.contains(&debug_archive(file)?)
+            {
+                gone.insert(file.name.clone());
+            }
+        }
+        gone.extend(nars);
         for level in &mut self.narinfo_levels {
             level.retain(|(file, _)| !gone.contains(&file.name));
         }
         self.files.retain(|file| !gone.contains(&file.name));
+        Ok(())
     }
+}
+
+/// The NAR a `debuginfo/` entry points into (`nar/…`, as a narinfo's `URL:`
+/// names it), or "" if it names none.
+fn debug_archive(file: &File) -> Result<String, PublishError> {
+    let bytes = read_narinfo(&file.path)?;
+    let entry: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| cache_error(&file.path, e))?;
+    let archive = entry["archive"].as_str().unwrap_or_default();
+    Ok(archive.strip_prefix("../").unwrap_or(archive).to_owned())
 }
 
 pub(super) fn cache_error(path: &Path, message: impl ToString) -> PublishError {
