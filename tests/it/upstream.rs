@@ -369,6 +369,40 @@ fn an_address_that_is_not_a_binary_cache_is_an_error() {
     );
 }
 
+#[test]
+fn without_the_publisher_an_http_upstream_says_what_to_install() {
+    // The builder alone, as mkBinaryCache's closure has it, with Nix in PATH.
+    let dir = tempdir();
+    let bin = dir.path().join("mk-binary-cache");
+    fs::copy(env!("CARGO_BIN_EXE_mk-binary-cache"), &bin).unwrap();
+    let nix_bin =
+        Path::new(&run(std::process::Command::new("sh").args(["-c", "command -v nix"])).trim())
+            .parent()
+            .unwrap()
+            .to_owned();
+    let cache = tempdir();
+    let mut cmd = std::process::Command::new(&bin);
+    hermetic_nix(&mut cmd)
+        .env(
+            "PATH",
+            format!("{}:{}", dir.path().display(), nix_bin.display()),
+        )
+        .args(["build", "--to"])
+        .arg(cache.path())
+        .args(["--upstream", "https://cache.example.org", top()]);
+    let stderr = run_failing(&mut cmd);
+    assert!(
+        stderr.contains(&format!(
+            "upstream https://cache.example.org: asking it over the network needs \
+             mk-binary-cache-publish (the publish feature) installed beside mk-binary-cache \
+             or in PATH: mk-binary-cache-publish is in neither {} nor PATH",
+            dir.path().display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(fs::read_dir(cache.path()).unwrap().count(), 0);
+}
+
 // --- --upstream s3:// (moto) ---------------------------------------------
 
 #[test]
