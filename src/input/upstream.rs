@@ -37,6 +37,11 @@ use crate::support::sibling;
 pub enum UpstreamError {
     #[error("--upstream '{0}': expected a URL starting with file://, http://, https:// or s3://")]
     Scheme(String),
+    #[error(
+        "--upstream '{0}': credentials in the URL would be written into the cache's \
+         nix-cache-info; for s3://, use profile= or the AWS environment"
+    )]
+    Credentials(String),
     #[error("--upstream-key '{0}': expected the name of a key, without spaces or ':'")]
     KeyName(String),
     #[error("upstream {url}: '{}' is not a binary cache: it has no nix-cache-info", .dir.display())]
@@ -90,11 +95,17 @@ impl UpstreamUrl {
                 dir: Some(PathBuf::from(dir)),
             });
         }
-        let remote = ["http://", "https://", "s3://"]
+        let Some(rest) = ["http://", "https://", "s3://"]
             .iter()
-            .any(|scheme| url.len() > scheme.len() && url.starts_with(scheme));
-        if !remote {
+            .find_map(|scheme| url.strip_prefix(scheme))
+            .filter(|rest| !rest.is_empty())
+        else {
             return Err(UpstreamError::Scheme(url.to_owned()));
+        };
+        // The URL goes into nix-cache-info, which is published.
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        if authority.contains('@') {
+            return Err(UpstreamError::Credentials(url.to_owned()));
         }
         Ok(UpstreamUrl {
             url: url.to_owned(),
