@@ -192,7 +192,8 @@ struct VerifyArgs {
     #[arg(long)]
     require_sigs: bool,
     /// The cache is a delta cache (`exclude`, `build --exclude`): a
-    /// reference with no narinfo in it is not a problem.
+    /// reference with no narinfo in it is not a problem. A cache whose
+    /// nix-cache-info names upstreams (`build --upstream`) is taken as one.
     #[arg(long)]
     delta: bool,
     /// Print one JSON document (problems with path, kind and message, and
