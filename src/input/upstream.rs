@@ -191,6 +191,21 @@ impl Decision {
             why.join(", ")
         ))
     }
+
+    /// Leaves out the candidates `hits` marks and not left out yet.
+    fn record(&mut self, candidates: &[Candidate], hits: &[bool], reason: Reason) {
+        let (mut paths, mut bytes) = (0, 0);
+        for (i, candidate) in candidates.iter().enumerate() {
+            if hits[i] && self.reasons[i].is_none() {
+                self.reasons[i] = Some(reason.clone());
+                paths += 1;
+                bytes += candidate.nar_size;
+            }
+        }
+        if paths > 0 {
+            self.skipped.push((reason, paths, bytes));
+        }
+    }
 }
 
 /// Asks an upstream over the network which of `paths` it serves: one answer
@@ -279,23 +294,6 @@ impl Upstreams {
             decision.record(candidates, &hits, Reason::ServedBy(upstream.url.clone()));
         }
         Ok(decision)
-    }
-}
-
-impl Decision {
-    /// Leaves out the candidates `hits` marks and not left out yet.
-    fn record(&mut self, candidates: &[Candidate], hits: &[bool], reason: Reason) {
-        let (mut paths, mut bytes) = (0, 0);
-        for (i, candidate) in candidates.iter().enumerate() {
-            if hits[i] && self.reasons[i].is_none() {
-                self.reasons[i] = Some(reason.clone());
-                paths += 1;
-                bytes += candidate.nar_size;
-            }
-        }
-        if paths > 0 {
-            self.skipped.push((reason, paths, bytes));
-        }
     }
 }
 
