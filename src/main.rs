@@ -1,28 +1,56 @@
 //! The `mk-binary-cache` command: argument parsing and exit codes only.
 
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
-use mk_binary_cache::format::cache_info::MAX_PRIORITY;
+use mk_binary_cache::format::cache_info::{self, MAX_PRIORITY};
 use mk_binary_cache::format::compression::Compression;
 use mk_binary_cache::format::signing::{PublicKey, SecretKey};
 use mk_binary_cache::format::store_path::DEFAULT_STORE_DIR;
-use mk_binary_cache::input::{attrs, exclude, local_store, upstream};
+use mk_binary_cache::input::request::{self, BuildRequest};
+use mk_binary_cache::input::settings::{self, Settings};
+use mk_binary_cache::input::{attrs, upstream};
 use mk_binary_cache::ops::{prune, sign, verify, write};
 use mk_binary_cache::support::error_line::error_line;
-use mk_binary_cache::support::progress::{Progress, Style};
-use mk_binary_cache::support::sibling;
+use mk_binary_cache::support::progress::{Progress, Style, count};
+use mk_binary_cache::support::{interrupt, sibling};
 
-/// Writes flat-file Nix binary caches.
-///
-/// Run with no arguments as the builder of a derivation with
-/// `__structuredAttrs = true` (as `mkBinaryCache` does): it reads the closure
-/// and settings Nix hands the build and writes the cache to `$out`.
+#[path = "publish_args.rs"]
+mod publish_args;
+
+use publish_args::PublishArgs;
+
+/// The long help of the program itself.
+const LONG_ABOUT: &str = "\
+Write flat-file Nix binary caches.
+
+Run with no arguments as the builder of a derivation with \
+`__structuredAttrs = true` (as the Nix function mkBinaryCache does), it reads \
+the closure and settings Nix hands the build and writes the cache to $out. \
+Run by a person, it writes, signs, checks, prunes and uploads caches in \
+directories: see each command's --help.";
+
+const EXAMPLES: &str = "\
+Examples:
+  mk-binary-cache build --to ./cache ./result
+  mk-binary-cache sign --key-file ./secret.key ./cache
+  mk-binary-cache verify --trusted-key-file ./public.key ./cache
+  mk-binary-cache help build";
+
 #[derive(Parser)]
-#[command(version, about, long_about)]
+#[command(
+    version,
+    about = "Write flat-file Nix binary caches",
+    long_about = LONG_ABOUT,
+    after_help = EXAMPLES,
+    // `help` is ours, below, so that `help --help` works like any command's.
+    disable_help_subcommand = true,
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -30,53 +58,116 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write the cache described by the build's structured attrs (the default).
+    /// Write the cache a Nix build describes (the default inside a build).
+    ///
+    /// What runs when the program is given no arguments inside a Nix build
+    /// (NIX_ATTRS_JSON_FILE set): reads the build's structured attrs, as
+    /// mkBinaryCache sets them, and writes the cache to $out.
     Builder,
-    /// Write or update a cache in DIR with the closure of PATHS, outside a
-    /// Nix build. Paths already in the cache are skipped; a run that is
-    /// interrupted leaves a valid cache, and the next run completes it.
+    /// Write or update a cache in a directory, outside a Nix build.
+    ///
+    /// Writes the closure of PATHS, from the local Nix store, into CACHE.
+    /// Paths already in the cache are skipped; a run that is interrupted
+    /// (Ctrl-C included) leaves a valid cache, and the next run completes
+    /// it. A `.drv` root stands for the derivation file and its closure, as
+    /// `nix copy` has it, not for its outputs: give `./result` for those.
+    #[command(after_help = BUILD_EXAMPLES)]
     Build(BuildArgs),
-    /// Sign the narinfos of a cache with Nix secret keys, in place, or into
-    /// a signed copy with --out (for a read-only cache, such as a
-    /// mkBinaryCache output in the store).
+    /// Sign a cache's narinfos with Nix secret keys.
+    ///
+    /// Signs in place, or writes a signed copy with --out (for a read-only
+    /// cache, such as a mkBinaryCache output in the store). Narinfos already
+    /// signed by a key keep that signature.
+    #[command(after_help = SIGN_EXAMPLES)]
     Sign(SignArgs),
-    /// Check a flat-file cache before trusting it: every narinfo, NAR file,
-    /// hash, size, reference and (with trusted keys) signature. Prints one
-    /// line per problem and a summary; exits with 0 if there is none, 1 if
-    /// there are problems, 2 if the cache cannot be checked at all.
+    /// Check a cache before trusting it.
+    ///
+    /// Checks every narinfo, NAR file, hash, size, reference and (with
+    /// trusted keys) signature. Prints one line per problem and a summary;
+    /// exits with 0 if there is none, 1 if there are problems, 2 if the cache
+    /// cannot be checked at all.
+    #[command(after_help = VERIFY_EXAMPLES)]
     Verify(VerifyArgs),
-    /// Shrink a cache to the closure of its roots: remove every other
-    /// narinfo, its listing, every NAR no kept narinfo names, and stale
-    /// temporary files. Crash-safe: killed at any point, it leaves a valid
-    /// cache; waits for `build --to` runs into the same cache to finish.
+    /// Shrink a cache to the closure of its roots.
+    ///
+    /// Removes every narinfo outside the closure of the roots, its listing,
+    /// every NAR no kept narinfo names, and stale temporary files.
+    /// Crash-safe: killed at any point, it leaves a valid cache; it waits for
+    /// `build --to` runs into the same cache to finish. It deletes files one
+    /// after another in an order that keeps the cache valid, so it has no
+    /// --jobs.
+    #[command(after_help = PRUNE_EXAMPLES)]
     Prune(PruneArgs),
-    /// Upload a cache to S3-compatible object storage, in an order safe for
-    /// readers: `publish CACHE s3://BUCKET[/PREFIX]?endpoint=…&region=…`.
-    /// Runs `mk-binary-cache-publish` (installed beside this program, or in
-    /// PATH), which holds the network code; see `mk-binary-cache-publish
-    /// --help`.
-    #[command(disable_help_flag = true)]
-    Publish {
-        /// Arguments of mk-binary-cache-publish.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<std::ffi::OsString>,
+    /// Upload a cache to S3-compatible object storage.
+    #[command(
+        long_about = format!(
+            "{}\n\nThe upload is done by the program mk-binary-cache-publish, installed \
+             beside this one or on PATH: {}.",
+            publish_args::LONG_ABOUT,
+            PUBLISHER_FROM
+        ),
+        after_help = publish_args::EXAMPLES
+    )]
+    Publish(PublishArgs),
+    /// Print this help, or the help of a command.
+    Help {
+        /// The command whose help to print.
+        #[arg(value_name = "COMMAND", value_parser = COMMANDS)]
+        command: Option<String>,
     },
 }
+
+/// Where `publish`'s program comes from, where it is missing.
+const PUBLISHER_FROM: &str = "the Nix package mk-binary-cache-publish, or \
+`cargo build --release --features publish` in the source tree";
+
+/// The commands `help` knows, as typed.
+const COMMANDS: [&str; 7] = [
+    "builder", "build", "sign", "verify", "prune", "publish", "help",
+];
+
+const BUILD_EXAMPLES: &str = "\
+Examples:
+  mk-binary-cache build --to ./cache ./result
+  mk-binary-cache build --to ./cache --compression xz -j 4 ./result
+  mk-binary-cache build --to ./delta --exclude-cache ./cache ./result-new
+  nix path-info --json --recursive ./result > closure.json
+  mk-binary-cache build --to ./cache --closure-json closure.json";
+
+const SIGN_EXAMPLES: &str = "\
+Examples:
+  nix-store --generate-binary-cache-key my-cache-1 secret.key public.key
+  mk-binary-cache sign --key-file ./secret.key ./cache
+  mk-binary-cache sign --key-file ./secret.key --out ./signed ./result";
+
+const VERIFY_EXAMPLES: &str = "\
+Examples:
+  mk-binary-cache verify ./cache
+  mk-binary-cache verify --trusted-key-file ./public.key --require-sigs ./cache
+  mk-binary-cache verify --json ./result > report.json";
+
+const PRUNE_EXAMPLES: &str = "\
+Examples:
+  mk-binary-cache prune --dry-run ./cache
+  mk-binary-cache prune --keep ./result --keep ./result-2 ./cache";
 
 #[derive(clap::Args)]
 struct PruneArgs {
     /// The cache to prune.
-    #[arg(value_name = "DIR")]
+    #[arg(value_name = "CACHE")]
     cache: PathBuf,
-    /// Keep the closure of these paths (store paths, paths inside them, or
-    /// symlinks to them) instead of the roots `DIR/store-paths` lists, and
-    /// make them the roots `store-paths` lists. Repeatable.
-    #[arg(long, value_name = "PATH", num_args = 1..)]
+    /// Keep the closure of PATH (a store path, a path inside one, or a
+    /// symlink to one) instead of the roots `CACHE/store-paths` lists, and
+    /// make the paths given the roots it lists. Repeat for several.
+    #[arg(long, value_name = "PATH")]
     keep: Vec<PathBuf>,
     /// Print what would be removed and the bytes it would free; remove nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Print only the summary.
+    /// Print only the summary, not each file removed.
+    #[arg(long, short = 's')]
+    summary: bool,
+    /// Print nothing but errors.
     #[arg(long, short = 'q')]
     quiet: bool,
 }
@@ -84,7 +175,7 @@ struct PruneArgs {
 #[derive(clap::Args)]
 struct BuildArgs {
     /// The cache directory, created if missing.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "CACHE")]
     to: PathBuf,
     /// Store paths, paths inside them, or symlinks to them (`./result`):
     /// the cache gets their closure from the local store, and `store-paths`
@@ -102,9 +193,9 @@ struct BuildArgs {
     /// reference. Repeatable.
     #[arg(long, value_name = "PATH")]
     exclude: Vec<PathBuf>,
-    /// Leave out every path the flat-file cache DIR has a narinfo for.
+    /// Leave out every path the flat-file cache CACHE has a narinfo for.
     /// Repeatable.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "CACHE")]
     exclude_cache: Vec<PathBuf>,
     /// Leave out every path the local store has a signature for by key NAME
     /// (e.g. cache.nixos.org-1): its cache serves it. No network access.
@@ -122,9 +213,9 @@ struct BuildArgs {
     #[arg(long)]
     unreachable_upstream_is_empty: bool,
     /// zstd, xz or none.
-    #[arg(long, default_value = "zstd", value_parser = parse_compression)]
+    #[arg(long, value_name = "NAME", default_value = "zstd", value_parser = parse_compression)]
     compression: Compression,
-    /// The compressor's level (default: zstd 3, xz 6).
+    /// The compressor's level: zstd 1 to 19 (default 3), xz 0 to 9 (default 6).
     #[arg(long, value_name = "N")]
     compression_level: Option<i32>,
     /// Write a `<hash>.ls` listing next to each narinfo, as `nix copy` does
@@ -135,14 +226,16 @@ struct BuildArgs {
     /// does with index-debug-info=true.
     #[arg(long)]
     index_debug_info: bool,
-    /// `Priority:` in a new cache's nix-cache-info (an existing one must agree).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(..=MAX_PRIORITY))]
+    /// `Priority:` in a new cache's nix-cache-info, a whole number; lower
+    /// is preferred (an existing cache must agree).
+    #[arg(long, value_name = "N", value_parser = parse_priority)]
     priority: Option<u64>,
-    /// `WantMassQuery:` in a new cache's nix-cache-info (an existing one must agree).
+    /// `WantMassQuery:` in a new cache's nix-cache-info, true or false (an
+    /// existing cache must agree).
     #[arg(long, value_name = "BOOL")]
     want_mass_query: Option<bool>,
     /// Worker threads (default: every core); the output does not depend on it.
-    #[arg(long, short = 'j', value_name = "N")]
+    #[arg(long, short = 'j', value_name = "N", value_parser = parse_jobs)]
     jobs: Option<usize>,
     /// Print nothing but errors.
     #[arg(long, short = 'q')]
@@ -164,7 +257,7 @@ struct SignArgs {
     #[arg(value_name = "CACHE")]
     cache: PathBuf,
     /// Worker threads (default: every core).
-    #[arg(long, short = 'j', value_name = "N")]
+    #[arg(long, short = 'j', value_name = "N", value_parser = parse_jobs)]
     jobs: Option<usize>,
     /// Print nothing but errors.
     #[arg(long, short = 'q')]
@@ -201,12 +294,28 @@ struct VerifyArgs {
     #[arg(long)]
     json: bool,
     /// Worker threads (default: every core).
-    #[arg(long, short = 'j', value_name = "N")]
+    #[arg(long, short = 'j', value_name = "N", value_parser = parse_jobs)]
     jobs: Option<usize>,
+    /// Print nothing but errors: the problems found, without the summary
+    /// (the exit code tells the outcome).
+    #[arg(long, short = 'q', conflicts_with = "json")]
+    quiet: bool,
 }
 
-fn jobs_or_all_cores(jobs: Option<usize>) -> usize {
-    jobs.unwrap_or_else(|| attrs::jobs_from_cores(None)).max(1)
+/// `--priority`: what nix-cache-info may hold, said in words when it is not.
+fn parse_priority(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if n <= MAX_PRIORITY => Ok(n),
+        _ => Err(format!("expected a whole number from 0 to {MAX_PRIORITY}")),
+    }
+}
+
+/// `--jobs`: at least one.
+fn parse_jobs(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("expected a whole number of at least 1".to_owned()),
+    }
 }
 
 fn sign(args: SignArgs) -> anyhow::Result<()> {
@@ -215,7 +324,7 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
         .iter()
         .map(SecretKey::from_file)
         .collect::<Result<Vec<_>, _>>()?;
-    let jobs = jobs_or_all_cores(args.jobs);
+    let jobs = settings::jobs(args.jobs);
     let (summary, wrote) = match &args.out {
         Some(out) => {
             let summary = sign::sign_copy(&args.cache, out, &keys, jobs)
@@ -251,9 +360,9 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         trusted_keys,
         require_sigs: args.require_sigs,
         delta: args.delta,
-        jobs: jobs_or_all_cores(args.jobs),
+        jobs: settings::jobs(args.jobs),
     };
-    let style = if !args.json && Style::for_stderr() == Style::Bar {
+    let style = if !args.json && !args.quiet && Style::for_stderr() == Style::Bar {
         Style::Bar
     } else {
         Style::Quiet
@@ -269,7 +378,9 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         for problem in &report.problems {
             println!("{problem}");
         }
-        println!("{}", report.summary(elapsed));
+        if !args.quiet {
+            println!("{}", report.summary(elapsed));
+        }
     }
     Ok(if report.ok {
         ExitCode::SUCCESS
@@ -283,42 +394,58 @@ fn parse_compression(name: &str) -> Result<Compression, String> {
 }
 
 fn build(args: BuildArgs) -> anyhow::Result<()> {
-    let store_dir = std::env::var("NIX_STORE_DIR").unwrap_or_else(|_| DEFAULT_STORE_DIR.to_owned());
-    let input = match &args.closure_json {
-        Some(file) => local_store::from_closure_file(file, &args.paths, &store_dir)?,
-        None => local_store::from_local_store(&args.paths, &store_dir)?,
-    };
-    let mut exclusion = exclude::Exclusion::default();
-    exclusion.add_local_closure(&args.exclude, &store_dir)?;
-    for dir in &args.exclude_cache {
-        exclusion.add_cache(dir)?;
-    }
     let upstreams = upstream::Upstreams::new(
         args.upstream_key,
         &args.upstream,
         args.unreachable_upstream_is_empty,
     )?;
-    let whole = input.closure.len();
-    let closure = exclusion.apply(input.closure);
-    let (closure, decision) = upstream::leave_out(&upstreams, closure, &store_dir)?;
-    let level = match args.compression_level {
-        Some(level) => args.compression.check_level(level)?,
-        None => args.compression.default_level(),
-    };
+    let cache = args.to.clone();
+    interrupt::on_interrupt(move |_| {
+        let removed = write::remove_own_temp_files(&cache);
+        if std::io::stderr().is_terminal() {
+            // Over the progress bar.
+            let _ = write!(std::io::stderr(), "\r\x1b[2K");
+        }
+        if cache.join(cache_info::FILE_NAME).exists() {
+            let _ = writeln!(
+                std::io::stderr(),
+                "mk-binary-cache: interrupted: '{}' is a valid cache; run the same command again to finish it",
+                cache.display()
+            );
+        } else {
+            let _ = writeln!(
+                std::io::stderr(),
+                "mk-binary-cache: interrupted before anything was cached in '{}'",
+                cache.display()
+            );
+        }
+        if let Err(e) = removed {
+            let _ = writeln!(
+                std::io::stderr(),
+                "mk-binary-cache: some temporary files of this run are left ({e}); the next run removes them"
+            );
+        }
+    })
+    .context("watching for Ctrl-C")?;
+    let job = request::resolve(BuildRequest {
+        paths: args.paths,
+        closure_json: args.closure_json,
+        exclude: args.exclude,
+        exclude_cache: args.exclude_cache,
+        settings: Settings {
+            compression: Some(args.compression),
+            compression_level: args.compression_level.map(i64::from),
+            priority: args.priority,
+            want_mass_query: args.want_mass_query,
+            write_nar_listing: Some(args.write_nar_listing),
+            index_debug_info: Some(args.index_debug_info),
+        },
+        jobs: args.jobs,
+    })?;
+    let (closure, decision) = upstream::leave_out(&upstreams, job.closure, &job.options.store_dir)?;
     let options = write::Options {
-        compression: args.compression,
-        level,
-        jobs: args
-            .jobs
-            .unwrap_or_else(|| attrs::jobs_from_cores(None))
-            .max(1),
-        store_dir,
-        priority: args.priority,
-        want_mass_query: args.want_mass_query,
-        root_paths: input.roots,
-        write_nar_listing: args.write_nar_listing,
-        index_debug_info: args.index_debug_info,
         upstreams: upstreams.recorded(),
+        ..job.options
     };
     let style = if args.quiet {
         Style::Quiet
@@ -333,13 +460,24 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         );
     }
     let skipped = decision.summary();
-    let excluded = whole - closure.len() - decision.skipped_paths();
-    if excluded > 0 {
-        progress.message(&format!("{excluded} of {whole} paths are excluded"));
+    if job.excluded > 0 {
+        progress.message(&format!(
+            "{} of {} are excluded",
+            job.excluded,
+            count(
+                job.excluded + closure.len() + decision.skipped_paths(),
+                "path",
+                "paths"
+            )
+        ));
     }
     let updated = write::update_cache(&args.to, &closure, &options, &progress)
         .with_context(|| format!("writing the cache to '{}'", args.to.display()))?;
-    progress.finish_with("cached", &updated.written, skipped.as_deref());
+    // A run that found every path cached said so already: no line of zeros,
+    // unless it says what upstreams serve.
+    if updated.written.paths > 0 || updated.skipped == 0 || skipped.is_some() {
+        progress.finish_with("cached", &updated.written, skipped.as_deref());
+    }
     Ok(())
 }
 
@@ -350,10 +488,13 @@ fn prune(args: PruneArgs) -> anyhow::Result<()> {
     };
     let report = prune::prune(&args.cache, &options)
         .with_context(|| format!("pruning '{}'", args.cache.display()))?;
+    if args.quiet {
+        return Ok(());
+    }
     for root in &report.roots_not_cached {
         eprintln!("mk-binary-cache: note: root '{root}' has no narinfo in this cache");
     }
-    if !args.quiet {
+    if !args.summary {
         for line in report.lines() {
             println!("{line}");
         }
@@ -362,8 +503,34 @@ fn prune(args: PruneArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command.unwrap_or(Command::Builder) {
+/// Prints the long help of the program, or of `command`.
+fn help(command: Option<&str>) -> anyhow::Result<()> {
+    let mut cli = Cli::command();
+    // Gives each command its full usage line, `mk-binary-cache build …`.
+    cli.build();
+    let shown = match command {
+        None => &mut cli,
+        Some(name) => cli
+            .find_subcommand_mut(name)
+            .with_context(|| format!("no command '{name}'"))?,
+    };
+    shown.print_long_help()?;
+    Ok(())
+}
+
+/// `publish`: the arguments were checked by parsing them; the publisher
+/// gets them as they were typed.
+fn publish() -> anyhow::Error {
+    let args: Vec<OsString> = std::env::args_os().skip(2).collect();
+    let error = sibling::exec("mk-binary-cache-publish", &args);
+    anyhow::anyhow!(
+        "publish needs the program mk-binary-cache-publish ({error}): install {}",
+        PUBLISHER_FROM
+    )
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Builder => {
             let job = attrs::from_environment()?;
             let progress = Progress::new(false);
@@ -376,24 +543,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sign(args) => sign(args).map(|()| ExitCode::SUCCESS),
         Command::Prune(args) => prune(args).map(|()| ExitCode::SUCCESS),
         Command::Verify(args) => verify(args),
-        Command::Publish { args } => Err(anyhow::Error::new(sibling::exec(
-            "mk-binary-cache-publish",
-            &args,
-        ))
-        .context("publish needs mk-binary-cache-publish (cargo build --features publish)")),
+        Command::Publish(_) => Err(publish()),
+        Command::Help { command } => help(command.as_deref()).map(|()| ExitCode::SUCCESS),
     }
+}
+
+/// Whether this process runs as the builder of a Nix derivation with
+/// structured attrs: then no arguments means "build", not "show the help".
+fn in_nix_build() -> bool {
+    std::env::var_os("NIX_ATTRS_JSON_FILE").is_some()
 }
 
 /// Every subcommand's error is printed here, by [`error_line`].
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let command = match Cli::parse().command {
+        Some(command) => command,
+        None if in_nix_build() => Command::Builder,
+        // A person who typed the name alone: what clap does for a missing
+        // command, the help on stderr and exit 2.
+        None => {
+            let help = Cli::command().render_help().to_string();
+            let _ = writeln!(std::io::stderr(), "{}", help.trim_end());
+            return ExitCode::from(2);
+        }
+    };
     // For verify, exit 1 says "problems found"; failing to check at all is 2.
-    let failure = match cli.command {
-        Some(Command::Verify(_)) => ExitCode::from(2),
+    let failure = match command {
+        Command::Verify(_) => ExitCode::from(2),
         _ => ExitCode::FAILURE,
     };
-    match run(cli) {
+    match run(command) {
         Ok(code) => code,
+        // A worker whose temporary file the interrupt removed fails: the
+        // interrupt's line says what happened, and the exit is on its way.
+        Err(_) if interrupt::requested() => interrupt::wait_for_exit(),
         Err(e) => {
             eprintln!("mk-binary-cache: error: {}", error_line(&e));
             failure

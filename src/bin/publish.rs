@@ -1,81 +1,54 @@
 //! The `mk-binary-cache-publish` command (`mk-binary-cache publish`):
 //! argument parsing and exit codes only. Built with the `publish` feature.
+//!
+//! `mk-binary-cache-publish --query-upstream URL [--store-dir DIR]` uploads
+//! nothing: it reads store paths on stdin, one a line, and prints those the
+//! cache at URL serves, for `mk-binary-cache build --upstream`, which has no
+//! network code; exit code 3 means the upstream did not answer.
 
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-
-use std::io::{Read, Write};
 
 use mk_binary_cache::format::store_path::{DEFAULT_STORE_DIR, StorePath};
 use mk_binary_cache::input::upstream::{QUERY_UNREACHABLE, UpstreamError, Upstreams};
 use mk_binary_cache::ops::publish::{self, Location, Options, ProcessEnvironment};
 use mk_binary_cache::support::error_line::error_line;
 
-/// Uploads a flat-file Nix binary cache, byte for byte, to S3-compatible
-/// object storage, in an order that is safe for readers at every moment:
-/// NARs and other files first, then each narinfo after those of its
-/// references, then `store-paths`. Files already there are skipped; a run
-/// that is interrupted is completed by the next.
-///
-/// Credentials are found as the AWS tools find them: the URL's profile,
-/// else AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, else the profile
-/// AWS_PROFILE names (or `default`) in ~/.aws/credentials and ~/.aws/config.
-///
-/// With --query-upstream URL it uploads nothing: it reads store paths on
-/// stdin, one a line, and prints those the cache at URL serves (for
-/// `mk-binary-cache build --upstream`, which has no network code); exit
-/// code 3 means the upstream did not answer.
+#[path = "../publish_args.rs"]
+mod publish_args;
+
+use publish_args::{EXAMPLES, LONG_ABOUT, PublishArgs};
+
 #[derive(Parser)]
-#[command(name = "mk-binary-cache-publish", version, about, long_about)]
+#[command(
+    name = "mk-binary-cache-publish",
+    version,
+    about = "Upload a cache to S3-compatible object storage",
+    long_about = LONG_ABOUT,
+    after_help = EXAMPLES,
+)]
 struct Cli {
-    /// The flat-file cache to upload (a mkBinaryCache output, or a
-    /// `build --to` directory).
-    #[arg(value_name = "CACHE", required_unless_present = "query_upstream")]
-    cache: Option<PathBuf>,
-    /// Where to: `s3://BUCKET[/PREFIX]?region=R&endpoint=https://HOST[:PORT]&profile=P`,
-    /// the URL Nix uses for the same bucket (also `addressing-style=auto|path|virtual`,
-    /// `storage-class=CLASS`).
-    #[arg(value_name = "URL", required_unless_present = "query_upstream")]
-    url: Option<String>,
-    /// Do not upload a path whose narinfo has a signature by key NAME (e.g.
-    /// cache.nixos.org-1): its cache serves it. Repeatable.
-    #[arg(long, value_name = "NAME")]
-    upstream_key: Vec<String>,
-    /// Do not upload a path whose narinfo the cache at URL (file://,
-    /// http://, https://, s3://) serves. Repeatable.
-    #[arg(long = "upstream", value_name = "URL")]
-    upstreams: Vec<String>,
-    /// Take an --upstream that does not answer (network failure, timeout,
-    /// server error, after retries) as serving nothing, instead of failing.
-    #[arg(long)]
-    unreachable_upstream_is_empty: bool,
-    /// Print the store paths read on stdin that the cache at URL serves.
-    #[arg(long, value_name = "URL", conflicts_with_all = ["cache", "url"])]
-    query_upstream: Option<String>,
-    /// With --query-upstream: the store directory of the paths.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_STORE_DIR, requires = "query_upstream")]
-    store_dir: String,
-    /// Replace narinfos in the bucket that differ from the cache's (by
-    /// default that is an error, and nothing is uploaded).
-    #[arg(long)]
-    force: bool,
-    /// Files uploaded at once; each has at most two requests in flight.
-    #[arg(long, short = 'j', value_name = "N", default_value_t = 8,
-          value_parser = clap::value_parser!(u16).range(1..=256))]
-    jobs: u16,
-    /// Files larger than this many MiB go up in parts of this size (5 to 4096).
-    #[arg(long, value_name = "MiB", default_value_t = 8,
-          value_parser = clap::value_parser!(u16).range(5..=4096))]
-    part_size: u16,
-    /// Print nothing but errors.
-    #[arg(long, short = 'q')]
-    quiet: bool,
+    #[command(flatten)]
+    args: PublishArgs,
 }
 
-/// `--query-upstream URL`: the paths of stdin that URL serves, on stdout.
+/// `--query-upstream`: what `mk-binary-cache build --upstream` asks.
+#[derive(Parser)]
+#[command(name = "mk-binary-cache-publish")]
+struct QueryCli {
+    /// Print the store paths read on stdin that the cache at URL serves.
+    #[arg(long, value_name = "URL")]
+    query_upstream: String,
+    /// The store directory of the paths.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STORE_DIR)]
+    store_dir: String,
+}
+
+/// The paths of stdin that `url` serves, on stdout.
 fn query_upstream(url: &str, store_dir: &str) -> Result<(), UpstreamError> {
     let query_error = |message: String| UpstreamError::Query {
         url: url.to_owned(),
@@ -106,11 +79,8 @@ fn query_upstream(url: &str, store_dir: &str) -> Result<(), UpstreamError> {
         .map_err(|e| query_error(format!("writing to stdout: {e}")))
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let (Some(cache), Some(url)) = (cli.cache, cli.url) else {
-        unreachable!("clap requires CACHE and URL without --query-upstream");
-    };
-    let location = Location::parse(&url)?;
+fn run(cli: PublishArgs) -> anyhow::Result<()> {
+    let location = Location::parse(&cli.url)?;
     for warning in &location.warnings {
         eprintln!("mk-binary-cache-publish: warning: {warning}");
     }
@@ -127,7 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         )?,
     };
     let start = Instant::now();
-    let report = publish::publish(&cache, &location, credentials, &options)?;
+    let report = publish::publish(&cli.cache, &location, credentials, &options)?;
     for unreachable in &report.unreachable {
         eprintln!(
             "mk-binary-cache-publish: warning: {unreachable}; taken as serving nothing \
@@ -138,7 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         println!(
             "published {} to {location} in {:.2} s: uploaded {} files ({} bytes, {} narinfos), \
              skipped {} already there ({} narinfos){}",
-            cache.display(),
+            cli.cache.display(),
             start.elapsed().as_secs_f64(),
             report.uploaded,
             report.uploaded_bytes,
@@ -155,9 +125,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    if let Some(url) = &cli.query_upstream {
-        return match query_upstream(url, &cli.store_dir) {
+    if std::env::args_os().nth(1).as_deref() == Some(OsStr::new("--query-upstream")) {
+        let query = QueryCli::parse();
+        return match query_upstream(&query.query_upstream, &query.store_dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("mk-binary-cache-publish: error: {e}");
@@ -168,7 +138,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    match run(cli) {
+    match run(Cli::parse().args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mk-binary-cache-publish: error: {}", error_line(&e));

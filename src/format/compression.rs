@@ -30,13 +30,22 @@ pub enum Compression {
 pub enum CompressionError {
     #[error("unknown compression {0:?}: expected \"zstd\", \"xz\" or \"none\"")]
     Unknown(String),
-    #[error("compression level {level} is out of range for {compression} ({min}..={max})")]
+    #[error("compression level {level} is out of range for {compression}, which takes {}", levels(*.min, *.max))]
     Level {
         compression: Compression,
         level: i32,
         min: i32,
         max: i32,
     },
+}
+
+/// The levels from `min` to `max`, in words.
+fn levels(min: i32, max: i32) -> String {
+    if min == max {
+        format!("{min} only")
+    } else {
+        format!("{min} to {max}")
+    }
 }
 
 /// xz block size for multithreaded compression: what liblzma picks by

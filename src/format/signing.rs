@@ -49,6 +49,11 @@ pub enum KeyError {
         len: usize,
         expected: usize,
     },
+    #[error(
+        "{0:?} looks like a public key (32 bytes): signing needs the secret key, \
+         the other file `nix-store --generate-binary-cache-key` wrote"
+    )]
+    PublicKeyForSecret(String),
     #[error("secret key {0:?}: its public half does not match its seed")]
     PublicHalfMismatch(String),
     #[error("public key {0:?} is not a valid ed25519 point")]
@@ -157,7 +162,15 @@ impl FromStr for SecretKey {
     type Err = KeyError;
 
     fn from_str(s: &str) -> Result<Self, KeyError> {
-        let (name, bytes) = parse_named::<SECRET_KEY_LEN>(s, KeyKind::SecretKey)?;
+        let (name, bytes) =
+            parse_named::<SECRET_KEY_LEN>(s, KeyKind::SecretKey).map_err(|e| match e {
+                // The mistake behind this length: the public key file given
+                // where the secret one belongs.
+                KeyError::Length { name, len, .. } if len == PUBLIC_KEY_LEN => {
+                    KeyError::PublicKeyForSecret(name)
+                }
+                e => e,
+            })?;
         // Checks that the second half is the public key of the first.
         let key = SigningKey::from_keypair_bytes(&bytes)
             .map_err(|_| KeyError::PublicHalfMismatch(name.clone()))?;
@@ -470,10 +483,17 @@ mod tests {
         // A public key where a secret key belongs, and the other way round.
         assert_eq!(
             format!("k:{pub_b64}").parse::<SecretKey>().unwrap_err(),
+            PublicKeyForSecret("k".into())
+        );
+        // Any other length is only a wrong length.
+        assert_eq!(
+            format!("k:{}", STANDARD.encode([0; 48]))
+                .parse::<SecretKey>()
+                .unwrap_err(),
             Length {
                 kind: KeyKind::SecretKey,
                 name: "k".into(),
-                len: 32,
+                len: 48,
                 expected: 64
             }
         );
@@ -529,7 +549,7 @@ mod tests {
         assert!(matches!(err, KeyFileError::Parse { .. }));
         assert!(
             err.to_string()
-                .contains("public.key': secret key \"test-cache-1\" is 32 bytes long, expected 64"),
+                .contains("public.key': \"test-cache-1\" looks like a public key (32 bytes): signing needs the secret key"),
             "{err}"
         );
     }

@@ -140,8 +140,62 @@ pub fn append_new(paths: &mut Vec<StorePath>, more: impl IntoIterator<Item = Sto
     }
 }
 
+/// The store path that holds `path`: `/nix/store/…-hello/bin/hello` gives
+/// `/nix/store/…-hello`, and a store path gives itself.
+pub fn containing_store_path(path: &str, store_dir: &str) -> Result<StorePath, StorePathError> {
+    let top = path
+        .strip_prefix(store_dir)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .and_then(|rest| rest.split('/').next())
+        .map(|base| format!("{store_dir}/{base}"))
+        .unwrap_or_else(|| path.to_owned());
+    StorePath::parse(&top, store_dir)
+}
+
+/// Store paths whose references go round: each refers to the next, the
+/// last to the first. Nix never makes one (a path's references exist before
+/// it does, but for itself); only a hand-made closure or narinfo can.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{}", describe_cycle(.0))]
+pub struct ReferenceCycle(pub Vec<StorePath>);
+
+fn describe_cycle(paths: &[StorePath]) -> String {
+    let mut text = String::from("the references of these paths form a cycle: ");
+    for path in paths.iter().chain(paths.first()) {
+        if !text.ends_with(": ") {
+            text.push_str(" -> ");
+        }
+        text.push_str(&path.to_string());
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_reference_cycle_names_its_paths_in_order_and_comes_back_to_the_first() {
+        let p = |name: &str| StorePath::parse(&format!("{P}-{name}"), "/nix/store").unwrap();
+        let cycle = ReferenceCycle(vec![p("a"), p("b")]);
+        assert_eq!(
+            cycle.to_string(),
+            format!("the references of these paths form a cycle: {P}-a -> {P}-b -> {P}-a")
+        );
+    }
+
+    #[test]
+    fn the_containing_store_path_of_a_path_inside_one_is_that_store_path() {
+        for inside in [P.to_owned(), format!("{P}/bin/app"), format!("{P}/")] {
+            assert_eq!(
+                containing_store_path(&inside, "/nix/store")
+                    .unwrap()
+                    .to_string(),
+                P
+            );
+        }
+        assert!(containing_store_path("/tmp/x", "/nix/store").is_err());
+        assert!(containing_store_path("/nix/store", "/nix/store").is_err());
+    }
+
     use super::*;
 
     const P: &str = "/nix/store/dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz-appa";

@@ -1,32 +1,37 @@
 //! The job Nix hands a builder: the structured-attrs JSON (or, without
-//! structured attrs, environment variables and the legacy closure file),
-//! turned into an output path, a closure and [`Options`].
+//! structured attributes, environment variables and the legacy closure
+//! file), turned into an output path, a closure and [`Options`].
 //!
 //! Derivation attributes read: `outputs.out`, `closure` (from
-//! `exportReferencesGraph.closure`), `compression`, `compressionLevel`,
-//! `priority`, `wantMassQuery`, `rootPaths`, `writeNarListing` and
-//! `indexDebugInfo`.
+//! `exportReferencesGraph.closure`), `exclude` (from
+//! `exportReferencesGraph.exclude`), `rootPaths`, and the [`Settings`] of the
+//! write; every other attribute is ignored. A value of the wrong type is an
+//! error naming the attribute.
 
 use std::env;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use serde::de::value::StrDeserializer;
+use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde_json::Value;
 use thiserror::Error;
 
-use crate::format::cache_info::{MAX_PRIORITY, Upstreams};
-use crate::format::compression::{Compression, CompressionError};
-use crate::format::store_path::{self, DEFAULT_STORE_DIR, PathInfo, StorePath, StorePathError};
+use crate::format::store_path::{
+    self, DEFAULT_STORE_DIR, PathInfo, StorePath, StorePathError, containing_store_path,
+};
 use crate::input::closure::{self, ClosureError};
 use crate::input::exclude::Exclusion;
+use crate::input::settings::{self, Context, Settings, SettingsError};
 use crate::ops::write::Options;
 
 /// The name `exportReferencesGraph` gives the closure.
 pub const CLOSURE_KEY: &str = "closure";
 
 /// The key of the closure to leave out (`exportReferencesGraph.exclude`),
-/// when `mkBinaryCache` is given `exclude`; see [`crate::exclude`].
+/// when `mkBinaryCache` is given `exclude`; see [`crate::input::exclude`].
 pub const EXCLUDE_KEY: &str = "exclude";
 
 #[derive(Debug, Error)]
@@ -45,20 +50,38 @@ pub enum AttrsError {
     },
     #[error("build attributes lack the attribute {0}")]
     Missing(&'static str),
-    #[error("attribute {field} must be {expected}, not {found}")]
-    Type {
-        field: &'static str,
-        expected: &'static str,
-        found: String,
-    },
+    #[error("build attributes must be an object, not {0}")]
+    NotAnObject(String),
+    /// A value of the wrong type; the message names the attribute.
+    #[error("{0}")]
+    Type(serde_json::Error),
     #[error("attribute closure: {0}")]
     Closure(#[from] ClosureError),
-    #[error("attribute compression: {0}")]
-    Compression(#[from] CompressionError),
-    #[error("attribute compressionLevel: {0}")]
-    Level(CompressionError),
+    #[error("attribute {}: {source}", .source.attribute())]
+    Settings {
+        #[from]
+        source: SettingsError,
+    },
     #[error("attribute rootPaths: {0}")]
     RootPath(StorePathError),
+}
+
+/// The structured attributes read here besides the [`Settings`].
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Attrs {
+    outputs: Option<Outputs>,
+    /// `exportReferencesGraph.closure`: the closure to cache.
+    closure: Option<Value>,
+    /// `exportReferencesGraph.exclude`: the closure to leave out.
+    exclude: Option<Value>,
+    /// What `store-paths` lists: store paths, or paths inside them.
+    root_paths: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct Outputs {
+    out: Option<String>,
 }
 
 /// Everything a builder run needs.
@@ -71,8 +94,11 @@ pub struct Job {
 
 /// Reads the job from the build environment Nix sets up.
 pub fn from_environment() -> Result<Job, AttrsError> {
+    // What Nix tells a builder; `NIX_STORE_DIR` is for Nix itself.
     let store_dir = env::var("NIX_STORE").unwrap_or_else(|_| DEFAULT_STORE_DIR.to_owned());
-    let jobs = jobs_from_cores(env::var("NIX_BUILD_CORES").ok().as_deref());
+    // Unset, or 0 (Nix before 2.31 by default), is every core.
+    let cores = env::var("NIX_BUILD_CORES").ok();
+    let jobs = settings::jobs(cores.and_then(|c| c.trim().parse().ok().filter(|&n| n > 0)));
     let build_top = env::var_os("NIX_BUILD_TOP").map_or_else(|| PathBuf::from("."), PathBuf::from);
     // Nix up to at least 2.8 sets NIX_ATTRS_JSON_FILE to the build directory's
     // path outside the sandbox (/tmp/nix-build-…), which does not exist inside
@@ -88,20 +114,12 @@ pub fn from_environment() -> Result<Job, AttrsError> {
             path: attrs_file.clone(),
             source,
         })?;
-        return from_json(&attrs, &store_dir, jobs);
+        return from_json(attrs, &store_dir, jobs);
     }
     if let Ok(graph) = env::var("exportReferencesGraph") {
         return from_legacy_environment(&graph, &build_top, &store_dir, jobs);
     }
     Err(AttrsError::NotFound(attrs_file))
-}
-
-/// `NIX_BUILD_CORES`: 0 (Nix < 2.31) or unset means every core.
-pub fn jobs_from_cores(cores: Option<&str>) -> usize {
-    match cores.and_then(|c| c.trim().parse::<usize>().ok()) {
-        Some(n) if n > 0 => n,
-        _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    }
 }
 
 fn read(path: &Path) -> Result<String, AttrsError> {
@@ -112,47 +130,37 @@ fn read(path: &Path) -> Result<String, AttrsError> {
 }
 
 /// Reads the job from structured attrs.
-pub fn from_json(attrs: &Value, store_dir: &str, jobs: usize) -> Result<Job, AttrsError> {
-    let attrs = attrs.as_object().ok_or_else(|| AttrsError::Type {
-        field: "(top level)",
-        expected: "an object",
-        found: attrs.to_string(),
-    })?;
-    let out = attrs
-        .get("outputs")
-        .and_then(|o| o.get("out"))
-        .ok_or(AttrsError::Missing("outputs.out"))?
-        .as_str()
-        .ok_or_else(|| type_error("outputs.out", "a string", attrs.get("outputs")))?;
-    let graph = attrs
-        .get(CLOSURE_KEY)
-        .ok_or(AttrsError::Missing("closure"))?;
-    let mut closure = closure::from_export_references_graph(graph, store_dir)?;
-    if let Some(excluded) = attrs.get(EXCLUDE_KEY) {
-        closure = Exclusion::from_export_references_graph(excluded, store_dir)?.apply(closure);
-    }
-    let options = Options {
-        compression: compression(str_attr(attrs, "compression")?)?,
-        level: 0,
-        jobs,
-        store_dir: store_dir.to_owned(),
-        priority: uint_attr(attrs, "priority")?
-            .map(check_priority)
-            .transpose()?,
-        want_mass_query: bool_attr(attrs, "wantMassQuery")?,
-        root_paths: root_paths(attrs.get("rootPaths"), store_dir)?,
-        write_nar_listing: bool_attr(attrs, "writeNarListing")?.unwrap_or(false),
-        index_debug_info: bool_attr(attrs, "indexDebugInfo")?.unwrap_or(false),
-        upstreams: Upstreams::default(),
+pub fn from_json(attrs: Value, store_dir: &str, jobs: usize) -> Result<Job, AttrsError> {
+    let Value::Object(map) = attrs else {
+        return Err(AttrsError::NotAnObject(attrs.to_string()));
     };
-    let level = int_attr(attrs, "compressionLevel")?;
+    let settings: Settings = named(map.iter().map(|(k, v)| (k.clone(), v)))?;
+    let attrs: Attrs = named(map.into_iter())?;
+    let out = attrs
+        .outputs
+        .and_then(|o| o.out)
+        .ok_or(AttrsError::Missing("outputs.out"))?;
+    let graph = attrs.closure.ok_or(AttrsError::Missing(CLOSURE_KEY))?;
+    let mut closure = closure::from_export_references_graph(&graph, store_dir)?;
+    if let Some(excluded) = attrs.exclude {
+        closure = Exclusion::from_export_references_graph(&excluded, store_dir)?.apply(closure);
+    }
+    let root_paths = root_paths(attrs.root_paths.unwrap_or_default(), store_dir)?;
     Ok(Job {
         out: PathBuf::from(out),
         closure,
-        options: with_level(options, level)?,
+        options: settings.resolve(Context {
+            store_dir: store_dir.to_owned(),
+            jobs,
+            root_paths,
+        })?,
     })
 }
 
+/// Reads the job from the environment of a build without structured
+/// attributes, where Nix passes each attribute as a variable: a list as its
+/// items separated by spaces, true as `1`, and false and null alike as an
+/// empty string, which is taken as the default.
 fn from_legacy_environment(
     graph: &str,
     build_top: &Path,
@@ -164,174 +172,165 @@ fn from_legacy_environment(
     // `exportReferencesGraph = [ "closure" path … ]` arrives as "closure path …".
     let file_name = graph.split_whitespace().next().unwrap_or(CLOSURE_KEY);
     let closure = closure::from_legacy_graph(&read(&build_top.join(file_name))?, store_dir)?;
-    let level = match env_attr("compressionLevel") {
-        None => None,
-        Some(l) => Some(l.parse().map_err(|_| AttrsError::Type {
-            field: "compressionLevel",
-            expected: "an integer",
-            found: l,
-        })?),
-    };
-    let priority = match env_attr("priority") {
-        None => None,
-        Some(p) => Some(check_priority(p.parse().map_err(|_| {
-            AttrsError::Type {
-                field: "priority",
-                expected: "a non-negative integer",
-                found: p,
-            }
-        })?)?),
-    };
-    // Nix passes booleans to the environment as "1" and "".
-    let want_mass_query = env::var("wantMassQuery").ok().map(|v| v == "1");
-    let flag = |name: &str| env::var(name).is_ok_and(|v| v == "1");
-    let roots: Vec<Value> = env_attr("rootPaths")
-        .map(|r| {
-            r.split_whitespace()
-                .map(|p| Value::String(p.to_owned()))
-                .collect()
-        })
+    // Variables that are not UTF-8 are no attribute this program reads.
+    let variables = env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, Variable(v.into_string().ok()?))));
+    let settings: Settings = named(variables)?;
+    let roots = env_attr("rootPaths")
+        .map(|r| r.split_whitespace().map(str::to_owned).collect())
         .unwrap_or_default();
-    let options = Options {
-        compression: env_attr("compression")
-            .as_deref()
-            .map_or(Ok(Compression::default()), str::parse)?,
-        level: 0,
-        jobs,
-        store_dir: store_dir.to_owned(),
-        priority,
-        want_mass_query,
-        root_paths: root_paths(Some(&Value::Array(roots)), store_dir)?,
-        write_nar_listing: flag("writeNarListing"),
-        index_debug_info: flag("indexDebugInfo"),
-        upstreams: Upstreams::default(),
-    };
     Ok(Job {
         out: PathBuf::from(out),
         closure,
-        options: with_level(options, level)?,
+        options: settings.resolve(Context {
+            store_dir: store_dir.to_owned(),
+            jobs,
+            root_paths: root_paths(roots, store_dir)?,
+        })?,
     })
-}
-
-fn with_level(mut options: Options, level: Option<i64>) -> Result<Options, AttrsError> {
-    let c = options.compression;
-    options.level = match level {
-        None => c.default_level(),
-        Some(l) => c
-            .check_level(i32::try_from(l).unwrap_or(i32::MAX))
-            .map_err(AttrsError::Level)?,
-    };
-    Ok(options)
-}
-
-fn compression(name: Option<&str>) -> Result<Compression, AttrsError> {
-    Ok(name.map_or(Ok(Compression::default()), str::parse)?)
-}
-
-fn type_error(field: &'static str, expected: &'static str, found: Option<&Value>) -> AttrsError {
-    AttrsError::Type {
-        field,
-        expected,
-        found: found.map_or_else(|| "nothing".to_owned(), Value::to_string),
-    }
-}
-
-/// An attribute that may be absent or null.
-fn attr<'a>(attrs: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
-    attrs.get(field).filter(|v| !v.is_null())
-}
-
-fn str_attr<'a>(
-    attrs: &'a Map<String, Value>,
-    field: &'static str,
-) -> Result<Option<&'a str>, AttrsError> {
-    attr(attrs, field)
-        .map(|v| {
-            v.as_str()
-                .ok_or_else(|| type_error(field, "a string", Some(v)))
-        })
-        .transpose()
-}
-
-fn int_attr(attrs: &Map<String, Value>, field: &'static str) -> Result<Option<i64>, AttrsError> {
-    attr(attrs, field)
-        .map(|v| {
-            v.as_i64()
-                .ok_or_else(|| type_error(field, "an integer", Some(v)))
-        })
-        .transpose()
-}
-
-/// Nix reads `Priority:` as a C `int` and cannot open a cache whose
-/// priority does not fit one.
-fn check_priority(priority: u64) -> Result<u64, AttrsError> {
-    if priority <= MAX_PRIORITY {
-        Ok(priority)
-    } else {
-        Err(AttrsError::Type {
-            field: "priority",
-            expected: "an integer from 0 to 2147483647",
-            found: priority.to_string(),
-        })
-    }
-}
-
-fn uint_attr(attrs: &Map<String, Value>, field: &'static str) -> Result<Option<u64>, AttrsError> {
-    attr(attrs, field)
-        .map(|v| {
-            v.as_u64()
-                .ok_or_else(|| type_error(field, "a non-negative integer", Some(v)))
-        })
-        .transpose()
-}
-
-fn bool_attr(attrs: &Map<String, Value>, field: &'static str) -> Result<Option<bool>, AttrsError> {
-    attr(attrs, field)
-        .map(|v| {
-            v.as_bool()
-                .ok_or_else(|| type_error(field, "a boolean", Some(v)))
-        })
-        .transpose()
 }
 
 /// Root paths as store paths; a path inside a store path (`${hello}/bin`)
 /// stands for the store path that holds it.
-fn root_paths(value: Option<&Value>, store_dir: &str) -> Result<Vec<StorePath>, AttrsError> {
-    let Some(value) = value.filter(|v| !v.is_null()) else {
-        return Ok(Vec::new());
-    };
-    let items = value
-        .as_array()
-        .ok_or_else(|| type_error("rootPaths", "a list of store paths", Some(value)))?;
-    let paths = items
+fn root_paths(paths: Vec<String>, store_dir: &str) -> Result<Vec<StorePath>, AttrsError> {
+    let paths = paths
         .iter()
-        .map(|item| {
-            let p = item
-                .as_str()
-                .ok_or_else(|| type_error("rootPaths", "a list of store paths", Some(item)))?;
-            containing_store_path(p, store_dir).map_err(AttrsError::RootPath)
-        })
+        .map(|p| containing_store_path(p, store_dir).map_err(AttrsError::RootPath))
         .collect::<Result<Vec<_>, _>>()?;
     let mut roots = Vec::new();
     store_path::append_new(&mut roots, paths);
     Ok(roots)
 }
 
-/// The store path that holds `path`: `/nix/store/…-hello/bin/hello` gives
-/// `/nix/store/…-hello`.
-pub fn containing_store_path(path: &str, store_dir: &str) -> Result<StorePath, StorePathError> {
-    let top = path
-        .strip_prefix(store_dir)
-        .and_then(|rest| rest.strip_prefix('/'))
-        .and_then(|rest| rest.split('/').next())
-        .map(|base| format!("{store_dir}/{base}"))
-        .unwrap_or_else(|| path.to_owned());
-    StorePath::parse(&top, store_dir)
+/// `T` from attributes and their values, with the attribute at fault named
+/// in an error (serde_json names the type it expected, not where).
+fn named<'de, T, I, V>(attributes: I) -> Result<T, AttrsError>
+where
+    T: DeserializeOwned,
+    I: Iterator<Item = (String, V)>,
+    V: Deserializer<'de, Error = serde_json::Error>,
+{
+    T::deserialize(Named {
+        attributes,
+        value: None,
+    })
+    .map_err(AttrsError::Type)
+}
+
+/// Attributes as a map whose values' errors name their attribute.
+struct Named<I, V> {
+    attributes: I,
+    /// The value of the attribute just read.
+    value: Option<(String, V)>,
+}
+
+impl<'de, I, D> Deserializer<'de> for Named<I, D>
+where
+    I: Iterator<Item = (String, D)>,
+    D: Deserializer<'de, Error = serde_json::Error>,
+{
+    type Error = serde_json::Error;
+
+    fn deserialize_any<W: Visitor<'de>>(self, visitor: W) -> Result<W::Value, Self::Error> {
+        visitor.visit_map(self)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+impl<'de, I, V> MapAccess<'de> for Named<I, V>
+where
+    I: Iterator<Item = (String, V)>,
+    V: Deserializer<'de, Error = serde_json::Error>,
+{
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        let Some((name, value)) = self.attributes.next() else {
+            return Ok(None);
+        };
+        let key = seed.deserialize(StrDeserializer::<serde_json::Error>::new(&name))?;
+        self.value = Some((name, value));
+        Ok(Some(key))
+    }
+
+    fn next_value_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<S::Value, Self::Error> {
+        let (name, value) = self
+            .value
+            .take()
+            .ok_or_else(|| de::Error::custom("a value read before its attribute"))?;
+        seed.deserialize(value)
+            .map_err(|e| de::Error::custom(format_args!("attribute {name}: {e}")))
+    }
+}
+
+/// An environment variable read as the attribute Nix made it from: `1` is
+/// true, an empty string false (or, where a value is optional, none).
+struct Variable(String);
+
+impl Variable {
+    fn invalid(&self, expected: &str) -> serde_json::Error {
+        de::Error::custom(format_args!("{:?} is not {expected}", self.0))
+    }
+}
+
+impl<'de> Deserializer<'de> for Variable {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<W: Visitor<'de>>(self, visitor: W) -> Result<W::Value, Self::Error> {
+        visitor.visit_string(self.0)
+    }
+
+    fn deserialize_option<W: Visitor<'de>>(self, visitor: W) -> Result<W::Value, Self::Error> {
+        if self.0.is_empty() {
+            visitor.visit_none()
+        } else {
+            visitor.visit_some(self)
+        }
+    }
+
+    fn deserialize_bool<W: Visitor<'de>>(self, visitor: W) -> Result<W::Value, Self::Error> {
+        match self.0.as_str() {
+            "1" => visitor.visit_bool(true),
+            "" => visitor.visit_bool(false),
+            _ => Err(self.invalid("a boolean (1 or empty)")),
+        }
+    }
+
+    fn deserialize_i64<W: Visitor<'de>>(self, visitor: W) -> Result<W::Value, Self::Error> {
+        let n = self.0.parse().map_err(|_| self.invalid("an integer"))?;
+        visitor.visit_i64(n)
+    }
+
+    fn deserialize_u64<W: Visitor<'de>>(self, visitor: W) -> Result<W::Value, Self::Error> {
+        let n = self
+            .0
+            .parse()
+            .map_err(|_| self.invalid("a non-negative integer"))?;
+        visitor.visit_u64(n)
+    }
+
+    serde::forward_to_deserialize_any! {
+        i8 i16 i32 i128 u8 u16 u32 u128 f32 f64 char str string
+        bytes byte_buf unit unit_struct newtype_struct seq tuple
+        tuple_struct map struct enum identifier ignored_any
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::compression::Compression;
     use serde_json::json;
 
     const A: &str = "/nix/store/dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz-appa";
@@ -353,7 +352,7 @@ mod tests {
 
     #[test]
     fn reads_settings_from_structured_attrs() {
-        let job = from_json(&attrs(), "/nix/store", 2).unwrap();
+        let job = from_json(attrs(), "/nix/store", 2).unwrap();
         assert_eq!(job.closure.len(), 1);
         assert_eq!(job.options.compression, Compression::Xz);
         assert_eq!(job.options.level, 6);
@@ -370,7 +369,7 @@ mod tests {
         let fields = a.as_object_mut().unwrap();
         fields.remove("writeNarListing");
         fields.remove("indexDebugInfo");
-        let job = from_json(&a, "/nix/store", 2).unwrap();
+        let job = from_json(a, "/nix/store", 2).unwrap();
         assert!(!job.options.write_nar_listing);
         assert!(!job.options.index_debug_info);
     }
@@ -379,7 +378,7 @@ mod tests {
     fn defaults_to_zstd_level_3() {
         let mut a = attrs();
         a.as_object_mut().unwrap().remove("compression");
-        let job = from_json(&a, "/nix/store", 2).unwrap();
+        let job = from_json(a, "/nix/store", 2).unwrap();
         assert_eq!(
             (job.options.compression, job.options.level),
             (Compression::Zstd, 3)
@@ -408,7 +407,7 @@ mod tests {
             } else {
                 a[field] = value;
             }
-            let e = from_json(&a, "/nix/store", 2).unwrap_err().to_string();
+            let e = from_json(a, "/nix/store", 2).unwrap_err().to_string();
             assert!(e.contains(named), "{field}: {e}");
         }
     }
@@ -418,18 +417,63 @@ mod tests {
         let mut attrs = attrs();
         let excluded = json!([{"path": A, "narHash": HASH, "narSize": 504, "references": []}]);
         attrs["exclude"] = excluded;
-        let job = from_json(&attrs, "/nix/store", 1).unwrap();
+        let job = from_json(attrs.clone(), "/nix/store", 1).unwrap();
         assert!(job.closure.is_empty());
         assert_eq!(job.options.root_paths[0].to_string(), A);
         // An empty `exclude` (the default) leaves the closure whole.
         attrs["exclude"] = json!([]);
-        assert_eq!(from_json(&attrs, "/nix/store", 1).unwrap().closure.len(), 1);
+        assert_eq!(from_json(attrs, "/nix/store", 1).unwrap().closure.len(), 1);
     }
 
     #[test]
-    fn zero_or_missing_cores_means_every_core() {
-        assert_eq!(jobs_from_cores(Some("3")), 3);
-        assert!(jobs_from_cores(Some("0")) >= 1);
-        assert!(jobs_from_cores(None) >= 1);
+    fn unknown_attributes_are_ignored() {
+        let mut a = attrs();
+        a["someOtherAttribute"] = json!({"nested": [1, 2]});
+        assert!(from_json(a, "/nix/store", 2).is_ok());
+    }
+
+    #[test]
+    fn a_wrong_type_is_an_error_naming_the_attribute_and_the_type_expected() {
+        let mut a = attrs();
+        a["wantMassQuery"] = json!("yes");
+        let e = from_json(a, "/nix/store", 2).unwrap_err().to_string();
+        assert!(e.starts_with("attribute wantMassQuery: "), "{e}");
+        assert!(e.contains("expected a boolean"), "{e}");
+    }
+
+    #[test]
+    fn environment_variables_read_as_the_attributes_nix_made_them_from() {
+        let vars = [
+            ("compression", "xz"),
+            ("compressionLevel", "9"),
+            ("priority", "30"),
+            ("writeNarListing", "1"),
+            ("indexDebugInfo", ""),
+            ("wantMassQuery", ""),
+            ("PATH", "/path-not-set"),
+        ];
+        let settings: Settings = named(
+            vars.iter()
+                .map(|(k, v)| (k.to_string(), Variable(v.to_string()))),
+        )
+        .unwrap();
+        assert_eq!(
+            settings,
+            Settings {
+                compression: Some(Compression::Xz),
+                compression_level: Some(9),
+                priority: Some(30),
+                want_mass_query: None,
+                write_nar_listing: Some(true),
+                index_debug_info: None,
+            }
+        );
+        let bad = [("priority", "high")];
+        let e = named::<Settings, _, _>(
+            bad.iter()
+                .map(|(k, v)| (k.to_string(), Variable(v.to_string()))),
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("attribute priority: "), "{e}");
     }
 }

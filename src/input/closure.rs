@@ -17,7 +17,8 @@ use thiserror::Error;
 use crate::format::hash::{ParseHashError, Sha256};
 use crate::format::nixbase32;
 use crate::format::signing::Signature;
-use crate::format::store_path::{PathInfo, StorePath, StorePathError};
+use crate::format::store_path::{PathInfo, ReferenceCycle, StorePath, StorePathError};
+use crate::support::graph::{Cycle, Graph};
 
 #[derive(Debug, Error)]
 pub enum ClosureError {
@@ -60,6 +61,8 @@ pub enum ClosureError {
     Legacy { line: usize, what: String },
     #[error("closure lists '{0}' twice")]
     Duplicate(String),
+    #[error(transparent)]
+    Cycle(#[from] ReferenceCycle),
 }
 
 /// How an entry names other store paths.
@@ -213,6 +216,7 @@ fn entries_to_infos(
         .map(|(index, e)| entry_to_info(index, e, naming, store_dir))
         .collect::<Result<Vec<_>, _>>()?;
     check_unique(&mut infos)?;
+    check_acyclic(&infos)?;
     Ok(infos)
 }
 
@@ -471,6 +475,7 @@ pub fn from_legacy_graph(text: &str, store_dir: &str) -> Result<Vec<PathInfo>, C
         });
     }
     check_unique(&mut infos)?;
+    check_acyclic(&infos)?;
     Ok(infos)
 }
 
@@ -480,6 +485,20 @@ fn check_unique(infos: &mut [PathInfo]) -> Result<(), ClosureError> {
     match infos.windows(2).find(|w| w[0].path == w[1].path) {
         Some(w) => Err(ClosureError::Duplicate(w[0].path.to_string())),
         None => Ok(()),
+    }
+}
+
+/// Refuses a closure whose references form a cycle: no order of its
+/// narinfos would put each after those of its references, and a writer that
+/// waits for them would write none.
+fn check_acyclic(infos: &[PathInfo]) -> Result<(), ClosureError> {
+    let paths: Vec<&StorePath> = infos.iter().map(|p| &p.path).collect();
+    let graph = Graph::by_key(&paths, |i| &infos[i].references);
+    match graph.levels() {
+        Ok(_) => Ok(()),
+        Err(Cycle(nodes)) => {
+            Err(ReferenceCycle(nodes.into_iter().map(|i| infos[i].path.clone()).collect()).into())
+        }
     }
 }
 
@@ -773,5 +792,35 @@ mod tests {
             from_export_references_graph(&twice, "/nix/store"),
             Err(ClosureError::Duplicate(_))
         ));
+    }
+
+    #[test]
+    fn refuses_a_closure_whose_references_form_a_cycle_naming_its_paths() {
+        // Nix never makes one, but a hand-edited file can: each names the other.
+        let cycle = json!([
+            {"path": A, "narHash": HASH, "narSize": 1, "references": [B]},
+            {"path": B, "narHash": HASH, "narSize": 1, "references": [A]},
+        ]);
+        let e = from_export_references_graph(&cycle, "/nix/store").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("the references of these paths form a cycle: {A} -> {B} -> {A}")
+        );
+        let e = from_path_info_json(&cycle.to_string(), "/nix/store").unwrap_err();
+        assert!(matches!(e, ClosureError::Cycle(_)), "{e}");
+        let legacy = format!("{A}\n\n1\n{B}\n{B}\n\n1\n{A}\n");
+        let e = from_legacy_graph(&legacy, "/nix/store").unwrap_err();
+        assert!(matches!(e, ClosureError::Cycle(_)), "{e}");
+    }
+
+    #[test]
+    fn a_path_that_refers_to_itself_is_no_cycle() {
+        let own = json!([{"path": A, "narHash": HASH, "narSize": 1, "references": [A]}]);
+        assert_eq!(
+            from_export_references_graph(&own, "/nix/store")
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

@@ -18,10 +18,15 @@ use std::process::Command;
 
 use thiserror::Error;
 
-use crate::format::store_path::{self, PathInfo, StorePath, StorePathError};
-use crate::input::attrs::containing_store_path;
+use crate::format::store_path::{self, PathInfo, StorePath, StorePathError, containing_store_path};
 use crate::input::closure::{self, ClosureError};
-use crate::support::shell::show;
+use crate::support::shell::{plain_text, show};
+
+/// The local store's directory: `NIX_STORE_DIR`, which Nix reads, or
+/// `/nix/store`. (A builder is told its store by `NIX_STORE` instead.)
+pub fn store_dir() -> String {
+    std::env::var("NIX_STORE_DIR").unwrap_or_else(|_| store_path::DEFAULT_STORE_DIR.to_owned())
+}
 
 /// How many symlinks a root may go through before it reaches the store.
 const MAX_SYMLINKS: usize = 40;
@@ -30,12 +35,20 @@ const MAX_SYMLINKS: usize = 40;
 pub enum BuildError {
     #[error("cannot run `{command}`: {source} (is Nix installed and on PATH?)")]
     Spawn { command: String, source: io::Error },
-    #[error("`{command}` failed with {status}:\n{stderr}")]
+    /// Nix said no; `output` is what it printed, as plain text on one line.
+    #[error("`{what}` {}: {output}", failure(.status))]
     Nix {
-        command: String,
+        what: &'static str,
         status: std::process::ExitStatus,
-        stderr: String,
+        output: String,
     },
+    #[error(
+        "'{0}' is not in the local Nix store: build it, or fetch it with \
+         `nix-store --realise PATH` or `nix copy --from URL PATH`, first"
+    )]
+    NotInLocalStore(StorePath),
+    #[error("'{0}' does not exist")]
+    Missing(PathBuf),
     #[error("`{command}` printed a closure that cannot be read: {source}")]
     NixOutput {
         command: String,
@@ -79,21 +92,48 @@ pub fn from_local_store(paths: &[PathBuf], store_dir: &str) -> Result<Input, Bui
         return Err(BuildError::NoPaths);
     }
     let roots = resolve_roots(paths, store_dir)?;
-    // A Nix we cannot place is asked with the flag, then without it if it
-    // refuses the flag.
+    check_valid(&roots)?;
     let with_format = takes_json_format(&nix_version()).unwrap_or(true);
-    let mut result = path_info(&roots, with_format);
+    // A `.drv` root stands for the derivation file and its closure, as
+    // `nix copy` has it. Nix 2.8 reads a bare `.drv` as its outputs, later
+    // versions as the file; with `--derivation` every version reads it as
+    // the file. That flag would turn an output into its deriver, so only
+    // `.drv` roots are asked with it.
+    let (derivations, others): (Vec<StorePath>, Vec<StorePath>) = roots
+        .iter()
+        .cloned()
+        .partition(|r| r.name().ends_with(".drv"));
+    let mut closure = Vec::new();
+    for (group, as_derivations) in [(others, false), (derivations, true)] {
+        if !group.is_empty() {
+            closure.extend(closure_of(&group, as_derivations, with_format, store_dir)?);
+        }
+    }
+    closure.sort_by(|a, b| a.path.cmp(&b.path));
+    closure.dedup_by(|a, b| a.path == b.path);
+    check_complete(&closure)?;
+    Ok(Input { closure, roots })
+}
+
+/// The closure of `roots` as `nix path-info` gives it. A Nix we cannot
+/// place (`with_format` by default) is asked with `--json-format`, then
+/// without it if it refuses the flag.
+fn closure_of(
+    roots: &[StorePath],
+    derivations: bool,
+    with_format: bool,
+    store_dir: &str,
+) -> Result<Vec<PathInfo>, BuildError> {
+    let mut result = path_info(roots, derivations, with_format);
     if with_format
-        && matches!(&result, Err(BuildError::Nix { stderr, .. }) if stderr.contains("json-format"))
+        && matches!(&result, Err(BuildError::Nix { output, .. }) if output.contains("json-format"))
     {
-        result = path_info(&roots, false);
+        result = path_info(roots, derivations, false);
     }
     let (command, out) = result?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let closure = closure::from_path_info_json(&text, store_dir)
-        .map_err(|source| BuildError::NixOutput { command, source })?;
-    check_complete(&closure)?;
-    Ok(Input { closure, roots })
+    closure::from_path_info_json(&text, store_dir)
+        .map_err(|source| BuildError::NixOutput { command, source })
 }
 
 /// The JSON format `build` asks `nix path-info` for where Nix has
@@ -102,10 +142,12 @@ pub fn from_local_store(paths: &[PathBuf], store_dir: &str) -> Result<Input, Bui
 /// with a version number and the one every such Nix prints.
 const PATH_INFO_JSON_FORMAT: &str = "2";
 
-/// Runs `nix path-info --json --recursive` on `roots`, with
-/// `--json-format` when `with_format`, and gives the command and its output.
+/// Runs `nix path-info --json --recursive` on `roots`, with `--derivation`
+/// when `derivations` and `--json-format` when `with_format`, and gives the
+/// command and its output.
 fn path_info(
     roots: &[StorePath],
+    derivations: bool,
     with_format: bool,
 ) -> Result<(String, std::process::Output), BuildError> {
     let mut cmd = Command::new("nix");
@@ -118,21 +160,75 @@ fn path_info(
     if with_format {
         cmd.args(["--json-format", PATH_INFO_JSON_FORMAT]);
     }
+    if derivations {
+        cmd.arg("--derivation");
+    }
     cmd.arg("--recursive");
     cmd.args(roots.iter().map(|r| OsString::from(r.to_absolute())));
-    let command = show(&cmd);
+    let out = run_nix(&mut cmd, "nix path-info")?;
+    Ok((show(&cmd), out))
+}
+
+/// Runs `cmd`, a Nix command called `what` in messages; its output if it
+/// succeeds.
+fn run_nix(cmd: &mut Command, what: &'static str) -> Result<std::process::Output, BuildError> {
     let out = cmd.output().map_err(|source| BuildError::Spawn {
-        command: command.clone(),
+        command: show(cmd),
         source,
     })?;
     if !out.status.success() {
         return Err(BuildError::Nix {
-            command,
+            what,
             status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).trim_end().to_owned(),
+            output: plain_text(&out.stderr),
         });
     }
-    Ok((command, out))
+    Ok(out)
+}
+
+/// Refuses a root that is not valid in the local store, before `nix
+/// path-info` is asked about it: that would try the substituters of the
+/// user's nix.conf first, which takes seconds offline, and much longer with
+/// one that does not answer. `nix-store --check-validity` asks the local
+/// store's database alone, on every Nix version.
+fn check_valid(roots: &[StorePath]) -> Result<(), BuildError> {
+    let mut cmd = Command::new("nix-store");
+    cmd.args(["--check-validity", "--print-invalid"]);
+    cmd.args(roots.iter().map(|r| OsString::from(r.to_absolute())));
+    let out = run_nix(&mut cmd, "nix-store --check-validity")?;
+    let invalid = String::from_utf8_lossy(&out.stdout);
+    match roots
+        .iter()
+        .find(|r| invalid.lines().any(|l| l == r.to_absolute()))
+    {
+        Some(root) => Err(BuildError::NotInLocalStore(root.clone())),
+        None => Ok(()),
+    }
+}
+
+/// How a program ended, in words: `exited with 1`, `was killed by SIGABRT`.
+fn failure(status: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("failed (exit code {code})"),
+        (None, Some(signal)) => match signal_name(signal) {
+            Some(name) => format!("was killed by {name} (signal {signal})"),
+            None => format!("was killed by signal {signal}"),
+        },
+        (None, None) => format!("failed ({status})"),
+    }
+}
+
+/// The names of the signals a program usually dies of.
+fn signal_name(signal: i32) -> Option<&'static str> {
+    Some(match signal {
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGINT => "SIGINT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGTERM => "SIGTERM",
+        _ => return None,
+    })
 }
 
 /// What `nix --version` prints, or nothing if it cannot be run (the
@@ -264,6 +360,12 @@ fn resolve_root(path: &Path, store_dir: &str) -> Result<StorePath, BuildError> {
             Err(_) => break,
         }
     }
+    // Said before "not in the store": the mistake is more likely a typo.
+    if !current.starts_with(store_dir)
+        && fs::symlink_metadata(&current).is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+    {
+        return Err(BuildError::Missing(path.to_owned()));
+    }
     let text = current.to_string_lossy();
     containing_store_path(&text, store_dir).map_err(not_in_store)
 }
@@ -343,6 +445,37 @@ mod tests {
         );
         let e = resolve_root(dir.path(), "/nix/store").unwrap_err();
         assert!(matches!(e, BuildError::NotInStore { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_root_that_does_not_exist_is_said_to_be_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("result");
+        let e = resolve_root(&missing, "/nix/store").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("'{}' does not exist", missing.display())
+        );
+        // A link to nowhere outside the store, too.
+        let dangling = dir.path().join("dangling");
+        symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        let e = resolve_root(&dangling, "/nix/store").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("'{}' does not exist", dangling.display())
+        );
+    }
+
+    #[test]
+    fn a_failed_nix_is_described_in_words() {
+        use std::os::unix::process::ExitStatusExt;
+        let status = |raw| std::process::ExitStatus::from_raw(raw);
+        assert_eq!(failure(&status(1 << 8)), "failed (exit code 1)");
+        assert_eq!(
+            failure(&status(libc::SIGABRT)),
+            "was killed by SIGABRT (signal 6)"
+        );
+        assert_eq!(failure(&status(libc::SIGUSR2)), "was killed by signal 12");
     }
 
     // As `nix --version` prints it for each kind of Nix.

@@ -5,4 +5,6 @@ pub mod attrs;
 pub mod closure;
 pub mod exclude;
 pub mod local_store;
+pub mod request;
+pub mod settings;
 pub mod upstream;

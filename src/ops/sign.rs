@@ -35,9 +35,11 @@ use thiserror::Error;
 
 use crate::format::narinfo::{self, NarInfo, Sig};
 use crate::format::signing::{SecretKey, Signature};
-use crate::format::store_path::DEFAULT_STORE_DIR;
+use crate::format::store_path::{DEFAULT_STORE_DIR, ReferenceCycle, StorePath};
+use crate::input::local_store;
 use crate::ops::{self, OpenCacheError};
 use crate::support::files::{self, TempNames, Transfer, share_or_copy};
+use crate::support::graph::{Cycle, Graph};
 use crate::support::schedule;
 
 #[derive(Debug, Error)]
@@ -65,6 +67,8 @@ pub enum SignError {
     OutputExists(PathBuf),
     #[error("'{0}' is neither a file, a directory nor a symlink: a cache copy cannot hold it")]
     SpecialFile(PathBuf),
+    #[error("{0}; nothing was signed (Nix never writes such narinfos)")]
+    Cycle(ReferenceCycle),
 }
 
 fn read_error(path: &Path) -> impl FnOnce(io::Error) -> SignError + '_ {
@@ -123,8 +127,9 @@ impl fmt::Display for Summary {
 /// path must never change, and root could change it.
 pub fn sign_in_place(cache: &Path, keys: &[SecretKey], jobs: usize) -> Result<Summary, SignError> {
     let source = Source::open(cache, keys)?;
-    let local_store = std::env::var_os("NIX_STORE_DIR").unwrap_or_else(|| DEFAULT_STORE_DIR.into());
-    if source.root.starts_with(&source.store_dir) || source.root.starts_with(local_store) {
+    if source.root.starts_with(&source.store_dir)
+        || source.root.starts_with(local_store::store_dir())
+    {
         return Err(SignError::InStore(cache.to_owned()));
     }
     let signed = source.sign_all(keys, jobs)?;
@@ -225,6 +230,9 @@ struct Signed {
     text: String,
     added: usize,
     present: usize,
+    /// What it describes and refers to, for the reference order.
+    store_path: StorePath,
+    references: Vec<StorePath>,
 }
 
 impl Source {
@@ -270,18 +278,25 @@ impl Source {
                 let bytes = fs::read(&path).map_err(read_error(&path))?;
                 let text =
                     String::from_utf8(bytes).map_err(|_| SignError::NotText(path.clone()))?;
-                let (text, added, present) = sign_narinfo(&text, &self.store_dir, keys)
+                let info = NarInfo::parse(&text, &self.store_dir)
                     .map_err(|source| SignError::Narinfo { path, source })?;
+                let (text, added, present) = sign_parsed(&text, &info, keys);
                 signed.lock().unwrap().push(Signed {
                     name: name.clone(),
                     text,
                     added,
                     present,
+                    store_path: info.store_path,
+                    references: info.references,
                 });
                 Ok::<_, SignError>(())
             },
         )?;
-        Ok(signed.into_inner().unwrap())
+        let mut signed = signed.into_inner().unwrap();
+        // Workers finish in any order; a cycle is reported the same each run.
+        signed.sort_by(|a, b| a.name.cmp(&b.name));
+        check_reference_order(&signed)?;
+        Ok(signed)
     }
 
     fn summary(&self, signed: &[Signed]) -> Summary {
@@ -302,6 +317,11 @@ pub fn sign_narinfo(
     keys: &[SecretKey],
 ) -> Result<(String, usize, usize), narinfo::ParseError> {
     let info = NarInfo::parse(text, store_dir)?;
+    Ok(sign_parsed(text, &info, keys))
+}
+
+/// [`sign_narinfo`] of `text`, which parsed as `info`.
+fn sign_parsed(text: &str, info: &NarInfo, keys: &[SecretKey]) -> (String, usize, usize) {
     let fingerprint = info.fingerprint();
     let mut new = Vec::new();
     let mut present = 0;
@@ -313,7 +333,19 @@ pub fn sign_narinfo(
             new.push(sig);
         }
     }
-    Ok((add_signature_lines(text, &new), new.len(), present))
+    (add_signature_lines(text, &new), new.len(), present)
+}
+
+/// Cycle policy: refuse, before any file is written. A signature vouches
+/// for a narinfo, and no reader can substitute a path on a cycle.
+fn check_reference_order(signed: &[Signed]) -> Result<(), SignError> {
+    let paths: Vec<&StorePath> = signed.iter().map(|s| &s.store_path).collect();
+    match Graph::by_key(&paths, |i| &signed[i].references).levels() {
+        Ok(_) => Ok(()),
+        Err(Cycle(nodes)) => Err(SignError::Cycle(ReferenceCycle(
+            nodes.into_iter().map(|i| paths[i].clone()).collect(),
+        ))),
+    }
 }
 
 /// `text` with a `Sig: <signature>` line for each of `signatures`, put where

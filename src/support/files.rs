@@ -15,6 +15,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::support::interrupt;
+
 /// Names for temporary files: `.<final name>.tmp.<pid>.<n>`, in the
 /// directory of the file they become. Hidden, and with a suffix of their own,
 /// they are never taken for a narinfo or a NAR; the process ID keeps
@@ -36,7 +38,14 @@ impl Default for TempNames {
 
 impl TempNames {
     /// A new temporary name for `dest`, unique within this process.
+    ///
+    /// Once an interrupt came ([`interrupt::requested`]), it never returns:
+    /// the file would be made after the clean-up looked for this process's
+    /// temporary files, and left behind.
     pub fn next(&self, dest: &Path) -> PathBuf {
+        if interrupt::requested() {
+            interrupt::wait_for_exit();
+        }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let name = dest
             .file_name()
@@ -61,6 +70,22 @@ impl TempNames {
     pub fn is_stale(name: &OsStr) -> bool {
         Self::owner(name).is_some_and(|pid| !process_is_running(pid))
     }
+}
+
+/// Removes the temporary files of this process in `dir` (not in its
+/// subdirectories); returns how many there were. For an interrupted run:
+/// what it was writing will never be renamed into place.
+pub fn remove_own_temporaries(dir: &Path) -> io::Result<usize> {
+    let me = std::process::id();
+    let mut removed = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if TempNames::owner(&entry.file_name()) == Some(me) {
+            remove_temporary(&entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 fn process_is_running(pid: u32) -> bool {

@@ -13,8 +13,14 @@
 //!
 //! The work reports through a shared `&Progress`: [`Progress::begin`] with
 //! what there is to do, [`Progress::advance`] as bytes go through,
-//! [`Progress::item_done`] per path, and
-//! [`Progress::finish`] at the end.
+//! [`Progress::item_done`] per path (or, where a path's line comes later
+//! than its bytes, as a narinfo waits for its references,
+//! [`Progress::path_done`] when the bytes are through and
+//! [`Progress::log`] with the line), and [`Progress::finish`] at the end.
+//!
+//! The bar's time left comes from the pace of the last few seconds
+//! ([`Pace`]), not from each redraw's: a path that stalls the bytes for a
+//! moment does not make it jump.
 
 use std::fmt;
 use std::io::{self, IsTerminal, Write};
@@ -22,6 +28,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+use crate::support::interrupt;
 
 /// How often the bar is redrawn, or gathered lines written.
 const REDRAW_EVERY: Duration = Duration::from_millis(200);
@@ -40,6 +48,11 @@ pub fn human_bytes(n: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
+}
+
+/// `n` things, the word in the singular for one: `1 path`, `2 paths`.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// A duration as `m:ss`, or `h:mm:ss` from an hour on.
@@ -152,8 +165,13 @@ impl Progress {
                 }))
             }
             Style::Bar => Some(thread::spawn(move || {
-                while !counters.stop.load(Ordering::Relaxed) {
-                    draw(&bar_line(&counters, start.elapsed(), terminal_width()));
+                let mut pace = Pace::default();
+                // After an interrupt, its line is the last word.
+                while !counters.stop.load(Ordering::Relaxed) && !interrupt::requested() {
+                    let elapsed = start.elapsed();
+                    let done = counters.done_bytes.load(Ordering::Relaxed);
+                    let rate = pace.update(elapsed, done);
+                    draw(&bar_line(&counters, rate, terminal_width()));
                     thread::park_timeout(REDRAW_EVERY);
                 }
             })),
@@ -167,7 +185,17 @@ impl Progress {
 
     /// One item is done; in lines style, `line` says what.
     pub fn item_done(&self, line: impl fmt::Display) {
+        self.path_done();
+        self.log(line);
+    }
+
+    /// Counts one item whose bytes are all through, in the bar.
+    pub fn path_done(&self) {
         self.counters.done_paths.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// In lines style, a line about an item [`Self::path_done`] counted.
+    pub fn log(&self, line: impl fmt::Display) {
         if self.style == Style::Lines {
             use fmt::Write as _;
             let _ = writeln!(self.lines.lock().unwrap(), "{line}");
@@ -238,28 +266,76 @@ impl Drop for Progress {
     }
 }
 
-/// The summary line.
+/// The summary line: `<verb> N paths in S s: NAR X -> Y (ratio R, T/s)`,
+/// the ratio being NAR bytes over file bytes.
 pub fn summary_line(verb: &str, totals: &Totals, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64();
     let rate = totals.nar_bytes as f64 / secs.max(1e-3);
+    let ratio = if totals.file_bytes == 0 {
+        String::new()
+    } else {
+        format!(
+            "ratio {:.2}, ",
+            totals.nar_bytes as f64 / totals.file_bytes as f64
+        )
+    };
     format!(
-        "{verb} {} paths in {secs:.2} s: NAR {} -> {} ({}/s)",
-        totals.paths,
+        "{verb} {} in {secs:.2} s: NAR {} -> {} ({ratio}{}/s)",
+        count(totals.paths, "path", "paths"),
         human_bytes(totals.nar_bytes),
         human_bytes(totals.file_bytes),
         human_bytes(rate as u64),
     )
 }
 
+/// How many seconds it takes the pace of the past to count half as much
+/// as it did: long enough to ride over a stall, short enough to follow a
+/// lasting change (a run of small paths after large ones).
+const PACE_HALF_LIFE: f64 = 4.0;
+
+/// The rate of bytes done, averaged over the last few seconds, with weights
+/// halving every [`PACE_HALF_LIFE`] seconds into the past.
+#[derive(Debug, Default)]
+struct Pace {
+    /// When the last count was taken, and what it was.
+    last: Option<(Duration, u64)>,
+    /// Bytes per second; none before two counts.
+    rate: Option<f64>,
+}
+
+impl Pace {
+    /// Takes the count `done` at `elapsed` since the start; returns the
+    /// rate in bytes per second, 0 while it is not known yet.
+    fn update(&mut self, elapsed: Duration, done: u64) -> f64 {
+        let Some((then, before)) = self.last else {
+            self.last = Some((elapsed, done));
+            return 0.0;
+        };
+        let dt = elapsed.saturating_sub(then).as_secs_f64();
+        if dt > 0.0 {
+            let sample = done.saturating_sub(before) as f64 / dt;
+            self.rate = Some(match self.rate {
+                // The first: the average since the start.
+                None => done as f64 / elapsed.as_secs_f64(),
+                Some(rate) => {
+                    let weight = 1.0 - 0.5f64.powf(dt / PACE_HALF_LIFE);
+                    rate + weight * (sample - rate)
+                }
+            });
+            self.last = Some((elapsed, done));
+        }
+        self.rate.unwrap_or(0.0)
+    }
+}
+
 /// The bar's text: `[####----] 3/10 paths  1.0 MiB/4.0 MiB  512.0 KiB/s  0:06 left`,
-/// the bar itself shortened to fit `width` columns.
-fn bar_line(c: &Counters, elapsed: Duration, width: usize) -> String {
+/// at `rate` bytes a second, the bar itself shortened to fit `width` columns.
+fn bar_line(c: &Counters, rate: f64, width: usize) -> String {
     let total_paths = c.total_paths.load(Ordering::Relaxed);
     let done_paths = c.done_paths.load(Ordering::Relaxed);
     let total_bytes = c.total_bytes.load(Ordering::Relaxed);
     // Nothing counts past the total, even if the estimate was short.
     let done_bytes = c.done_bytes.load(Ordering::Relaxed).min(total_bytes);
-    let rate = done_bytes as f64 / elapsed.as_secs_f64().max(1e-3);
     let left = if done_bytes == 0 || rate < 1.0 {
         "--:--".to_owned()
     } else {
@@ -363,7 +439,7 @@ mod tests {
     fn bar_shows_paths_bytes_rate_and_time_left() {
         // A quarter of the bytes in 2 s: 6 more seconds at that rate.
         let c = counters((3, 10), (1 << 20, 4 << 20));
-        let line = bar_line(&c, Duration::from_secs(2), 80);
+        let line = bar_line(&c, 512.0 * 1024.0, 80);
         let bar = format!("[{}{}]", "#".repeat(6), "-".repeat(19));
         assert_eq!(
             line,
@@ -375,10 +451,10 @@ mod tests {
     #[test]
     fn bar_fits_narrow_terminals_and_knows_no_rate_at_first() {
         let c = counters((0, 10), (0, 4 << 20));
-        let line = bar_line(&c, Duration::ZERO, 30);
+        let line = bar_line(&c, 0.0, 30);
         assert!(line.chars().count() < 30, "{line:?}");
         assert!(line.starts_with("0/10 paths"), "{line:?}");
-        let wide = bar_line(&c, Duration::ZERO, 200);
+        let wide = bar_line(&c, 0.0, 200);
         assert!(wide.ends_with("--:-- left"), "{wide:?}");
         assert!(
             wide.starts_with(&format!("[{}]", "-".repeat(40))),
@@ -395,7 +471,69 @@ mod tests {
         };
         assert_eq!(
             summary_line("cached", &totals, Duration::from_secs(2)),
-            "cached 4 paths in 2.00 s: NAR 3.0 MiB -> 1.0 MiB (1.5 MiB/s)"
+            "cached 4 paths in 2.00 s: NAR 3.0 MiB -> 1.0 MiB (ratio 3.00, 1.5 MiB/s)"
         );
+    }
+
+    #[test]
+    fn summary_of_one_path_says_path() {
+        let totals = Totals {
+            paths: 1,
+            nar_bytes: 2048,
+            file_bytes: 1024,
+        };
+        assert_eq!(
+            summary_line("cached", &totals, Duration::from_secs(1)),
+            "cached 1 path in 1.00 s: NAR 2.0 KiB -> 1.0 KiB (ratio 2.00, 2.0 KiB/s)"
+        );
+    }
+
+    // Bytes arriving in bursts, 10 MB in one redraw and none in the next
+    // four, are 10 MB/s; the redraws' own rates go from 0 to 50 MB/s.
+    #[test]
+    fn pace_rides_over_bursts() {
+        let mut pace = Pace::default();
+        let mut done = 0;
+        let mut rates = Vec::new();
+        for tick in 1..=200u32 {
+            if tick % 5 == 0 {
+                done += 10_000_000;
+            }
+            rates.push(pace.update(Duration::from_millis(200) * tick, done));
+        }
+        for rate in &rates[100..] {
+            assert!((8e6..12e6).contains(rate), "{rate} in {rates:?}");
+        }
+    }
+
+    // A narinfo waits for its references; the bar must not: the path counts
+    // once its bytes are through, and its line comes when it is published.
+    #[test]
+    fn a_path_counts_in_the_bar_before_its_line() {
+        let progress = Progress::with_style(Style::Quiet);
+        progress.begin(2, 10);
+        progress.advance(10);
+        progress.path_done();
+        progress.path_done();
+        let c = &progress.counters;
+        assert_eq!(c.done_paths.load(Ordering::Relaxed), 2);
+        assert!(bar_line(c, 1.0, 80).contains(" 2/2 paths "));
+        // The line of a path already counted adds no count.
+        progress.log("cached a");
+        assert_eq!(c.done_paths.load(Ordering::Relaxed), 2);
+    }
+
+    // A lasting change of pace shows within a few half-lives.
+    #[test]
+    fn pace_follows_a_lasting_change() {
+        let mut pace = Pace::default();
+        let mut done = 0u64;
+        let mut rate = 0.0;
+        for tick in 1..=300u32 {
+            done += if tick <= 100 { 2_000_000 } else { 200_000 };
+            rate = pace.update(Duration::from_millis(200) * tick, done);
+        }
+        // 40 s at 1 MB/s after 20 s at 10 MB/s.
+        assert!((0.9e6..1.1e6).contains(&rate), "{rate}");
     }
 }

@@ -126,7 +126,7 @@ fn write_cache(store: &FakeStore, attrs: &Value) -> Result<(), CacheError> {
 
 /// Writes the cache `attrs` describe with `jobs` workers (one: in a fixed order).
 fn write_cache_with(store: &FakeStore, attrs: &Value, jobs: usize) -> Result<(), CacheError> {
-    let job = attrs::from_json(attrs, store.dir(), jobs).unwrap();
+    let job = attrs::from_json(attrs.clone(), store.dir(), jobs).unwrap();
     write::write_cache(&job.out, &job.closure, &job.options, &Progress::new(true)).map(|_| ())
 }
 
@@ -357,7 +357,7 @@ fn an_update_cut_short_by_a_full_disk_leaves_only_whole_paths_and_resumes() {
     // enough must finish the cache.
     let store = FakeStore::new();
     let (closure, mnt, out) = three_paths_for_a_small_disk(&store);
-    let job = attrs::from_json(&attrs_json(&out, closure, "none"), store.dir(), 2).unwrap();
+    let job = attrs::from_json(attrs_json(&out, closure, "none"), store.dir(), 2).unwrap();
     let quiet = Progress::new(true);
 
     let mut failures = 0;

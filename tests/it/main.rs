@@ -1,7 +1,9 @@
 //! Integration tests: one binary, one module per topic.
 
 mod build;
+mod cli;
 mod common;
+mod cycles;
 mod dropin;
 mod e2e;
 mod errors;
@@ -9,6 +11,7 @@ mod exclude;
 mod faults;
 mod hostile;
 mod http;
+mod layers;
 mod listing;
 mod nar_reader;
 mod nix_versions;

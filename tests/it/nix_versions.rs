@@ -588,6 +588,42 @@ fn build_to_caches_the_closure_nix_path_info_gives(nix: &NixInRoot) {
     }
 }
 
+// A `.drv` root is the derivation file and its closure on every version
+// (2.8 reads a bare `.drv` as its outputs unless told `--derivation`):
+// here one never built, whose outputs do not exist.
+fn build_to_caches_a_drv_root_as_the_derivation_and_its_closure(nix: &NixInRoot) {
+    let (guard, dir) = nix.tempdir();
+    let expression = dir.join("never-built.nix");
+    let unique = guard.path().file_name().unwrap().to_string_lossy();
+    fs::write(
+        nix.host(&expression),
+        format!(
+            "let input = builtins.toFile \"input-{unique}\" \"an input\"; in\n\
+             derivation {{ name = \"never-built\"; system = builtins.currentSystem;\n\
+             builder = \"/bin/sh\"; args = [ \"-c\" \"cat ${{input}} > $out\" ]; }}\n"
+        ),
+    )
+    .unwrap();
+    let drv = run(nix.cmd("nix-instantiate", &[]).arg(&expression));
+    let drv = drv.trim();
+    let cache = dir.join("cache");
+    run(nix
+        .cmd(tool_dir().join("bin/mk-binary-cache"), &[])
+        .args(["build", "-q", "--to"])
+        .arg(&cache)
+        .arg(drv));
+    let closure = run(nix.cmd("nix-store", &[]).args(["-qR", drv]));
+    let mut expected: Vec<String> = closure.lines().map(|p| hash_part(p).to_owned()).collect();
+    expected.sort();
+    assert_eq!(expected.len(), 2, "{}: the .drv and its input", nix.version);
+    assert_eq!(
+        narinfo_hash_parts(&nix.host(&cache)),
+        expected,
+        "{}: narinfos",
+        nix.version
+    );
+}
+
 fn verify_accepts_the_cache_build_to_wrote(nix: &NixInRoot) {
     let out = run(nix
         .cmd(tool_dir().join("bin/mk-binary-cache"), &[])
@@ -634,6 +670,7 @@ macro_rules! nix_version {
                 accepts_the_signed_cache_with_its_public_key,
                 refuses_the_signed_cache_with_a_wrong_key,
                 build_to_caches_the_closure_nix_path_info_gives,
+                build_to_caches_a_drv_root_as_the_derivation_and_its_closure,
                 verify_accepts_the_cache_build_to_wrote,
                 nix_store_verify_finds_no_problem_in_the_cache,
                 nix_store_verify_trusts_the_signed_cache,

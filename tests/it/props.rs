@@ -816,7 +816,7 @@ proptest! {
         ]
     ) {
         let size = value.to_string().len();
-        let (job, peak) = peak_bytes(|| attrs::from_json(&value, STORE, 2));
+        let (job, peak) = peak_bytes(|| attrs::from_json(value, STORE, 2));
         prop_assert!(peak <= text_budget(size), "took {peak} bytes");
         if let Ok(job) = job {
             let o = &job.options;

@@ -136,7 +136,7 @@ fn without_keep_the_roots_in_store_paths_are_kept() {
 fn a_cache_whose_roots_hold_everything_loses_only_leftovers() {
     let cache = tempdir();
     two_releases(cache.path());
-    let out = run(&mut prune(cache.path(), &["-q"]));
+    let out = run(&mut prune(cache.path(), &["-s"]));
     assert!(
         out.starts_with(
             "pruned: removed 0 paths, 1 NAR, 0 listings, 0 debug-info entries, 2 temporary files"
@@ -351,7 +351,7 @@ fn prune_waits_for_a_build_into_the_same_cache() {
     }
     // … is writing NARs, and `top` is not in store-paths yet: a prune now
     // would remove what it wrote. It must wait until the build is done.
-    let pruning = prune(cache.path(), &["-q"])
+    let pruning = prune(cache.path(), &["-s"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -405,7 +405,7 @@ fn a_delta_cache_keeps_its_narinfos_and_notes_its_excluded_root() {
     let args = ["-q", "--exclude", left_file(), top(), left_file()];
     run(&mut build_into(cache.path(), &args));
     let before = tree(cache.path());
-    let out = prune(cache.path(), &["-q"]).output().unwrap();
+    let out = prune(cache.path(), &["-s"]).output().unwrap();
     assert!(out.status.success());
     // References to excluded paths lead outside the cache: nothing to keep
     // there, and nothing wrong.

@@ -882,8 +882,10 @@ fn mk_binary_cache_publish_without_the_publisher_says_where_it_looked() {
     assert_eq!(
         err.trim_end(),
         format!(
-            "mk-binary-cache: error: publish needs mk-binary-cache-publish \
-             (cargo build --features publish): mk-binary-cache-publish is in neither {} nor PATH",
+            "mk-binary-cache: error: publish needs the program mk-binary-cache-publish \
+             (mk-binary-cache-publish is in neither {} nor PATH): install the Nix package \
+             mk-binary-cache-publish, or `cargo build --release --features publish` in the \
+             source tree",
             dir.path().display()
         )
     );

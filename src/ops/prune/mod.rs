@@ -31,12 +31,12 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::format::narinfo;
-use crate::format::store_path::{self, StorePath};
+use crate::format::store_path::{self, ReferenceCycle, StorePath};
 use crate::input::local_store::{self, BuildError};
 use crate::ops::write::{self, CacheError, CacheLock, STORE_PATHS};
 use crate::ops::{self, OpenCacheError};
 use crate::support::files::{self, DirLock, TempNames};
-use crate::support::progress::human_bytes;
+use crate::support::progress::{count, human_bytes};
 
 mod plan;
 
@@ -73,6 +73,8 @@ pub enum PruneError {
     Remove { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Cache(#[from] CacheError),
+    #[error("{0}; nothing was removed (Nix never writes such narinfos: remove them by hand)")]
+    Cycle(ReferenceCycle),
 }
 
 fn read_error(path: &Path) -> impl FnOnce(io::Error) -> PruneError + '_ {
@@ -166,8 +168,6 @@ impl Report {
 impl fmt::Display for Report {
     /// The summary: what was kept, what went and the bytes freed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let count =
-            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         let bytes = self.bytes();
         let (remove, free) = if self.dry_run {
             ("dry run: would remove", "would free")

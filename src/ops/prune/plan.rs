@@ -1,7 +1,7 @@
 //! What a prune removes, and in what order: the narinfos read without
 //! following symlinks, the closure to keep, and the stages of removal.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
@@ -9,8 +9,9 @@ use std::path::{Component, Path, PathBuf};
 
 use super::{Kind, MAX_NARINFO_SIZE, PruneError, Removal, read_error};
 use crate::format::narinfo::{self, NarInfo};
-use crate::format::store_path::{StorePath, is_hash_part};
+use crate::format::store_path::{ReferenceCycle, StorePath, is_hash_part};
 use crate::support::files::TempNames;
+use crate::support::graph::{Cycle, Graph};
 
 /// A narinfo in the cache: the file's size, and what it says (or why it
 /// cannot be read).
@@ -108,7 +109,7 @@ pub(super) fn plan(
     narinfos: &BTreeMap<String, Entry>,
     kept: &BTreeSet<String>,
 ) -> Result<Vec<Vec<Removal>>, PruneError> {
-    let mut stages = narinfo_levels(narinfos, kept);
+    let mut stages = narinfo_levels(narinfos, kept)?;
 
     let kept_nars: BTreeSet<String> = kept
         .iter()
@@ -168,72 +169,58 @@ pub(super) fn plan(
     Ok(stages)
 }
 
-/// The narinfos that go, in levels: each level holds the paths that no
-/// narinfo still there (but themselves) refers to, so that removing a level
-/// leaves the remaining narinfos closed under references.
+/// The narinfos that go, in levels, the reference order walked backward: a
+/// path goes before the paths it refers to, so that removing a level leaves
+/// the remaining narinfos closed under references. (Kept narinfos refer to
+/// none that go: the kept set is closed under references.)
+///
+/// Cycle policy: refuse, before anything is removed. No order would remove
+/// a narinfo on a cycle before what it refers to, and Nix never writes one:
+/// the cycle's narinfos were edited, and are for a person to look at.
 pub(super) fn narinfo_levels(
     narinfos: &BTreeMap<String, Entry>,
     kept: &BTreeSet<String>,
-) -> Vec<Vec<Removal>> {
-    let doomed: BTreeMap<&String, &Entry> = narinfos
+) -> Result<Vec<Vec<Removal>>, PruneError> {
+    let doomed: Vec<(&String, &Entry)> = narinfos
         .iter()
         .filter(|(h, _)| !kept.contains(*h))
         .collect();
-    let references = |hash: &String| -> Vec<String> {
-        match &doomed[hash].info {
-            Ok(info) => info
-                .references
-                .iter()
-                .map(|r| r.hash_part().to_owned())
-                .filter(|r| r != hash && doomed.contains_key(r))
-                .collect(),
-            Err(_) => Vec::new(),
-        }
-    };
-    let mut referrers: HashMap<String, usize> = HashMap::new();
-    for hash in doomed.keys() {
-        for r in references(hash) {
-            *referrers.entry(r).or_default() += 1;
-        }
-    }
-    let mut left: BTreeSet<&String> = doomed.keys().copied().collect();
-    let mut levels = Vec::new();
-    while !left.is_empty() {
-        let mut level: Vec<&String> = left
+    let hashes: Vec<&str> = doomed.iter().map(|(h, _)| h.as_str()).collect();
+    // An unreadable narinfo names nothing: it goes in the first level.
+    let graph = Graph::by_key(&hashes, |i| {
+        doomed[i]
+            .1
+            .info
             .iter()
-            .copied()
-            .filter(|h| referrers.get(*h).copied().unwrap_or(0) == 0)
-            .collect();
-        if level.is_empty() {
-            // A reference cycle (Nix makes none): no order is safe, take all.
-            level = left.iter().copied().collect();
-        }
-        for hash in &level {
-            left.remove(*hash);
-            for r in references(hash) {
-                if let Some(n) = referrers.get_mut(&r) {
-                    *n = n.saturating_sub(1);
-                }
-            }
-        }
-        levels.push(
+            .flat_map(|info| info.references.iter().map(|r| r.hash_part()))
+    });
+    let levels = graph.levels().map_err(|Cycle(nodes)| {
+        PruneError::Cycle(ReferenceCycle(
+            nodes
+                .into_iter()
+                .filter_map(|i| doomed[i].1.info.as_ref().ok())
+                .map(|info| info.store_path.clone())
+                .collect(),
+        ))
+    })?;
+    Ok(levels
+        .groups()
+        .into_iter()
+        .rev()
+        .map(|level| {
             level
                 .into_iter()
-                .map(|hash| Removal {
-                    file: PathBuf::from(narinfo::file_name(hash)),
-                    kind: Kind::Narinfo(
-                        doomed[hash]
-                            .info
-                            .as_ref()
-                            .ok()
-                            .map(|i| i.store_path.clone()),
-                    ),
-                    bytes: doomed[hash].bytes,
+                .map(|i| {
+                    let (hash, entry) = doomed[i];
+                    Removal {
+                        file: PathBuf::from(narinfo::file_name(hash)),
+                        kind: Kind::Narinfo(entry.info.as_ref().ok().map(|i| i.store_path.clone())),
+                        bytes: entry.bytes,
+                    }
                 })
-                .collect(),
-        );
-    }
-    levels
+                .collect()
+        })
+        .collect())
 }
 
 /// A directory entry, as listed (never followed).

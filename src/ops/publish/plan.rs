@@ -1,7 +1,7 @@
 //! What to upload: the cache on disk, read and sorted into the phases of a
 //! publish (other files, then narinfos by depth, then `store-paths`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use super::{MAX_NARINFO_SIZE, PublishError};
 use crate::format::cache_info::{self, CacheInfo};
 use crate::format::narinfo::{self, NarInfo};
-use crate::format::store_path::DEFAULT_STORE_DIR;
+use crate::format::store_path::{DEFAULT_STORE_DIR, ReferenceCycle};
 use crate::ops::write::STORE_PATHS;
 use crate::support::files::TempNames;
+use crate::support::graph::{Cycle, Graph, Levels};
 
 /// A file of the cache to upload.
 #[derive(Debug, Clone)]
@@ -131,16 +132,13 @@ pub(super) fn read_plan(cache: &Path) -> Result<Plan, PublishError> {
         }
     }
 
-    let levels = levels(&narinfos).map_err(|hash| {
-        cache_error(
-            &cache.join(format!("{hash}.narinfo")),
-            "its references form a cycle",
-        )
-    })?;
+    // Cycle policy: refuse, before anything is uploaded. No order would
+    // upload a narinfo on the cycle after those of its references.
+    let levels = levels(&narinfos).map_err(|cycle| cache_error(cache, cycle))?;
     let mut narinfo_levels: Vec<Vec<(File, Vec<u8>)>> = Vec::new();
     let mut parsed = BTreeMap::new();
-    for (hash, (file, bytes, narinfo)) in narinfos {
-        let level = levels[&hash];
+    for (node, (hash, (file, bytes, narinfo))) in narinfos.into_iter().enumerate() {
+        let level = levels.of(node);
         if narinfo_levels.len() <= level {
             narinfo_levels.resize_with(level + 1, Vec::new);
         }
@@ -158,47 +156,26 @@ pub(super) fn read_plan(cache: &Path) -> Result<Plan, PublishError> {
     })
 }
 
-/// The level of each narinfo: 0 without references to other paths of the
-/// cache, else one more than the highest of them. Err: a path on a cycle.
+/// The level of each narinfo, as nodes in the order of `narinfos`: 0
+/// without references to other paths of the cache, else one more than the
+/// highest of them; or the paths on a cycle.
 pub(super) fn levels(
     narinfos: &BTreeMap<String, (File, Vec<u8>, NarInfo)>,
-) -> Result<HashMap<String, usize>, String> {
-    let mut levels: HashMap<String, usize> = HashMap::new();
-    for start in narinfos.keys() {
-        // Depth-first, with an explicit stack: (hash, references pushed?).
-        let mut stack = vec![(start.clone(), false)];
-        let mut on_stack = BTreeSet::from([start.clone()]);
-        while let Some((hash, expanded)) = stack.pop() {
-            if levels.contains_key(&hash) {
-                on_stack.remove(&hash);
-                continue;
-            }
-            let refs: Vec<String> = narinfos[&hash]
-                .2
-                .references
-                .iter()
-                .map(|r| r.hash_part().to_string())
-                .filter(|r| *r != hash && narinfos.contains_key(r))
-                .collect();
-            if expanded {
-                let level = refs.iter().map(|r| levels[r] + 1).max().unwrap_or(0);
-                levels.insert(hash.clone(), level);
-                on_stack.remove(&hash);
-                continue;
-            }
-            stack.push((hash.clone(), true));
-            for r in refs {
-                if levels.contains_key(&r) {
-                    continue;
-                }
-                if !on_stack.insert(r.clone()) {
-                    return Err(r);
-                }
-                stack.push((r, false));
-            }
-        }
-    }
-    Ok(levels)
+) -> Result<Levels, ReferenceCycle> {
+    let infos: Vec<&NarInfo> = narinfos.values().map(|(_, _, info)| info).collect();
+    let hashes: Vec<&str> = narinfos.keys().map(String::as_str).collect();
+    Graph::by_key(&hashes, |i| {
+        infos[i].references.iter().map(|r| r.hash_part())
+    })
+    .levels()
+    .map_err(|Cycle(nodes)| {
+        ReferenceCycle(
+            nodes
+                .into_iter()
+                .map(|i| infos[i].store_path.clone())
+                .collect(),
+        )
+    })
 }
 
 pub(super) fn read_narinfo(path: &Path) -> Result<Vec<u8>, PublishError> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::support::progress::human_bytes;
+use crate::support::progress::{count, human_bytes};
 
 /// What is wrong, in a word; the JSON output's `kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -40,6 +40,8 @@ pub enum ProblemKind {
     NarHash,
     /// A reference has no narinfo in the cache.
     MissingReference,
+    /// The references of some narinfos form a cycle, which Nix never writes.
+    ReferenceCycle,
     /// A signature is malformed, or does not verify for the trusted key it names.
     BadSignature,
     /// Signatures are required and the path has no valid one.
@@ -68,6 +70,7 @@ impl ProblemKind {
             NarSize => "nar-size",
             NarHash => "nar-hash",
             MissingReference => "missing-reference",
+            ReferenceCycle => "reference-cycle",
             BadSignature => "bad-signature",
             MissingSignature => "missing-signature",
             Io => "io",
@@ -122,6 +125,8 @@ pub struct Counts {
     pub paths_ok: usize,
     /// Narinfos with a valid signature by a trusted key.
     pub signed: usize,
+    /// Narinfos with at least one `Sig:` line, whoever signed them.
+    pub with_signatures: usize,
     pub problems: usize,
     /// Problems of each kind.
     pub by_kind: BTreeMap<ProblemKind, usize>,
@@ -137,6 +142,8 @@ pub struct Report {
     /// The cache, as given.
     pub cache: PathBuf,
     pub store_dir: String,
+    /// Whether trusted keys were given, so that signatures were checked.
+    pub signatures_checked: bool,
     /// Whether no problem was found.
     pub ok: bool,
     pub counts: Counts,
@@ -147,14 +154,19 @@ pub struct Report {
     pub problems: Vec<Problem>,
 }
 
+/// `1 path`, `2 paths`.
+fn paths(n: usize) -> String {
+    count(n, "path", "paths")
+}
+
 impl Report {
     /// One line saying how it went, e.g. `checked 12 paths (NAR 3.1 MiB,
     /// files 1.2 MiB) in 0.42 s: no problems`.
     pub fn summary(&self, elapsed: Duration) -> String {
         let c = &self.counts;
         let mut line = format!(
-            "checked {} paths (NAR {}, files {}) in {:.2} s: ",
-            c.narinfos,
+            "checked {} (NAR {}, files {}) in {:.2} s: ",
+            paths(c.narinfos),
             human_bytes(c.nar_bytes),
             human_bytes(c.file_bytes),
             elapsed.as_secs_f64()
@@ -162,11 +174,21 @@ impl Report {
         if self.ok {
             line += "no problems";
         } else {
-            let s = if c.problems == 1 { "" } else { "s" };
-            line += &format!("{} problem{s}, {} paths OK", c.problems, c.paths_ok);
+            line += &format!(
+                "{}, {} OK",
+                count(c.problems, "problem", "problems"),
+                paths(c.paths_ok)
+            );
         }
         if c.signed > 0 {
             line += &format!(", {} signed by a trusted key", c.signed);
+        }
+        // "No problems" must not read as "the signatures are good".
+        if !self.signatures_checked && c.with_signatures > 0 {
+            line += &format!(
+                "; {} signed, signatures not checked (give --trusted-key or --trusted-key-file)",
+                paths(c.with_signatures)
+            );
         }
         if !self.upstreams.is_empty() {
             line += &format!("; a delta of {}", self.upstreams.join(", "));

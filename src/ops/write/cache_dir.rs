@@ -12,7 +12,9 @@ use std::sync::Mutex;
 use super::commit::{self, BatchPolicy, GroupCommit};
 use super::pipeline::{check, compress_and_hash, plan};
 use super::publication::Publication;
-use super::{CacheError, DIRECTORIES, Options, STORE_PATHS, read_error, write_error};
+use super::{
+    CacheError, DIRECTORIES, Options, STORE_PATHS, TEMP_FILE_DIRS, read_error, write_error,
+};
 use crate::format::cache_info::{CacheInfo, Upstreams};
 use crate::format::debuginfo;
 use crate::format::nar::listing;
@@ -156,12 +158,12 @@ impl<'a> Cache<'a> {
     ) -> Result<Totals, CacheError> {
         let plan = plan(closure)?;
         progress.begin(plan.len(), plan.iter().map(|(size, _)| size).sum());
-        let publication = Publication::new(closure);
+        let publication = Publication::new(closure)?;
         let group = GroupCommit::new(BatchPolicy::default());
         let totals = Mutex::new(Totals::default());
         let done = |info: &NarInfo| {
             let file_size = info.file_size.unwrap_or(info.nar_size);
-            progress.item_done(format_args!(
+            progress.log(format_args!(
                 "cached {}: NAR {} -> {} {}",
                 info.store_path.name(),
                 human_bytes(info.nar_size),
@@ -192,6 +194,8 @@ impl<'a> Cache<'a> {
             opts.jobs,
             |&(size, path), threads| {
                 let info = self.write_path(path, size, opts, threads, progress)?;
+                // Counted now, with its bytes; its line comes with its narinfo.
+                progress.path_done();
                 publication.ready(info, publish)
             },
         )?;
@@ -213,7 +217,7 @@ impl<'a> Cache<'a> {
         let renamed = written
             .and_then(|()| self.sync_filesystems())
             .and_then(|()| {
-                for level in commit::levels(batch) {
+                for level in commit::levels(batch)? {
                     for i in level {
                         let dest = self.narinfo_path(&batch[i].store_path);
                         let tmp = temps[i].take().expect("each narinfo is renamed once");
@@ -239,11 +243,7 @@ impl<'a> Cache<'a> {
     /// `debuginfo/` where they are others (a mount, or a symlink to one).
     fn sync_filesystems(&self) -> Result<(), CacheError> {
         let mut synced = Vec::new();
-        for dir in [
-            self.root.to_owned(),
-            self.root.join("nar"),
-            self.root.join("debuginfo"),
-        ] {
+        for dir in TEMP_FILE_DIRS.map(|sub| self.root.join(sub)) {
             let device = fs::metadata(&dir).map_err(read_error(&dir))?.dev();
             if !synced.contains(&device) {
                 files::sync_filesystem(&dir).map_err(write_error(&dir))?;
@@ -468,11 +468,7 @@ impl<'a> Cache<'a> {
 
     /// Removes temporary files that processes no longer running left behind.
     pub(super) fn remove_stale_temp_files(&self) -> Result<(), CacheError> {
-        for dir in [
-            self.root.to_owned(),
-            self.root.join("nar"),
-            self.root.join("debuginfo"),
-        ] {
+        for dir in TEMP_FILE_DIRS.map(|sub| self.root.join(sub)) {
             for entry in fs::read_dir(&dir).map_err(read_error(&dir))? {
                 let entry = entry.map_err(read_error(&dir))?;
                 if TempNames::is_stale(&entry.file_name()) {

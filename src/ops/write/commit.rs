@@ -17,13 +17,13 @@
 //! This module holds the batching and the order; writing the files is
 //! [`super::cache_dir`]'s.
 
-use std::collections::HashMap;
 use std::sync::{Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use super::CacheError;
 use crate::format::narinfo::NarInfo;
-use crate::format::store_path::StorePath;
+use crate::format::store_path::{ReferenceCycle, StorePath};
+use crate::support::graph::{Cycle, Graph};
 
 /// When a batch of pending narinfos is due to be committed.
 #[derive(Debug, Clone, Copy)]
@@ -131,45 +131,25 @@ impl GroupCommit {
 }
 
 /// The order to rename a batch's narinfos in: indices into `batch`, by
-/// level. Level 0 holds those none of whose references are in the batch;
-/// level n those whose references in the batch are all in levels below n.
-/// Within a level, the batch's order.
+/// level ([`crate::support::graph`]). Level 0 holds those none of whose
+/// references are in the batch; level n those whose references in the batch
+/// are all in levels below n. Within a level, the batch's order.
 ///
-/// # Panics
-/// If references in the batch form a cycle, which store paths cannot.
-pub(super) fn levels(batch: &[NarInfo]) -> Vec<Vec<usize>> {
-    let index: HashMap<&StorePath, usize> = batch
-        .iter()
-        .enumerate()
-        .map(|(i, info)| (&info.store_path, i))
-        .collect();
-    let in_batch: Vec<Vec<usize>> = batch
-        .iter()
-        .map(|info| {
-            info.references
-                .iter()
-                .filter(|r| **r != info.store_path)
-                .filter_map(|r| index.get(r).copied())
-                .collect()
-        })
-        .collect();
-    let mut level: Vec<Option<usize>> = vec![None; batch.len()];
-    let mut levels: Vec<Vec<usize>> = Vec::new();
-    let mut placed = 0;
-    while placed < batch.len() {
-        let n = levels.len();
-        let this: Vec<usize> = (0..batch.len())
-            .filter(|&i| level[i].is_none())
-            .filter(|&i| in_batch[i].iter().all(|&r| level[r].is_some()))
-            .collect();
-        assert!(!this.is_empty(), "references form a cycle in a batch");
-        for &i in &this {
-            level[i] = Some(n);
-        }
-        placed += this.len();
-        levels.push(this);
+/// Cycle policy: an error, and no narinfo of the batch is renamed. The
+/// batch comes from a [`super::publication::Publication`], which refuses a
+/// closure with a cycle before anything is written, so this is a second
+/// guard, never a panic.
+pub(super) fn levels(batch: &[NarInfo]) -> Result<Vec<Vec<usize>>, ReferenceCycle> {
+    let paths: Vec<&StorePath> = batch.iter().map(|info| &info.store_path).collect();
+    match Graph::by_key(&paths, |i| &batch[i].references).levels() {
+        Ok(levels) => Ok(levels.groups()),
+        Err(Cycle(nodes)) => Err(ReferenceCycle(
+            nodes
+                .into_iter()
+                .map(|i| batch[i].store_path.clone())
+                .collect(),
+        )),
     }
-    levels
 }
 
 #[cfg(test)]
@@ -198,7 +178,7 @@ mod tests {
             narinfo("b", &["earlier"]),
             narinfo("c", &[]),
         ];
-        assert_eq!(names(&batch, &levels(&batch)), [["a", "b", "c"]]);
+        assert_eq!(names(&batch, &levels(&batch).unwrap()), [["a", "b", "c"]]);
     }
 
     #[test]
@@ -212,7 +192,7 @@ mod tests {
             narinfo("top", &["mid", "leaf", "top"]),
         ];
         assert_eq!(
-            names(&batch, &levels(&batch)),
+            names(&batch, &levels(&batch).unwrap()),
             [vec!["leaf"], vec!["mid", "other"], vec!["top"]]
         );
     }
@@ -224,12 +204,23 @@ mod tests {
             narinfo("mid", &["leaf"]),
             narinfo("leaf", &[]),
         ];
-        assert_eq!(names(&batch, &levels(&batch)), [["leaf"], ["mid"], ["top"]]);
+        assert_eq!(
+            names(&batch, &levels(&batch).unwrap()),
+            [["leaf"], ["mid"], ["top"]]
+        );
     }
 
     #[test]
     fn an_empty_batch_has_no_levels() {
-        assert!(levels(&[]).is_empty());
+        assert!(levels(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_cycle_in_a_batch_is_an_error_naming_its_paths_not_a_panic() {
+        let batch = [narinfo("a", &["b"]), narinfo("b", &["a"])];
+        let ReferenceCycle(paths) = levels(&batch).unwrap_err();
+        let names: Vec<&str> = paths.iter().map(StorePath::name).collect();
+        assert_eq!(names, ["a", "b"]);
     }
 
     #[test]

@@ -43,8 +43,8 @@ use crate::format::compression::Compression;
 use crate::format::hash::Sha256;
 use crate::format::nar::dump::DumpError;
 use crate::format::narinfo;
-use crate::format::store_path::{self, DEFAULT_STORE_DIR, PathInfo, StorePath};
-use crate::support::files::{DirLock, TempNames};
+use crate::format::store_path::{self, DEFAULT_STORE_DIR, PathInfo, ReferenceCycle, StorePath};
+use crate::support::files::{self, DirLock, TempNames};
 use crate::support::progress::{Progress, Totals};
 use cache_dir::{Cache, Mode};
 
@@ -149,6 +149,8 @@ pub enum CacheError {
         found: String,
         expected: String,
     },
+    #[error("the closure to write: {0}")]
+    Cycle(#[from] ReferenceCycle),
     #[error("'{path}' lists '{line}', which is not a store path in {store_dir}")]
     StorePathsLine {
         path: PathBuf,
@@ -266,7 +268,14 @@ pub fn update_cache(
         .iter()
         .partition(|p| cache.narinfo_path(&p.path).exists());
     let missing: Vec<PathInfo> = missing.into_iter().cloned().collect();
-    if !present.is_empty() {
+    if missing.is_empty() && !present.is_empty() {
+        let all = match present.len() {
+            1 => "the one path is".to_owned(),
+            n => format!("all {n} paths are"),
+        };
+        progress.message(&format!("{all} already in the cache: nothing to do"));
+    } else if !present.is_empty() {
+        // Some, not all: two paths at least.
         progress.message(&format!(
             "{} of {} paths are already in the cache",
             present.len(),
@@ -280,6 +289,26 @@ pub fn update_cache(
         written,
         skipped: present.len(),
     })
+}
+
+/// The directories of a cache, relative to it, where its writers make
+/// temporary files.
+pub(super) const TEMP_FILE_DIRS: [&str; 3] = ["", "nar", "debuginfo"];
+
+/// Removes the temporary files this process made in the cache at `dir`, for
+/// a run of [`update_cache`] that was interrupted: nothing will rename them
+/// into place. The narinfos they would have become are missing, so the cache
+/// stays valid; returns how many files went.
+pub fn remove_own_temp_files(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for sub in TEMP_FILE_DIRS {
+        match files::remove_own_temporaries(&dir.join(sub)) {
+            Ok(n) => removed += n,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
 }
 
 /// The roots the cache at `dir` lists in `store-paths`, in order and without

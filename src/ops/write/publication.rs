@@ -1,11 +1,18 @@
 //! The order narinfos appear in: a path's after those of its references.
+//!
+//! This is the reference order of [`crate::support::graph`] found online:
+//! the levels themselves are never needed, since a narinfo goes as soon as
+//! its NAR is written and its references' narinfos have gone, whatever
+//! level it is on. So it keeps the graph's [`Countdown`] rather than calling
+//! [`Graph::levels`] but once, to refuse a cycle before anything is written.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::CacheError;
 use crate::format::narinfo::NarInfo;
-use crate::format::store_path::{PathInfo, StorePath};
+use crate::format::store_path::{PathInfo, ReferenceCycle, StorePath};
+use crate::support::graph::{Countdown, Cycle, Graph};
 
 /// Publishes narinfos references first: a path's narinfo is published once
 /// its NAR is ready and the narinfos of all its references are published, so
@@ -16,45 +23,42 @@ use crate::format::store_path::{PathInfo, StorePath};
 /// a group commit ([`super::commit`]) in `Mode::Update`, which keeps the
 /// order among the narinfos it commits together.
 pub(super) struct Publication {
+    /// The paths being written, as nodes of `graph`.
+    node: HashMap<StorePath, usize>,
+    graph: Graph,
     state: Mutex<PublicationState>,
 }
 
 struct PublicationState {
-    /// For each path being written, how many of its references (itself
-    /// aside) have no narinfo yet.
-    waiting_for: HashMap<StorePath, usize>,
-    /// For each path, the paths that refer to it.
-    dependents: HashMap<StorePath, Vec<StorePath>>,
+    /// Which references of each path have no narinfo yet.
+    waiting: Countdown,
     /// Narinfos whose NAR is written, waiting for their references.
-    ready: HashMap<StorePath, NarInfo>,
+    ready: Vec<Option<NarInfo>>,
 }
 
 impl Publication {
-    pub(super) fn new(closure: &[PathInfo]) -> Self {
-        let writing: HashSet<&StorePath> = closure.iter().map(|p| &p.path).collect();
-        let mut waiting_for = HashMap::with_capacity(closure.len());
-        let mut dependents: HashMap<StorePath, Vec<StorePath>> = HashMap::new();
-        for info in closure {
-            let references: HashSet<&StorePath> = info
-                .references
-                .iter()
-                .filter(|r| **r != info.path && writing.contains(r))
-                .collect();
-            for reference in &references {
-                dependents
-                    .entry((*reference).clone())
-                    .or_default()
-                    .push(info.path.clone());
-            }
-            waiting_for.insert(info.path.clone(), references.len());
+    /// Cycle policy: an error. No order would publish a path on a cycle,
+    /// and a run that waited for one would end with its narinfos unwritten.
+    pub(super) fn new(closure: &[PathInfo]) -> Result<Self, ReferenceCycle> {
+        let paths: Vec<&StorePath> = closure.iter().map(|p| &p.path).collect();
+        let graph = Graph::by_key(&paths, |i| &closure[i].references);
+        if let Err(Cycle(nodes)) = graph.levels() {
+            return Err(ReferenceCycle(
+                nodes.into_iter().map(|i| closure[i].path.clone()).collect(),
+            ));
         }
-        Publication {
+        Ok(Publication {
+            node: paths
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| (p.clone(), i))
+                .collect(),
             state: Mutex::new(PublicationState {
-                waiting_for,
-                dependents,
-                ready: HashMap::new(),
+                waiting: graph.countdown(),
+                ready: vec![None; closure.len()],
             }),
-        }
+            graph,
+        })
     }
 
     /// `info`'s NAR is written: publishes it with `publish` if its references
@@ -68,23 +72,22 @@ impl Publication {
     ) -> Result<(), CacheError> {
         let mut publishable = Vec::new();
         {
+            let node = self.node[&info.store_path];
             let mut state = self.state.lock().unwrap();
-            if state.waiting_for[&info.store_path] == 0 {
+            if state.waiting.is_free(node) {
                 publishable.push(info);
             } else {
-                state.ready.insert(info.store_path.clone(), info);
+                state.ready[node] = Some(info);
             }
         }
+        let mut freed = Vec::new();
         while let Some(info) = publishable.pop() {
-            let path = info.store_path.clone();
+            let node = self.node[&info.store_path];
             publish(info)?;
             let mut state = self.state.lock().unwrap();
-            for dependent in state.dependents.remove(&path).unwrap_or_default() {
-                let waiting = state.waiting_for.get_mut(&dependent).unwrap();
-                *waiting -= 1;
-                if *waiting == 0 {
-                    publishable.extend(state.ready.remove(&dependent));
-                }
+            state.waiting.release(&self.graph, node, &mut freed);
+            for dependent in freed.drain(..) {
+                publishable.extend(state.ready[dependent].take());
             }
         }
         Ok(())
@@ -106,7 +109,7 @@ mod tests {
             path_info("right", &["leaf", "cached"]),
             path_info("leaf", &[]),
         ];
-        let publication = Publication::new(&closure);
+        let publication = Publication::new(&closure).unwrap();
         let published = Mutex::new(Vec::new());
         let publish = |i: NarInfo| {
             published
@@ -133,5 +136,12 @@ mod tests {
             at("left") < at("top") && at("right") < at("top"),
             "{published:?}"
         );
+    }
+
+    #[test]
+    fn a_closure_with_a_reference_cycle_is_refused_before_anything_is_published() {
+        let closure = [path_info("a", &["b"]), path_info("b", &["a"])];
+        let ReferenceCycle(paths) = Publication::new(&closure).err().unwrap();
+        assert_eq!(paths.len(), 2);
     }
 }
