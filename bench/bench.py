@@ -192,6 +192,12 @@ def method_cmd(method, comp, root, closure, out, build_top, binary):
             return [binary], env
         env.update(base_env)
         return [sys.executable, os.path.join(HERE, "nixpkgs_method.py")], env
+    if method == "ours-to":
+        # `build --to` into a new directory, from the local store, with every core.
+        env = dict(base_env, NIX_USER_CONF_FILES="")
+        if "NIX_CONF_DIR" in os.environ:
+            env["NIX_CONF_DIR"] = os.environ["NIX_CONF_DIR"]
+        return [binary, "build", "--quiet", "--to", out, "--compression", comp, root], env
     url = f"file://{out}?compression={comp}"
     if method == "nix-copy-parallel":
         url += "&parallel-compression=true"
@@ -230,12 +236,12 @@ def run_method(name, method, comp, root, closure, out, run_dir, binary, gate, ta
               "idle_wait": waited, "busy_before": busy})
     if r["rc"] == 0:
         r["out_bytes"] = dir_bytes(out)
-        r["problems"] = check_cache(out, closure, comp, verify_file_hash=(method == "ours"))
+        r["problems"] = check_cache(out, closure, comp, verify_file_hash=method.startswith("ours"))
     else:
         r["out_bytes"] = None
         r["problems"] = [f"exit code {r['rc']}"]
         log(f"FAILED ({r['rc']}): {r['log'][-1500:]}")
-    if method != "ours" or r["rc"] == 0:
+    if not method.startswith("ours") or r["rc"] == 0:
         r.pop("log")
     log(f"{tag}: wall {r['wall']:.2f} s, cpu {r['cpu']:.2f} s, "
         f"rss {r['rss_mib']:.0f} MiB, out {(r['out_bytes'] or 0) / MiB:.1f} MiB, "
@@ -245,6 +251,16 @@ def run_method(name, method, comp, root, closure, out, run_dir, binary, gate, ta
     shutil.rmtree(build_top, ignore_errors=True)
     os.sync()
     return r
+
+
+def write_table(out, lines):
+    """Write the Markdown table `lines` to OUT.md, print it and return its text."""
+    text = "\n".join(lines) + "\n"
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out + ".md", "w") as f:
+        f.write(text)
+    print(text)
+    return text
 
 
 def median_run(tries):

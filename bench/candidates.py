@@ -37,6 +37,8 @@ def main():
     ap.add_argument("--closures", default="bigfile", help="mixed,bigfile,small (see bench.py)")
     ap.add_argument("--only", default="xz", help="compressions")
     ap.add_argument("--peers", default="", help="nix-copy,nix-copy-parallel (run after the candidates)")
+    ap.add_argument("--build-to", action="store_true",
+                    help="also run each candidate as `build --to` (label 'LABEL --to'), after its builder run")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of every candidate and peer")
     ap.add_argument("--work", default=os.environ.get("BENCH_WORK", "/var/tmp/mk-binary-cache-bench"))
@@ -56,7 +58,9 @@ def main():
         bench.warm_up(ci)
         for comp in args.only.split(","):
             tries = {}
-            runs = [(lbl, "ours", b) for lbl, b in cands] + [(p, p, None) for p in peers]
+            modes = [("", "ours")] + ([(" --to", "ours-to")] if args.build_to else [])
+            runs = [(lbl + tag, method, b) for lbl, b in cands for tag, method in modes]
+            runs += [(p, p, None) for p in peers]
             for rep, (label, method, binary) in [(rep, r) for rep in range(args.repeat) for r in runs]:
                 out = os.path.join(run_dir, f"out-{name}-{comp}-{label}-{rep}")
                 # No waiting for an idle machine: candidates are compared with each other, in turn.
@@ -74,13 +78,9 @@ def main():
         spread = f" ({min(walls):.2f}–{max(walls):.2f} of {len(walls)})" if len(walls) > 1 else ""
         lines.append(f"| {r['closure']} | {r['compression']} | {r['candidate']} | {r['wall']:.2f}{spread} | {r['cpu']:.2f} | "
                      f"{r['rss_mib']:.0f} | {out} | {r['other_cpu']:.1f} | {'OK' if not r['problems'] else 'FAIL'} |")
-    text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".md", "w") as f:
-        f.write(text)
+    bench.write_table(args.out, lines)
     with open(args.out + ".json", "w") as f:
         json.dump(rows, f, indent=1)
-    print(text)
     return 1 if any(r["problems"] for r in rows) else 0
 
 

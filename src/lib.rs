@@ -8,6 +8,7 @@
 //! out the cache directory; [`ops::sign`] and [`ops::verify`] work on a cache
 //! that exists. See ARCHITECTURE.md for the map.
 
+pub mod cache;
 pub mod format;
 pub mod input;
 pub mod ops;

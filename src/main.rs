@@ -486,8 +486,16 @@ fn prune(args: PruneArgs) -> anyhow::Result<()> {
         keep: (!args.keep.is_empty()).then_some(args.keep),
         dry_run: args.dry_run,
     };
-    let report = prune::prune(&args.cache, &options)
-        .with_context(|| format!("pruning '{}'", args.cache.display()))?;
+    let quiet = args.quiet;
+    let report = prune::prune(&args.cache, &options, || {
+        if !quiet {
+            eprintln!(
+                "mk-binary-cache: waiting for another run that holds the lock of {}…",
+                args.cache.display()
+            );
+        }
+    })
+    .with_context(|| format!("pruning '{}'", args.cache.display()))?;
     if args.quiet {
         return Ok(());
     }

@@ -156,6 +156,11 @@ impl fmt::Display for Upstreams {
     }
 }
 
+/// Whether `key` is that of an `Upstream:` or `UpstreamKey:` line.
+pub fn is_upstream_key(key: &str) -> bool {
+    key == UPSTREAM || key == UPSTREAM_KEY
+}
+
 /// An upstream is a word: one line of the file, no spaces in it.
 pub fn is_upstream_word(text: &str) -> bool {
     !text.is_empty() && !text.contains(char::is_whitespace)

@@ -16,7 +16,7 @@ use std::fmt;
 use thiserror::Error;
 
 use crate::format::hash::Sha256;
-use crate::format::signing::{self, KeyError, Signature};
+use crate::format::signing::{KeyError, Signature};
 use crate::format::store_path::{StorePath, StorePathError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,10 +108,28 @@ pub fn file_name(hash_part: &str) -> String {
     format!("{hash_part}.narinfo")
 }
 
+/// The text a narinfo signature signs:
+/// `1;<store path>;sha256:<nix32>;<nar size>;<references, sorted, joined by ",">`,
+/// every path absolute. The references may come in any order.
+pub fn fingerprint(
+    store_path: &StorePath,
+    nar_hash: &Sha256,
+    nar_size: u64,
+    references: &[StorePath],
+) -> String {
+    let mut refs: Vec<String> = references.iter().map(StorePath::to_absolute).collect();
+    refs.sort_unstable();
+    format!(
+        "1;{};{nar_hash};{nar_size};{}",
+        store_path.to_absolute(),
+        refs.join(",")
+    )
+}
+
 impl NarInfo {
-    /// The text signatures are made over; see [`signing::fingerprint`].
+    /// The text a signature of this narinfo signs; see [`fingerprint`].
     pub fn fingerprint(&self) -> String {
-        signing::fingerprint(
+        fingerprint(
             &self.store_path,
             &self.nar_hash,
             self.nar_size,
@@ -287,6 +305,57 @@ mod tests {
 
     /// Written by `nix copy --to file://…?compression=xz` (Nix 2.8).
     const FROM_NIX: &str = include_str!("../../tests/fixtures/nix-copy-xz.narinfo");
+    // Written by Nix 2.8 `nix copy --to 'file://…?secret-key=secret.key'`.
+    const SIGNED_WITH_REFS: &str =
+        include_str!("../../tests/fixtures/keys/signed-with-references.narinfo");
+    const SIGNED_NO_REFS: &str =
+        include_str!("../../tests/fixtures/keys/signed-no-references.narinfo");
+    const SECRET_KEY: &str = include_str!("../../tests/fixtures/keys/secret.key");
+
+    #[test]
+    fn signs_and_fingerprints_like_nix() {
+        let key: crate::format::signing::SecretKey = SECRET_KEY.parse().unwrap();
+        for text in [SIGNED_WITH_REFS, SIGNED_NO_REFS] {
+            let info = NarInfo::parse(text, "/nix/store").unwrap();
+            let fingerprint = info.fingerprint();
+            let sig = key.sign(&fingerprint);
+            assert_eq!(
+                [Sig::Valid(sig.clone())],
+                info.signatures[..],
+                "signature differs from Nix's for {}",
+                info.store_path
+            );
+            assert!(key.public().verify(&fingerprint, &sig));
+        }
+    }
+
+    #[test]
+    fn fingerprint_text() {
+        let info = NarInfo::parse(SIGNED_WITH_REFS, "/nix/store").unwrap();
+        assert_eq!(
+            info.fingerprint(),
+            "1;/nix/store/s03jymp28rnic3p9yd1n5qmm74yr44dp-sig-fixture-top;\
+             sha256:0jgvsjb4bx7dw1j65bk3y7z5avjl5dhw1q8fh4pm7d0dhp90s9x7;256;\
+             /nix/store/d1hh7p5gsplhy181dx3fhwp9rr3jhnzs-sig-fixture-dep-b,\
+             /nix/store/hl5wy5yxkvh48h5kj5nmi44xq1ppy88i-sig-fixture-dep-a"
+        );
+        let info = NarInfo::parse(SIGNED_NO_REFS, "/nix/store").unwrap();
+        assert!(
+            info.fingerprint().ends_with(";128;"),
+            "{}",
+            info.fingerprint()
+        );
+    }
+
+    #[test]
+    fn fingerprint_sorts_references() {
+        let mut info = NarInfo::parse(SIGNED_WITH_REFS, "/nix/store").unwrap();
+        let before = info.fingerprint();
+        let written = info.references.clone();
+        info.references.reverse();
+        assert_ne!(info.references, written);
+        assert_eq!(info.fingerprint(), before);
+    }
 
     #[test]
     fn reads_and_writes_nixs_text_unchanged() {

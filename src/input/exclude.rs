@@ -14,15 +14,13 @@
 //! Paths are told apart by their hash part, as a cache names its narinfos.
 
 use std::collections::HashSet;
-use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::format::cache_info;
-use crate::format::store_path::{PathInfo, StorePath, is_hash_part};
+use crate::cache::{CacheDir, CacheDirError};
+use crate::format::store_path::{PathInfo, StorePath};
 use crate::input::closure::{self, ClosureError};
 use crate::input::local_store::{self, BuildError};
 
@@ -32,8 +30,8 @@ pub enum ExcludeError {
     Paths(Box<BuildError>),
     #[error("--exclude-cache '{0}' is not a binary cache: it has no nix-cache-info")]
     NotACache(PathBuf),
-    #[error("--exclude-cache: cannot read '{path}': {source}")]
-    Read { path: PathBuf, source: io::Error },
+    #[error("--exclude-cache: {0}")]
+    Cache(CacheDirError),
 }
 
 /// The paths to leave out of a cache, by hash part.
@@ -76,22 +74,17 @@ impl Exclusion {
         Ok(())
     }
 
-    /// Leaves out every path the flat-file cache at `dir` has a narinfo for.
+    /// Leaves out every path the flat-file cache at `dir` has a narinfo for
+    /// (as [`CacheDir::narinfos`] finds them; one that is a symlink, or
+    /// too large to be a narinfo, is an error naming it).
     pub fn add_cache(&mut self, dir: &Path) -> Result<(), ExcludeError> {
-        let read_error = |source| ExcludeError::Read {
-            path: dir.to_owned(),
-            source,
-        };
-        if !dir.join(cache_info::FILE_NAME).is_file() {
-            return Err(ExcludeError::NotACache(dir.to_owned()));
-        }
-        for entry in fs::read_dir(dir).map_err(read_error)? {
-            let name = entry.map_err(read_error)?.file_name();
-            if let Some(hash) = name.to_str().and_then(|n| n.strip_suffix(".narinfo"))
-                && is_hash_part(hash)
-            {
-                self.hash_parts.insert(hash.to_owned());
-            }
+        let cache = CacheDir::open(dir).map_err(|e| match e {
+            CacheDirError::NotACache(dir) => ExcludeError::NotACache(dir),
+            other => ExcludeError::Cache(other),
+        })?;
+        for hash in cache.narinfos().map_err(ExcludeError::Cache)? {
+            cache.has_narinfo(&hash).map_err(ExcludeError::Cache)?;
+            self.hash_parts.insert(hash);
         }
         Ok(())
     }
@@ -114,6 +107,7 @@ impl Exclusion {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::fs;
 
     const A: &str = "/nix/store/dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz-appa";
     const B: &str = "/nix/store/ipsh9v6k9mlsb5lw4amy6gjn9bpdww97-libb";

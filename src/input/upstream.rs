@@ -20,15 +20,15 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use thiserror::Error;
 
+use crate::cache::{CacheDir, CacheDirError};
 use crate::format::cache_info::{self, CacheInfo};
-use crate::format::narinfo::{self, NarInfo};
+use crate::format::narinfo::NarInfo;
 use crate::format::store_path::{PathInfo, StorePath};
 use crate::support::progress::human_bytes;
 use crate::support::sibling;
@@ -52,6 +52,10 @@ pub enum UpstreamError {
         path: PathBuf,
         source: io::Error,
     },
+    /// A `file://` upstream that is not a cache as `cache::CacheDir` reads
+    /// one: a symlinked narinfo or subdirectory, a narinfo too large.
+    #[error("upstream {url}: {source}")]
+    Cache { url: String, source: CacheDirError },
     #[error("upstream {url}: its nix-cache-info: {message}")]
     CacheInfo { url: String, message: String },
     #[error("upstream {url} is a cache for the store '{theirs}', not '{ours}'")]
@@ -417,54 +421,62 @@ pub fn check_cache_info(url: &str, text: &str, store_dir: &str) -> Result<(), Up
         url: url.to_owned(),
         message: format!("{e}"),
     })?;
-    match info.store_dir {
+    check_store_dir(url, &info, store_dir)
+}
+
+/// An upstream's `nix-cache-info` must not name another store directory.
+fn check_store_dir(url: &str, info: &CacheInfo, store_dir: &str) -> Result<(), UpstreamError> {
+    match &info.store_dir {
         Some(theirs) if theirs != store_dir => Err(UpstreamError::StoreDir {
             url: url.to_owned(),
-            theirs,
+            theirs: theirs.clone(),
             ours: store_dir.to_owned(),
         }),
         _ => Ok(()),
     }
 }
 
-/// Which of `paths` the flat-file cache in `dir` serves.
+/// Which of `paths` the flat-file cache in `dir` serves. The cache is
+/// opened and its narinfos read as every cache is (`cache::CacheDir`):
+/// bounded, and never through a symlink.
 fn file_serves(
     url: &str,
     dir: &Path,
     paths: &[&StorePath],
     store_dir: &str,
 ) -> Result<Vec<bool>, UpstreamError> {
-    let read_error = |path: &Path| {
-        let path = path.to_owned();
-        move |source| UpstreamError::Read {
+    let upstream_error = |e: CacheDirError| match e {
+        CacheDirError::NotACache(dir) => UpstreamError::NotACache {
+            url: url.to_owned(),
+            dir,
+        },
+        CacheDirError::Read { path, source } => UpstreamError::Read {
             url: url.to_owned(),
             path,
             source,
-        }
+        },
+        CacheDirError::CacheInfo { source, .. } => UpstreamError::CacheInfo {
+            url: url.to_owned(),
+            message: format!("{source}"),
+        },
+        other => UpstreamError::Cache {
+            url: url.to_owned(),
+            source: other,
+        },
     };
-    let info_file = dir.join(cache_info::FILE_NAME);
-    match fs::read_to_string(&info_file) {
-        Ok(text) => check_cache_info(url, &text, store_dir)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(UpstreamError::NotACache {
-                url: url.to_owned(),
-                dir: dir.to_owned(),
-            });
-        }
-        Err(e) => return Err(read_error(&info_file)(e)),
-    }
+    let cache = CacheDir::open(dir).map_err(upstream_error)?;
+    check_store_dir(url, cache.info(), store_dir)?;
     paths
         .iter()
         .map(|path| {
-            let file = dir.join(narinfo::file_name(path.hash_part()));
-            let mut bytes = Vec::new();
-            match File::open(&file) {
-                Ok(f) => f
-                    .take(narinfo::MAX_SIZE + 1)
-                    .read_to_end(&mut bytes)
-                    .map_err(read_error(&file))?,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-                Err(e) => return Err(read_error(&file)(e)),
+            let bytes = match cache.read_narinfo_bytes(path.hash_part()) {
+                Ok(bytes) => bytes,
+                Err(CacheDirError::Read { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound =>
+                {
+                    return Ok(false);
+                }
+                Err(e) => return Err(upstream_error(e)),
             };
             Ok(is_narinfo_of(&bytes, path, store_dir))
         })
@@ -473,7 +485,10 @@ fn file_serves(
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
+    use crate::format::narinfo;
 
     const STORE: &str = "/nix/store";
     const A: &str = "/nix/store/dmdglxp7bh69ngn7i0g9ib7d2r7v3wmz-appa";

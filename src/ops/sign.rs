@@ -14,6 +14,10 @@
 //! ([`add_signature_lines`]): signing an unsigned `nix copy` cache gives the
 //! very narinfos `nix copy` writes when given the key.
 //!
+//! Narinfos are found and read through [`CacheDir`]: one that is a symlink,
+//! or larger than a narinfo can be, stops the run with its path, as does a
+//! `nar/` that is a symlink; nothing is changed then.
+//!
 //! Signing vouches for what the narinfos say without reading the NARs: run
 //! `mk-binary-cache verify` first on a cache you did not build.
 //!
@@ -33,11 +37,11 @@ use std::sync::Mutex;
 
 use thiserror::Error;
 
+use crate::cache::{CacheDir, CacheDirError};
 use crate::format::narinfo::{self, NarInfo, Sig};
 use crate::format::signing::{SecretKey, Signature};
-use crate::format::store_path::{DEFAULT_STORE_DIR, ReferenceCycle, StorePath};
+use crate::format::store_path::{ReferenceCycle, StorePath};
 use crate::input::local_store;
-use crate::ops::{self, OpenCacheError};
 use crate::support::files::{self, TempNames, Transfer, share_or_copy};
 use crate::support::graph::{Cycle, Graph};
 use crate::support::schedule;
@@ -47,7 +51,7 @@ pub enum SignError {
     #[error("no secret key given")]
     NoKeys,
     #[error(transparent)]
-    Open(#[from] OpenCacheError),
+    Cache(#[from] CacheDirError),
     #[error("cannot read '{path}': {source}")]
     Read { path: PathBuf, source: io::Error },
     #[error("cannot write '{path}': {source}")]
@@ -127,7 +131,7 @@ impl fmt::Display for Summary {
 /// path must never change, and root could change it.
 pub fn sign_in_place(cache: &Path, keys: &[SecretKey], jobs: usize) -> Result<Summary, SignError> {
     let source = Source::open(cache, keys)?;
-    if source.root.starts_with(&source.store_dir)
+    if source.root.starts_with(source.cache.store_dir())
         || source.root.starts_with(local_store::store_dir())
     {
         return Err(SignError::InStore(cache.to_owned()));
@@ -196,7 +200,13 @@ pub fn sign_copy(
             .iter()
             .map(|s| (OsString::from(&s.name), s))
             .collect();
-        copy_tree(&source.root, &temp, Some(&narinfos), &mut summary)?;
+        copy_tree(
+            &source.cache,
+            Path::new(""),
+            &temp,
+            Some(&narinfos),
+            &mut summary,
+        )?;
         files::sync_filesystem(&temp).map_err(write_error(&temp))?;
         fs::rename(&temp, out).map_err(|e| match e.kind() {
             io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists => {
@@ -217,10 +227,10 @@ pub fn sign_copy(
     Ok(summary)
 }
 
-/// A cache to sign: its directory, store directory and narinfo file names.
+/// A cache to sign: its directory, store directory and narinfos' hash parts.
 struct Source {
+    cache: CacheDir,
     root: PathBuf,
-    store_dir: String,
     narinfos: Vec<String>,
 }
 
@@ -241,26 +251,15 @@ impl Source {
             return Err(SignError::NoKeys);
         }
         let root = fs::canonicalize(cache).map_err(read_error(cache))?;
-        let info = ops::read_cache_info(&root).map_err(|e| match e {
+        let opened = CacheDir::open(&root).map_err(|e| match e {
             // Named as the user gave it, not canonicalised.
-            OpenCacheError::NotACache(_) => OpenCacheError::NotACache(cache.to_owned()),
+            CacheDirError::NotACache(_) => CacheDirError::NotACache(cache.to_owned()),
             other => other,
         })?;
-        let mut narinfos = Vec::new();
-        for entry in fs::read_dir(&root).map_err(read_error(&root))? {
-            let entry = entry.map_err(read_error(&root))?;
-            let is_file = entry.file_type().map_err(read_error(&root))?.is_file();
-            match entry.file_name().into_string() {
-                Ok(name) if is_file && name.ends_with(".narinfo") => narinfos.push(name),
-                _ => {}
-            }
-        }
-        narinfos.sort();
+        let narinfos = opened.narinfos()?;
         Ok(Source {
+            cache: opened,
             root,
-            store_dir: info
-                .store_dir
-                .unwrap_or_else(|| DEFAULT_STORE_DIR.to_owned()),
             narinfos,
         })
     }
@@ -273,16 +272,20 @@ impl Source {
             |_| 1,
             u64::MAX,
             jobs,
-            |name, _threads| {
-                let path = self.root.join(name);
-                let bytes = fs::read(&path).map_err(read_error(&path))?;
-                let text =
-                    String::from_utf8(bytes).map_err(|_| SignError::NotText(path.clone()))?;
-                let info = NarInfo::parse(&text, &self.store_dir)
+            |hash_part, _threads| {
+                let path = self.cache.narinfo_path(hash_part);
+                let text = self
+                    .cache
+                    .read_narinfo_text(hash_part)
+                    .map_err(|e| match e {
+                        CacheDirError::NotText(path) => SignError::NotText(path),
+                        other => other.into(),
+                    })?;
+                let info = NarInfo::parse(&text, self.cache.store_dir())
                     .map_err(|source| SignError::Narinfo { path, source })?;
                 let (text, added, present) = sign_parsed(&text, &info, keys);
                 signed.lock().unwrap().push(Signed {
-                    name: name.clone(),
+                    name: narinfo::file_name(hash_part),
                     text,
                     added,
                     present,
@@ -365,30 +368,29 @@ pub fn add_signature_lines(text: &str, signatures: &[Signature]) -> String {
     lines.iter().map(|l| format!("{l}\n")).collect()
 }
 
-/// Copies the directory `from` into the existing directory `to`. At the top
-/// (`narinfos` given), the narinfos get their signed text instead.
+/// Copies the directory `rel` of `cache` into the existing directory `to`.
+/// At the top (`narinfos` given), the narinfos get their signed text instead.
 fn copy_tree(
-    from: &Path,
+    cache: &CacheDir,
+    rel: &Path,
     to: &Path,
     narinfos: Option<&HashMap<OsString, &Signed>>,
     summary: &mut Summary,
 ) -> Result<(), SignError> {
-    for entry in fs::read_dir(from).map_err(read_error(from))? {
-        let entry = entry.map_err(read_error(from))?;
-        let (source, dest) = (entry.path(), to.join(entry.file_name()));
-        let file_type = entry.file_type().map_err(read_error(&source))?;
-        if file_type.is_dir() {
+    for entry in cache.entries(rel)? {
+        let (source, dest) = (&entry.path, to.join(&entry.name));
+        if entry.is_dir {
             fs::create_dir(&dest).map_err(write_error(&dest))?;
-            copy_tree(&source, &dest, None, summary)?;
-        } else if file_type.is_symlink() {
-            let target = fs::read_link(&source).map_err(read_error(&source))?;
+            copy_tree(cache, &rel.join(&entry.name), &dest, None, summary)?;
+        } else if entry.is_symlink {
+            let target = fs::read_link(source).map_err(read_error(source))?;
             std::os::unix::fs::symlink(target, &dest).map_err(write_error(&dest))?;
-        } else if !file_type.is_file() {
-            return Err(SignError::SpecialFile(source));
-        } else if let Some(signed) = narinfos.and_then(|n| n.get(&entry.file_name())) {
+        } else if !entry.is_file {
+            return Err(SignError::SpecialFile(entry.path));
+        } else if let Some(signed) = narinfos.and_then(|n| n.get(&entry.name)) {
             write_new_file(&dest, signed.text.as_bytes(), 0o644)?;
         } else {
-            match share_or_copy(&source, &dest).map_err(write_error(&dest))? {
+            match share_or_copy(source, &dest).map_err(write_error(&dest))? {
                 Transfer::HardLink => summary.hard_links += 1,
                 Transfer::Reflink => summary.reflinks += 1,
                 Transfer::Copy => summary.copies += 1,

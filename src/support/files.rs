@@ -178,6 +178,26 @@ impl DirLock {
         Self::lock(dir, libc::LOCK_SH)
     }
 
+    /// Takes the exclusive lock on `dir` if no one holds the lock; None if
+    /// someone does.
+    pub fn try_exclusive(dir: File) -> io::Result<Option<Self>> {
+        Self::try_lock(dir, libc::LOCK_EX)
+    }
+
+    /// Takes a shared lock on `dir` unless someone holds it exclusively;
+    /// None if someone does.
+    pub fn try_shared(dir: File) -> io::Result<Option<Self>> {
+        Self::try_lock(dir, libc::LOCK_SH)
+    }
+
+    fn try_lock(dir: File, operation: libc::c_int) -> io::Result<Option<Self>> {
+        match Self::lock(dir, operation | libc::LOCK_NB) {
+            Ok(lock) => Ok(Some(lock)),
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn lock(dir: File, operation: libc::c_int) -> io::Result<Self> {
         // SAFETY: the descriptor is open for the call's duration.
         if unsafe { libc::flock(dir.as_raw_fd(), operation) } != 0 {

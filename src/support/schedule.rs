@@ -92,7 +92,8 @@ impl<'a, T> Queue<'a, T> {
 }
 
 /// Runs `work(item, threads)` on every item, sized by `size`, as described
-/// above. Stops taking new work at the first error and returns that error.
+/// above, an item of at least `threshold` being large. Stops taking new work
+/// at the first error and returns that error.
 pub fn run<T, E, S, F>(items: &[T], size: S, threshold: u64, jobs: usize, work: F) -> Result<(), E>
 where
     T: Sync,
@@ -100,11 +101,25 @@ where
     S: Fn(&T) -> u64,
     F: Fn(&T, u32) -> Result<(), E> + Sync,
 {
+    run_by(items, &size, |item| size(item) >= threshold, jobs, work)
+}
+
+/// [`run`], with `large` saying which items are large: for work of which
+/// only some kinds can use several threads.
+pub fn run_by<T, E, S, L, F>(items: &[T], size: S, large: L, jobs: usize, work: F) -> Result<(), E>
+where
+    T: Sync,
+    E: Send,
+    S: Fn(&T) -> u64,
+    L: Fn(&T) -> bool,
+    F: Fn(&T, u32) -> Result<(), E> + Sync,
+{
     let jobs = jobs.max(1);
     let mut order: Vec<(u64, &T)> = items.iter().map(|item| (size(item), item)).collect();
     // Stable, so equal sizes keep the caller's order.
     order.sort_by_key(|&(size, _)| Reverse(size));
-    let (large, small) = order.split_at(order.partition_point(|&(size, _)| size >= threshold));
+    let (large, small): (Vec<_>, Vec<_>) =
+        order.iter().copied().partition(|&(_, item)| large(item));
     let queue = Mutex::new(Queue {
         large: large.iter(),
         small: small.iter(),
@@ -304,6 +319,28 @@ mod tests {
             },
         );
         assert_eq!(result, Err(1000));
+    }
+
+    #[test]
+    fn only_items_said_to_be_large_get_every_thread() {
+        // Odd sizes are of a kind that cannot use more threads.
+        let threads_of = |size: u64| {
+            let seen = Mutex::new(0);
+            run_by(
+                &[size],
+                |&s| s,
+                |&s| s % 2 == 0,
+                2,
+                |_, threads| {
+                    *seen.lock().unwrap() = threads;
+                    Ok::<_, ()>(())
+                },
+            )
+            .unwrap();
+            seen.into_inner().unwrap()
+        };
+        assert_eq!(threads_of(1000), 2);
+        assert_eq!(threads_of(1001), 1);
     }
 
     #[test]

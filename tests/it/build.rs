@@ -455,7 +455,7 @@ fn closure_json_from_nix_path_info_gives_the_same_cache() {
 }
 
 /// An empty closure file: a cache without Nix.
-fn empty_closure(dir: &Path) -> PathBuf {
+pub(crate) fn empty_closure(dir: &Path) -> PathBuf {
     let file = dir.join("empty.json");
     fs::write(&file, "[]").unwrap();
     file
@@ -816,4 +816,78 @@ fn nars_on_a_filesystem_of_their_own_are_synced_before_their_narinfos() {
         .collect();
     assert!(synced.contains(&cache.join("nar")), "{trace}");
     assert!(synced.contains(&cache), "{trace}");
+}
+
+/// The content size each frame of a zstd file announces (`None`: it does
+/// not say), read with zstd's own functions.
+fn zstd_frame_sizes(file: &[u8]) -> Vec<Option<u64>> {
+    use zstd::zstd_safe;
+    let mut rest = file;
+    let mut frames = Vec::new();
+    while !rest.is_empty() {
+        let len = zstd_safe::find_frame_compressed_size(rest).expect("a zstd frame");
+        let size = zstd_safe::get_frame_content_size(&rest[..len]).expect("a frame header");
+        frames.push(size);
+        rest = &rest[len..];
+    }
+    frames
+}
+
+/// Every NAR file of `cache`, by name, with its bytes.
+fn nar_files(cache: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fs::read_dir(cache.join("nar"))
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            (name, fs::read(entry.path()).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn a_cache_of_single_frame_zstd_nars_is_added_to_without_rewriting_them() {
+    // Nix before 2.35 (2.8 here), and this tool before it, wrote each zstd
+    // NAR as one frame that does not announce its size. A run into such a
+    // cache leaves those NARs alone and writes the new paths' NARs in
+    // frames; verify, prune and Nix take the mix.
+    let fixture = fixture();
+    let (top, file) = (&fixture.roots[0], &fixture.roots[1]);
+    let cache = nix_copy_to("compression=zstd", std::slice::from_ref(file));
+    let old = nar_files(cache.path());
+    assert!(!old.is_empty());
+    for (name, bytes) in &old {
+        assert_eq!(
+            zstd_frame_sizes(bytes),
+            [None],
+            "{name} is an old-style NAR"
+        );
+    }
+
+    run(&mut build_into(cache.path(), &[top, file]));
+    let now = nar_files(cache.path());
+    for (name, bytes) in &old {
+        assert!(now.get(name) == Some(bytes), "{name} was rewritten");
+    }
+    let large = narinfo_of(cache.path(), fixture_path("large"));
+    let large_file = &now[large["URL"].trim_start_matches("nar/")];
+    let frame = 16 << 20;
+    let nar_size: u64 = large["NarSize"].parse().unwrap();
+    assert!(nar_size > 2 * frame && nar_size < 3 * frame);
+    assert_eq!(
+        zstd_frame_sizes(large_file),
+        [Some(frame), Some(frame), Some(nar_size - 2 * frame)]
+    );
+
+    assert_eq!(assert_cache_consistent(cache.path()), fixture_closure());
+    assert_verify_accepts(cache.path());
+    let store = substitute_fixture(cache.path());
+    assert_store_holds_fixture(store.path());
+    // Prune removes the new paths; what is left is the old cache.
+    run(mk_binary_cache()
+        .arg("prune")
+        .arg(cache.path())
+        .args(["--keep", file]));
+    assert_eq!(nar_files(cache.path()), old);
+    assert_verify_accepts(cache.path());
 }

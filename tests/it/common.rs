@@ -492,16 +492,9 @@ pub fn in_store(root: &Path, store_path: &str) -> PathBuf {
 /// counts the memory of the test process, which the child shared until its
 /// exec, and which other tests running at the same time inflate.)
 pub fn wait_with_peak_rss(child: &mut std::process::Child) -> (std::process::ExitStatus, u64, u32) {
-    let status_file = format!("/proc/{}/status", child.id());
     let (mut peak_kib, mut samples) = (0u64, 0u32);
     loop {
-        if let Ok(text) = fs::read_to_string(&status_file)
-            && let Some(kib) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().strip_suffix(" kB"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        {
+        if let Some(kib) = peak_rss_kib(child.id()) {
             peak_kib = peak_kib.max(kib);
             samples += 1;
         }
@@ -510,6 +503,17 @@ pub fn wait_with_peak_rss(child: &mut std::process::Child) -> (std::process::Exi
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+}
+
+/// The peak resident memory so far, in KiB, of the running process `pid`
+/// (`VmHWM`); None once it has ended.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix(" kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// A port nobody listens on now (the kernel's choice, then released).

@@ -35,8 +35,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use mk_binary_cache::format::compression::Compression;
-
 use crate::common::*;
 
 /// Builds a value once; a failure is reported by every test that needs it.
@@ -116,14 +114,6 @@ fn nix_copy_reference(name: &str, params: &str) -> PathBuf {
     let url = format!("file://{}?{params}", dir.display());
     run(nix_new(&["copy", "--to", &url]).args(&fixture().roots));
     dir
-}
-
-/// `nix copy`'s own xz cache (preset 6, single-threaded).
-fn reference_xz() -> &'static Path {
-    static CACHE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    once_path(&CACHE, || {
-        nix_copy_reference("reference-xz", "compression=xz")
-    })
 }
 
 /// `nix copy`'s xz cache with `parallel-compression=true` (liblzma's
@@ -340,7 +330,7 @@ fn uncompressed_nar_files_equal_nix_store_dump() {
 fn narinfos_agree_with_nix_copy_on_every_content_field() {
     for path in &fixture().closure {
         let ours = narinfo_of(xz_cache(), path);
-        let theirs = narinfo_of(reference_xz(), path);
+        let theirs = narinfo_of(reference_xz_parallel(), path);
         for key in [
             "StorePath",
             "NarHash",
@@ -371,74 +361,35 @@ fn references_include_the_self_reference() {
     assert_eq!(refs, sorted, "References are sorted");
 }
 
-/// Whether our xz NAR of `path` is written single-threaded: below one xz
-/// block it is, exactly as `nix copy` writes it; from one block up it is
-/// split into blocks for every core, exactly as `nix copy` with
-/// `parallel-compression=true` writes it.
-fn xz_single_block(cache: &Path, path: &str) -> bool {
-    let nar_size: u64 = narinfo_of(cache, path)["NarSize"].parse().unwrap();
-    nar_size < Compression::Xz.multithread_threshold()
-}
-
-/// Asserts that our xz NAR files of `paths` are the very files of `reference`.
-fn xz_nar_files_equal(paths: &[&String], reference: &Path) {
-    for path in paths {
+#[test]
+fn xz_nar_files_are_byte_identical_to_nix_copy_with_parallel_compression() {
+    // Every path, small ones included, goes through liblzma's multithreaded
+    // encoder with the block size it picks for preset 6, as `nix copy` with
+    // `parallel-compression=true` writes it, whatever the thread counts.
+    // Nix itself never checks FileHash, so only this test can catch a change.
+    for path in &fixture().closure {
         let ours = narinfo_of(xz_cache(), path);
-        let theirs = narinfo_of(reference, path);
+        let theirs = narinfo_of(reference_xz_parallel(), path);
         for key in ["URL", "FileHash", "FileSize"] {
             assert_eq!(ours.get(key), theirs.get(key), "{key} of {path}");
         }
     }
 }
 
-#[test]
-fn xz_nar_files_below_one_block_are_byte_identical_to_nix_copy() {
-    // Preset 6, single-threaded, CRC64: the bytes `nix copy` writes. Nix
-    // itself never checks FileHash, so only this test can catch a change.
-    let (single, multi): (Vec<_>, Vec<_>) = fixture()
-        .closure
-        .iter()
-        .partition(|p| xz_single_block(xz_cache(), p));
-    assert!(
-        single.len() >= 5 && !multi.is_empty(),
-        "the fixture covers both kinds"
-    );
-    xz_nar_files_equal(&single, reference_xz());
-}
-
-#[test]
-fn xz_nar_files_of_several_blocks_are_byte_identical_to_nix_copy_parallel() {
-    // The 33 MiB NAR spans two blocks: our block size is the one liblzma
-    // picks for Nix at preset 6, so the multithreaded stream is the one
-    // `parallel-compression=true` writes, whatever the thread counts.
-    let multi: Vec<_> = fixture()
-        .closure
-        .iter()
-        .filter(|p| !xz_single_block(xz_cache(), p))
-        .collect();
-    assert!(!multi.is_empty(), "the fixture has a NAR of several blocks");
-    xz_nar_files_equal(&multi, reference_xz_parallel());
-}
-
 /// The narinfo texts are equal once Nix's `Deriver:` line (which the closure
-/// Nix hands to a build does not include) is dropped, and, where `same_file`
-/// says the compressed bytes legitimately differ, the lines naming them.
-fn narinfo_texts_equal_nix_copy(ours: &Path, theirs: &Path, same_file: impl Fn(&str) -> bool) {
+/// Nix hands to a build does not include) is dropped.
+fn narinfo_texts_equal_nix_copy(ours: &Path, theirs: &Path) {
     for path in &fixture().closure {
         let name = format!("{}.narinfo", hash_part(path));
-        let file_keys = ["URL: ", "FileHash: ", "FileSize: "];
-        let keep = |l: &&str| same_file(path) || !file_keys.iter().any(|k| l.starts_with(k));
         let our_text: String = fs::read_to_string(ours.join(&name))
             .unwrap()
             .lines()
-            .filter(keep)
             .map(|l| format!("{l}\n"))
             .collect();
         let their_text: String = fs::read_to_string(theirs.join(&name))
             .unwrap()
             .lines()
             .filter(|l| !l.starts_with("Deriver: "))
-            .filter(keep)
             .map(|l| format!("{l}\n"))
             .collect();
         assert_eq!(our_text, their_text, "narinfo of {path}");
@@ -447,14 +398,12 @@ fn narinfo_texts_equal_nix_copy(ours: &Path, theirs: &Path, same_file: impl Fn(&
 
 #[test]
 fn xz_narinfo_texts_equal_nix_copy_but_for_deriver() {
-    narinfo_texts_equal_nix_copy(xz_cache(), reference_xz(), |p| {
-        xz_single_block(xz_cache(), p)
-    });
+    narinfo_texts_equal_nix_copy(xz_cache(), reference_xz_parallel());
 }
 
 #[test]
 fn uncompressed_narinfo_texts_equal_nix_copy_but_for_deriver() {
-    narinfo_texts_equal_nix_copy(none_cache(), reference_none(), |_| true);
+    narinfo_texts_equal_nix_copy(none_cache(), reference_none());
 }
 
 /// The parsed JSON of every file in `dir` under `cache`, keyed by file name.

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per topic.
 
 mod build;
+mod cache_dir;
 mod cli;
 mod common;
 mod cycles;
@@ -9,6 +10,7 @@ mod e2e;
 mod errors;
 mod exclude;
 mod faults;
+mod golden;
 mod hostile;
 mod http;
 mod layers;

@@ -31,9 +31,9 @@ use mk_binary_cache::format::cache_info::CacheInfo;
 use mk_binary_cache::format::hash::Sha256;
 use mk_binary_cache::format::nar::reader::{self, Node};
 use mk_binary_cache::format::nar::{dump, is_valid_entry_name, padding, writer};
-use mk_binary_cache::format::narinfo::{NarInfo, Sig};
+use mk_binary_cache::format::narinfo::{self, NarInfo, Sig};
 use mk_binary_cache::format::nixbase32::{self, DecodeError};
-use mk_binary_cache::format::signing::{self, PublicKey, SecretKey, Signature};
+use mk_binary_cache::format::signing::{PublicKey, SecretKey, Signature};
 use mk_binary_cache::format::store_path::StorePath;
 use mk_binary_cache::input::{attrs, closure};
 use mk_binary_cache::ops::write::{self, Options};
@@ -1299,7 +1299,7 @@ proptest! {
         shuffled.reverse();
         prop_assert_eq!(
             info.fingerprint(),
-            signing::fingerprint(&info.store_path, &info.nar_hash, info.nar_size, &shuffled)
+            narinfo::fingerprint(&info.store_path, &info.nar_hash, info.nar_size, &shuffled)
         );
     }
 }

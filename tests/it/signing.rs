@@ -13,7 +13,8 @@ use std::process::Command;
 
 use crate::common::{NixKey, generate_key, hermetic_nix};
 use mk_binary_cache::format::hash::Sha256;
-use mk_binary_cache::format::signing::{PublicKey, SecretKey, Signature, fingerprint};
+use mk_binary_cache::format::narinfo::fingerprint;
+use mk_binary_cache::format::signing::{PublicKey, SecretKey, Signature};
 use mk_binary_cache::format::store_path::StorePath;
 
 /// Runs a Nix tool; returns its standard output, panicking with a clear

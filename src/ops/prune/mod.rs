@@ -19,69 +19,45 @@
 //! directory, `nar/` and `debuginfo/`, never a path read from a file: a
 //! symlink is removed as a link, never followed, and a `nar/` or
 //! `debuginfo/` that is itself a symlink is refused, since what it holds is
-//! outside the cache. It holds the cache lock (see `cache::DirLock`)
+//! outside the cache. A narinfo that is a symlink, or larger than a
+//! narinfo can be, is refused too: prune decides nothing on what it might
+//! say. It holds the cache lock ([`CacheDir::lock`])
 //! exclusively, so it never runs while a `build --to` into the same
 //! directory is between finding what the cache holds and listing its roots.
 
 use std::fmt;
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::format::narinfo;
-use crate::format::store_path::{self, ReferenceCycle, StorePath};
+use crate::cache::{CacheDir, CacheDirError, CacheLock, DEBUGINFO_DIR, NAR_DIR};
+use crate::format::store_path::{ReferenceCycle, StorePath};
 use crate::input::local_store::{self, BuildError};
-use crate::ops::write::{self, CacheError, CacheLock, STORE_PATHS};
-use crate::ops::{self, OpenCacheError};
-use crate::support::files::{self, DirLock, TempNames};
+use crate::support::files;
 use crate::support::progress::{count, human_bytes};
 
 mod plan;
 
 use plan::{in_dir, kept_closure, plan, read_narinfos};
 
-/// A narinfo is read no further than this.
-const MAX_NARINFO_SIZE: u64 = narinfo::MAX_SIZE;
-
 #[derive(Debug, Error)]
 pub enum PruneError {
     #[error(transparent)]
-    Open(#[from] OpenCacheError),
-    #[error(
-        "'{0}' is a symlink: what it points to is outside the cache, and prune deletes nothing there"
-    )]
-    SymlinkedDirectory(PathBuf),
+    Cache(#[from] CacheDirError),
     #[error("'{0}' is missing or empty: give the paths to keep with --keep")]
     NoRoots(PathBuf),
-    #[error("'{path}' lists '{line}', which is not a store path in {store_dir}")]
-    StorePathsLine {
-        path: PathBuf,
-        line: String,
-        store_dir: String,
-    },
     #[error("--keep: {0}")]
     Keep(Box<BuildError>),
     #[error("--keep '{path}': the cache has no narinfo for it ('{narinfo}')")]
     KeepNotCached { path: StorePath, narinfo: PathBuf },
     #[error("'{path}' belongs to the kept closure but cannot be read: {reason}")]
     UnreadableKept { path: PathBuf, reason: String },
-    #[error("cannot read '{path}': {source}")]
-    Read { path: PathBuf, source: io::Error },
     #[error("cannot remove '{path}': {source}")]
     Remove { path: PathBuf, source: io::Error },
-    #[error(transparent)]
-    Cache(#[from] CacheError),
     #[error("{0}; nothing was removed (Nix never writes such narinfos: remove them by hand)")]
     Cycle(ReferenceCycle),
-}
-
-fn read_error(path: &Path) -> impl FnOnce(io::Error) -> PruneError + '_ {
-    move |source| PruneError::Read {
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// What to keep, and whether to delete anything.
@@ -202,44 +178,47 @@ impl fmt::Display for Report {
 }
 
 /// Prunes the cache at `dir` to the closure of its roots; see the module
-/// documentation.
-pub fn prune(dir: &Path, opts: &Options) -> Result<Report, PruneError> {
-    let store_dir = open_cache(dir)?;
+/// documentation. When another run holds the cache lock, `waiting` is
+/// called once before the prune waits for it.
+pub fn prune(dir: &Path, opts: &Options, waiting: impl FnOnce()) -> Result<Report, PruneError> {
+    // Refuses a nar/ or debuginfo/ that is a symlink: what it holds is
+    // outside the cache.
+    let cache = CacheDir::open(dir)?;
     // The cache lock is taken on nar/. A cache without one holds no NAR: a
     // prune makes it to lock it; a dry run changes nothing and reads unlocked.
-    let nar_dir = dir.join("nar");
+    let nar_dir = cache.nar_dir();
     if !opts.dry_run && !nar_dir.exists() {
-        fs::create_dir(&nar_dir).map_err(|source| CacheError::Write {
+        fs::create_dir(&nar_dir).map_err(|source| CacheDirError::Write {
             path: nar_dir.clone(),
             source,
         })?;
     }
     let _cache_lock = match nar_dir.exists() {
-        true => Some(write::lock_cache(dir, CacheLock::Exclusive)?),
+        true => Some(cache.lock(CacheLock::Exclusive, waiting)?),
         false => None,
     };
 
-    let narinfos = read_narinfos(dir, &store_dir)?;
+    let narinfos = read_narinfos(&cache)?;
     let roots = match &opts.keep {
         Some(keep) => {
-            let roots = local_store::resolve_roots(keep, &store_dir)
+            let roots = local_store::resolve_roots(keep, cache.store_dir())
                 .map_err(|e| PruneError::Keep(Box::new(e)))?;
             if let Some(path) = roots.iter().find(|r| !narinfos.contains_key(r.hash_part())) {
                 return Err(PruneError::KeepNotCached {
                     path: path.clone(),
-                    narinfo: dir.join(narinfo::file_name(path.hash_part())),
+                    narinfo: cache.narinfo_path(path.hash_part()),
                 });
             }
             roots
         }
-        None => write::read_store_paths(dir, &store_dir)?,
+        None => cache.store_paths()?,
     };
     if roots.is_empty() {
-        return Err(PruneError::NoRoots(dir.join(STORE_PATHS)));
+        return Err(PruneError::NoRoots(cache.store_paths_file()));
     }
 
-    let kept = kept_closure(dir, &roots, &narinfos)?;
-    let stages = plan(dir, &narinfos, &kept)?;
+    let kept = kept_closure(&cache, &roots, &narinfos)?;
+    let stages = plan(&cache, &narinfos, &kept)?;
     let report = Report {
         dry_run: opts.dry_run,
         roots_not_cached: roots
@@ -256,69 +235,22 @@ pub fn prune(dir: &Path, opts: &Options) -> Result<Report, PruneError> {
     }
     if opts.keep.is_some() {
         // Before anything goes: a prune killed later must not leave roots
-        // listed whose paths are gone.
-        write_store_paths(dir, &roots)?;
+        // listed whose paths are gone. Under the lock `build --to` takes to
+        // merge it.
+        cache.replace_store_paths(&roots)?;
     }
     for stage in &stages {
         for removal in stage {
             remove(&dir.join(&removal.file))?;
         }
         // Each stage is durable before the next begins.
-        for sub in [".", "nar", "debuginfo"] {
+        for sub in [".", NAR_DIR, DEBUGINFO_DIR] {
             if stage.iter().any(|r| in_dir(&r.file, sub)) {
                 sync_dir(&dir.join(sub))?;
             }
         }
     }
     Ok(report)
-}
-
-/// Checks that `dir` is a cache whose `nar/` and `debuginfo/` are inside
-/// it; returns its store directory.
-fn open_cache(dir: &Path) -> Result<String, PruneError> {
-    let info = ops::read_cache_info(dir)?;
-    for sub in ["nar", "debuginfo"] {
-        let sub = dir.join(sub);
-        match sub.symlink_metadata() {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(PruneError::SymlinkedDirectory(sub));
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(read_error(&sub)(e)),
-        }
-    }
-    Ok(info
-        .store_dir
-        .unwrap_or_else(|| store_path::DEFAULT_STORE_DIR.to_owned()))
-}
-
-/// Replaces `store-paths` with `roots`, atomically and durably, under the
-/// lock `build --to` takes to merge it.
-fn write_store_paths(dir: &Path, roots: &[StorePath]) -> Result<(), PruneError> {
-    let _lock = File::open(dir)
-        .and_then(DirLock::exclusive)
-        .map_err(|source| CacheError::Write {
-            path: dir.to_owned(),
-            source,
-        })?;
-    let dest = dir.join(STORE_PATHS);
-    let tmp = TempNames::default().next(&dest);
-    let list: String = roots.iter().map(|p| format!("{p}\n")).collect();
-    let written = File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(list.as_bytes())?;
-            f.sync_all()
-        })
-        .and_then(|()| fs::rename(&tmp, &dest));
-    written.map_err(|source| {
-        let _ = fs::remove_file(&tmp);
-        CacheError::Write {
-            path: dest.clone(),
-            source,
-        }
-    })?;
-    sync_dir(dir)
 }
 
 /// Removes `path` itself (a symlink as a link); gone already is fine.

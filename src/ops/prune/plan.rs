@@ -2,80 +2,46 @@
 //! following symlinks, the closure to keep, and the stages of removal.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File};
-use std::io::{self, Read};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use super::{Kind, MAX_NARINFO_SIZE, PruneError, Removal, read_error};
+use super::{Kind, PruneError, Removal};
+use crate::cache::{self, CacheDir, DEBUGINFO_DIR, Entry as Listed, NAR_DIR};
 use crate::format::narinfo::{self, NarInfo};
 use crate::format::store_path::{ReferenceCycle, StorePath, is_hash_part};
 use crate::support::files::TempNames;
 use crate::support::graph::{Cycle, Graph};
 
 /// A narinfo in the cache: the file's size, and what it says (or why it
-/// cannot be read).
+/// cannot be parsed).
 pub(super) struct Entry {
     pub(super) bytes: u64,
     pub(super) info: Result<NarInfo, String>,
 }
 
-/// Every `<hash>.narinfo` in `dir`, by hash part.
-pub(super) fn read_narinfos(
-    dir: &Path,
-    store_dir: &str,
-) -> Result<BTreeMap<String, Entry>, PruneError> {
+/// Every narinfo of the cache, by hash part. One that cannot be read at all
+/// (a symlink, a file too large to be one) is an error naming it: prune
+/// neither follows it nor decides anything on what it might say. One that
+/// is read but does not parse is kept as such: it goes, unless the kept
+/// closure needs it.
+pub(super) fn read_narinfos(cache: &CacheDir) -> Result<BTreeMap<String, Entry>, PruneError> {
     let mut narinfos = BTreeMap::new();
-    for entry in fs::read_dir(dir).map_err(read_error(dir))? {
-        let entry = entry.map_err(read_error(dir))?;
-        let name = entry.file_name();
-        let Some(hash) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".narinfo"))
-            .filter(|h| is_hash_part(h))
-        else {
-            continue;
+    for hash in cache.narinfos()? {
+        let bytes = cache.read_narinfo_bytes(&hash)?;
+        let info = match std::str::from_utf8(&bytes) {
+            Ok(text) => NarInfo::parse(text, cache.store_dir()).map_err(|e| e.to_string()),
+            Err(_) => Err("it is not UTF-8 text".to_owned()),
         };
-        let meta = entry.metadata().map_err(read_error(&entry.path()))?;
-        if meta.is_dir() {
-            continue;
-        }
-        let info = read_narinfo(&entry.path(), store_dir);
-        narinfos.insert(
-            hash.to_owned(),
-            Entry {
-                bytes: meta.len(),
-                info,
-            },
-        );
+        let bytes = bytes.len() as u64;
+        narinfos.insert(hash, Entry { bytes, info });
     }
     Ok(narinfos)
-}
-
-/// Reads a narinfo without following a symlink (it would lead outside the
-/// cache) and without reading more than a narinfo can hold.
-pub(super) fn read_narinfo(file: &Path, store_dir: &str) -> Result<NarInfo, String> {
-    let mut text = String::new();
-    File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(file)
-        .and_then(|f| f.take(MAX_NARINFO_SIZE + 1).read_to_string(&mut text))
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => "it is a symlink".to_owned(),
-            _ => e.to_string(),
-        })?;
-    if text.len() as u64 > MAX_NARINFO_SIZE {
-        return Err(format!("it is larger than {MAX_NARINFO_SIZE} bytes"));
-    }
-    NarInfo::parse(&text, store_dir).map_err(|e| e.to_string())
 }
 
 /// The hash parts of the paths to keep: the roots and everything their
 /// narinfos refer to, transitively, that has a narinfo here. A reference
 /// without one is outside this cache (as in a delta cache), not an error.
 pub(super) fn kept_closure(
-    dir: &Path,
+    cache: &CacheDir,
     roots: &[StorePath],
     narinfos: &BTreeMap<String, Entry>,
 ) -> Result<BTreeSet<String>, PruneError> {
@@ -92,7 +58,7 @@ pub(super) fn kept_closure(
             Ok(info) => todo.extend(info.references.iter().map(|r| r.hash_part().to_owned())),
             Err(reason) => {
                 return Err(PruneError::UnreadableKept {
-                    path: dir.join(narinfo::file_name(&hash)),
+                    path: cache.narinfo_path(&hash),
                     reason: reason.clone(),
                 });
             }
@@ -105,7 +71,7 @@ pub(super) fn kept_closure(
 /// levels (a path's before its references'), then listings and debug-info
 /// entries, then NARs and temporary files.
 pub(super) fn plan(
-    dir: &Path,
+    cache: &CacheDir,
     narinfos: &BTreeMap<String, Entry>,
     kept: &BTreeSet<String>,
 ) -> Result<Vec<Vec<Removal>>, PruneError> {
@@ -119,7 +85,7 @@ pub(super) fn plan(
 
     let mut second = Vec::new();
     let mut last = Vec::new();
-    for entry in list(dir)? {
+    for entry in cache.entries("")? {
         let Some(name) = entry.name.to_str() else {
             continue;
         };
@@ -128,39 +94,39 @@ pub(super) fn plan(
             && !kept.contains(hash)
             && !entry.is_dir
         {
-            second.push(entry.removal(PathBuf::from(name), Kind::Listing));
+            second.push(removal(&entry, PathBuf::from(name), Kind::Listing));
         } else if is_stale_temp_file(name) && !entry.is_dir {
-            last.push(entry.removal(PathBuf::from(name), Kind::TempFile));
+            last.push(removal(&entry, PathBuf::from(name), Kind::TempFile));
         }
     }
-    for entry in list(&dir.join("debuginfo"))? {
+    for entry in cache.entries(DEBUGINFO_DIR)? {
         let Some(name) = entry.name.to_str() else {
             continue;
         };
-        let file = Path::new("debuginfo").join(name);
+        let file = Path::new(DEBUGINFO_DIR).join(name);
         if entry.is_dir {
             continue;
         }
         if is_stale_temp_file(name) {
-            last.push(entry.removal(file, Kind::TempFile));
-        } else if let Some(nar) = debug_info_archive(&dir.join(&file))
+            last.push(removal(&entry, file, Kind::TempFile));
+        } else if let Some(nar) = debug_info_archive(&entry.path)
             && !kept_nars.contains(&nar)
         {
-            second.push(entry.removal(file, Kind::DebugInfo));
+            second.push(removal(&entry, file, Kind::DebugInfo));
         }
     }
-    for entry in list(&dir.join("nar"))? {
+    for entry in cache.entries(NAR_DIR)? {
         let Some(name) = entry.name.to_str() else {
             continue;
         };
-        let file = Path::new("nar").join(name);
+        let file = Path::new(NAR_DIR).join(name);
         if entry.is_dir {
             continue;
         }
         if is_stale_temp_file(name) {
-            last.push(entry.removal(file, Kind::TempFile));
+            last.push(removal(&entry, file, Kind::TempFile));
         } else if is_nar_name(name) && !kept_nars.contains(name) {
-            last.push(entry.removal(file, Kind::Nar));
+            last.push(removal(&entry, file, Kind::Nar));
         }
     }
     stages.push(second);
@@ -223,44 +189,13 @@ pub(super) fn narinfo_levels(
         .collect())
 }
 
-/// A directory entry, as listed (never followed).
-pub(super) struct Listed {
-    pub(super) name: std::ffi::OsString,
-    pub(super) is_dir: bool,
-    pub(super) bytes: u64,
-}
-
-impl Listed {
-    fn removal(&self, file: PathBuf, kind: Kind) -> Removal {
-        Removal {
-            file,
-            kind,
-            bytes: self.bytes,
-        }
+/// What goes of a listed entry.
+fn removal(entry: &Listed, file: PathBuf, kind: Kind) -> Removal {
+    Removal {
+        file,
+        kind,
+        bytes: entry.bytes,
     }
-}
-
-/// The entries of `dir`; none if the cache lacks it (a cache of no path
-/// may have no `nar/`, and only indexed ones have `debuginfo/`).
-pub(super) fn list(dir: &Path) -> Result<Vec<Listed>, PruneError> {
-    let mut listed = Vec::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(listed),
-        Err(e) => return Err(read_error(dir)(e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(read_error(dir))?;
-        // DirEntry::metadata does not follow symlinks.
-        let meta = entry.metadata().map_err(read_error(&entry.path()))?;
-        listed.push(Listed {
-            name: entry.file_name(),
-            is_dir: meta.is_dir(),
-            bytes: meta.len(),
-        });
-    }
-    listed.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(listed)
 }
 
 /// The name of the file in `nar/` that `url` names, with `up` the number of
@@ -282,14 +217,8 @@ pub(super) fn nar_file_name(url: &Path, up: usize) -> Option<String> {
 /// The NAR a `debuginfo/<build-id>.debug` entry points into
 /// (`{"archive": "../nar/….nar.xz", "member": …}`), if it can be read.
 pub(super) fn debug_info_archive(file: &Path) -> Option<String> {
-    let mut text = String::new();
-    File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(file)
-        .and_then(|f| f.take(MAX_NARINFO_SIZE).read_to_string(&mut text))
-        .ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let bytes = cache::read_bounded(file).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     nar_file_name(Path::new(value.get("archive")?.as_str()?), 1)
 }
 

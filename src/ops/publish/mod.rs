@@ -42,19 +42,17 @@ use std::path::{Path, PathBuf};
 use futures::TryStreamExt;
 use thiserror::Error;
 
+use crate::cache::{CacheDirError, STORE_PATHS};
 use crate::format::cache_info::{self, CacheInfo};
 use crate::format::narinfo::{self, Sig};
 use crate::format::store_path::{DEFAULT_STORE_DIR, StorePath};
 use crate::input::upstream::{Candidate, Decision, UpstreamError, Upstreams};
-use crate::ops::write::STORE_PATHS;
 
 pub use credentials::{Credentials, Environment, ProcessEnvironment};
 pub use location::{Location, Warning};
 
 use bucket::{Bucket, same_by_etag};
 use plan::{File, Plan, read_plan};
-
-const MAX_NARINFO_SIZE: u64 = narinfo::MAX_SIZE;
 
 /// The default size of one part of a multipart upload (S3 needs at least
 /// 5 MiB for every part but the last).
@@ -106,6 +104,8 @@ pub enum PublishError {
     Cache { path: PathBuf, message: String },
     #[error("{} has no {}: it is not a flat-file binary cache", .0.display(), cache_info::FILE_NAME)]
     NotACache(PathBuf),
+    #[error("reading the cache: {0}")]
+    CacheDir(CacheDirError),
     #[error(
         "{url} is a cache for the store '{theirs}', and {} is for '{ours}': publish it elsewhere",
         .cache.display()
@@ -145,7 +145,10 @@ pub enum PublishError {
     Upstream(#[from] UpstreamError),
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
-    #[error("{url}/{name} is {size} bytes, more than a {what} can be ({MAX_NARINFO_SIZE})")]
+    #[error(
+        "{url}/{name} is {size} bytes, more than a {what} can be ({})",
+        narinfo::MAX_SIZE
+    )]
     TooLarge {
         url: String,
         name: String,
@@ -254,7 +257,7 @@ async fn run(
     };
     let upstreams = &opts.upstreams.recorded();
     let cache_info_upload = match remote.get(cache_info::FILE_NAME) {
-        Some((size, _)) if *size > MAX_NARINFO_SIZE => {
+        Some((size, _)) if *size > narinfo::MAX_SIZE => {
             return Err(too_large(cache_info::FILE_NAME, *size, "nix-cache-info"));
         }
         Some(_) => {
@@ -309,7 +312,7 @@ async fn run(
                 Some((size, etag)) => {
                     let same = match same_by_etag(etag.as_deref(), bytes) {
                         Some(answer) => answer,
-                        None if *size > MAX_NARINFO_SIZE => {
+                        None if *size > narinfo::MAX_SIZE => {
                             return Err(too_large(&file.name, *size, "narinfo"));
                         }
                         None => bucket.get(&file.name).await? == *bytes,

@@ -2,26 +2,17 @@
 //! publish (other files, then narinfos by depth, then `store-paths`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::{MAX_NARINFO_SIZE, PublishError};
+use super::PublishError;
+use crate::cache::{self, CacheDir, CacheDirError, STORE_PATHS, narinfo_hash_part};
 use crate::format::cache_info::{self, CacheInfo};
 use crate::format::narinfo::{self, NarInfo};
-use crate::format::store_path::{DEFAULT_STORE_DIR, ReferenceCycle};
-use crate::ops::write::STORE_PATHS;
-use crate::support::files::TempNames;
+use crate::format::store_path::ReferenceCycle;
 use crate::support::graph::{Cycle, Graph, Levels};
 
 /// A file of the cache to upload.
-#[derive(Debug, Clone)]
-pub(super) struct File {
-    /// Relative to the cache's root, with `/`.
-    pub(super) name: String,
-    pub(super) path: PathBuf,
-    pub(super) size: u64,
-}
+pub(super) use crate::cache::CacheFile as File;
 
 /// The cache on disk, sorted into the phases of the upload.
 pub(super) struct Plan {
@@ -74,9 +65,10 @@ impl Plan {
 }
 
 /// The NAR a `debuginfo/` entry points into (`nar/…`, as a narinfo's `URL:`
-/// names it), or "" if it names none.
+/// names it), or "" if it names none. Read as the cache reads its small
+/// files: bounded, never through a symlink.
 fn debug_archive(file: &File) -> Result<String, PublishError> {
-    let bytes = read_narinfo(&file.path)?;
+    let bytes = cache::read_bounded(&file.path).map_err(PublishError::CacheDir)?;
     let entry: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| cache_error(&file.path, e))?;
     let archive = entry["archive"].as_str().unwrap_or_default();
@@ -91,23 +83,13 @@ pub(super) fn cache_error(path: &Path, message: impl ToString) -> PublishError {
 }
 
 pub(super) fn read_plan(cache: &Path) -> Result<Plan, PublishError> {
-    let info_path = cache.join(cache_info::FILE_NAME);
-    let info_text = match fs::read_to_string(&info_path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(PublishError::NotACache(cache.to_path_buf()));
-        }
-        Err(e) => return Err(cache_error(&info_path, e)),
-    };
-    let info: CacheInfo = info_text.parse().map_err(|e| cache_error(&info_path, e))?;
-    let store_dir = info
-        .store_dir
-        .clone()
-        .unwrap_or_else(|| DEFAULT_STORE_DIR.to_string());
-
-    let mut all = Vec::new();
-    walk(cache, "", &mut all)?;
-    all.sort_by(|a, b| a.name.cmp(&b.name));
+    let dir = CacheDir::open(cache).map_err(|e| match e {
+        CacheDirError::NotACache(dir) => PublishError::NotACache(dir),
+        other => PublishError::CacheDir(other),
+    })?;
+    let store_dir = dir.store_dir().to_owned();
+    // Every regular file; a symlink anywhere is an error naming it.
+    let all = dir.files().map_err(PublishError::CacheDir)?;
 
     let mut cache_info = None;
     let mut files = Vec::new();
@@ -118,8 +100,10 @@ pub(super) fn read_plan(cache: &Path) -> Result<Plan, PublishError> {
             cache_info = Some(file);
         } else if file.name == STORE_PATHS {
             store_paths = Some(file);
-        } else if !file.name.contains('/') && file.name.ends_with(".narinfo") {
-            let bytes = read_narinfo(&file.path)?;
+        } else if let Some(hash) = narinfo_hash_part(&file.name) {
+            let bytes = dir
+                .read_narinfo_bytes(hash)
+                .map_err(PublishError::CacheDir)?;
             let text = std::str::from_utf8(&bytes).map_err(|e| cache_error(&file.path, e))?;
             let narinfo =
                 NarInfo::parse(text, &store_dir).map_err(|e| cache_error(&file.path, e))?;
@@ -148,7 +132,7 @@ pub(super) fn read_plan(cache: &Path) -> Result<Plan, PublishError> {
     Ok(Plan {
         store_dir,
         cache_info: cache_info.expect("read above"),
-        info,
+        info: dir.info().clone(),
         files,
         narinfo_levels,
         store_paths,
@@ -176,54 +160,4 @@ pub(super) fn levels(
                 .collect(),
         )
     })
-}
-
-pub(super) fn read_narinfo(path: &Path) -> Result<Vec<u8>, PublishError> {
-    let mut bytes = Vec::new();
-    fs::File::open(path)
-        .and_then(|f| f.take(MAX_NARINFO_SIZE + 1).read_to_end(&mut bytes))
-        .map_err(|e| cache_error(path, e))?;
-    if bytes.len() as u64 > MAX_NARINFO_SIZE {
-        return Err(cache_error(
-            path,
-            format!("it is larger than {MAX_NARINFO_SIZE} bytes"),
-        ));
-    }
-    Ok(bytes)
-}
-
-/// Every regular file under `dir`, but temporary ones; a symlink or other
-/// special file is an error (a cache has none).
-pub(super) fn walk(root: &Path, rel: &str, out: &mut Vec<File>) -> Result<(), PublishError> {
-    let dir = root.join(rel);
-    let entries = fs::read_dir(&dir).map_err(|e| cache_error(&dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| cache_error(&dir, e))?;
-        let os_name = entry.file_name();
-        if TempNames::owner(&os_name).is_some() {
-            continue;
-        }
-        let path = entry.path();
-        let name = os_name
-            .to_str()
-            .ok_or_else(|| cache_error(&path, "the name is not UTF-8"))?;
-        let name = if rel.is_empty() {
-            name.to_string()
-        } else {
-            format!("{rel}/{name}")
-        };
-        let meta = fs::symlink_metadata(&path).map_err(|e| cache_error(&path, e))?;
-        if meta.is_dir() {
-            walk(root, &name, out)?;
-        } else if meta.is_file() {
-            out.push(File {
-                name,
-                path,
-                size: meta.len(),
-            });
-        } else {
-            return Err(cache_error(&path, "not a regular file or directory"));
-        }
-    }
-    Ok(())
 }

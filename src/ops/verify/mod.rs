@@ -22,12 +22,14 @@
 //! Reading is streaming: a NAR file goes through one hasher, the
 //! decompressor, a second hasher and the NAR parser in one pass, in buffers of
 //! a fixed size, whatever the size of the NAR. NARs are checked in parallel,
-//! largest first, by [`schedule::run`].
+//! largest first, by [`schedule::run_by`]; a large zstd NAR that gets several
+//! threads has its frames decoded on them, ahead of the one hasher and
+//! parser, a fixed number of frames at a time.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +42,7 @@ mod resolve;
 
 pub use report::{Counts, Problem, ProblemKind, Report};
 
+use crate::cache::{self, CacheDir, CacheDirError};
 use crate::format::cache_info::{self, CacheInfo, Upstreams};
 use crate::format::narinfo::{self, NarInfo, Sig};
 use crate::format::signing::PublicKey;
@@ -48,10 +51,10 @@ use crate::support::graph::{Cycle, Graph};
 use crate::support::progress::{Progress, human_bytes};
 use crate::support::schedule;
 use nar_file::{BytesRead, check_nar};
-use resolve::{Unreachable, open_no_follow, resolve};
 
-/// A narinfo (or `nix-cache-info`, no bigger) is read no further than this.
-const MAX_NARINFO_SIZE: u64 = narinfo::MAX_SIZE;
+/// zstd files of at least this many bytes (about three frames of NAR) may
+/// have their frames decoded on several threads.
+const PARALLEL_DECODE_THRESHOLD: u64 = 16 << 20;
 
 /// What to check a cache against.
 #[derive(Debug, Clone)]
@@ -105,8 +108,16 @@ pub fn verify(cache: &Path, opts: &Options, progress: &Progress) -> Result<Repor
     })?;
     let (mut problems, upstreams) = check_cache_info(&root, &opts.store_dir);
 
-    let names = narinfo_names(&root)?;
-    let mut checked: Vec<Checked> = names.iter().map(|n| read_narinfo(&root, n, opts)).collect();
+    // Not opened as a cache: what is wrong with it is reported, not refused.
+    let dir = CacheDir::unchecked(&root);
+    let hashes = dir.narinfos().map_err(|e| VerifyError::List {
+        path: root.clone(),
+        source: match e {
+            CacheDirError::Read { source, .. } => source,
+            other => io::Error::other(other.to_string()),
+        },
+    })?;
+    let mut checked: Vec<Checked> = hashes.iter().map(|h| read_narinfo(&dir, h, opts)).collect();
 
     // A cache that names its upstreams says it is a delta of them.
     check_references(&mut checked, opts.delta || !upstreams.is_empty());
@@ -161,13 +172,18 @@ fn check_nars(root: &Path, checked: &mut [Checked], jobs: usize, progress: &Prog
         let info = checked[i].info.as_ref().expect("filtered on info");
         info.file_size.unwrap_or(info.nar_size)
     };
+    // A large zstd file can have its frames decoded on several threads;
+    // anything else is read on one.
+    let parallel = |&i: &usize| {
+        let info = checked[i].info.as_ref().expect("filtered on info");
+        info.compression == "zstd" && size(&i) >= PARALLEL_DECODE_THRESHOLD
+    };
     progress.begin(with_nar.len(), with_nar.iter().map(size).sum());
     let found = Mutex::new(Vec::new());
-    // No path gets more than one thread: a NAR is read and parsed in order.
-    schedule::run(&with_nar, size, u64::MAX, jobs, |&i, _threads| {
+    schedule::run_by(&with_nar, size, parallel, jobs, |&i, threads| {
         let c = &checked[i];
         let info = c.info.as_ref().expect("filtered on info");
-        let (nar_problems, read) = check_nar(root, info, &c.subject);
+        let (nar_problems, read) = check_nar(root, info, &c.subject, threads as usize);
         file_bytes.fetch_add(read.file, Ordering::Relaxed);
         nar_bytes.fetch_add(read.nar, Ordering::Relaxed);
         progress.advance(size(&i));
@@ -278,27 +294,18 @@ fn store_dir_problems(info: &CacheInfo, store_dir: &str) -> Vec<Problem> {
 fn read_cache_info(root: &Path) -> Result<CacheInfo, Vec<Problem>> {
     let name = cache_info::FILE_NAME;
     let problem = |kind, message: String| Err(vec![Problem::new(name, kind, message)]);
-    let path = match resolve(root, name) {
-        Ok(path) => path,
-        Err(Unreachable::Missing(_)) => {
+    let text = match cache::read_bounded(&root.join(name)) {
+        Ok(bytes) => bytes,
+        Err(CacheDirError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
             return problem(
                 ProblemKind::MissingCacheInfo,
                 "the cache has no nix-cache-info: Nix would try to create one, and fail on a read-only cache".into(),
             );
         }
-        Err(e @ Unreachable::Escapes { .. }) => {
-            return problem(ProblemKind::OutsideCache, e.to_string());
+        Err(e) => {
+            let (kind, message) = unreadable(e);
+            return problem(kind, message);
         }
-        Err(e) => return problem(ProblemKind::CacheInfo, e.to_string()),
-    };
-    let text = match open_no_follow(&path).and_then(|f| {
-        let mut bytes = Vec::new();
-        f.take(MAX_NARINFO_SIZE)
-            .read_to_end(&mut bytes)
-            .map(|_| bytes)
-    }) {
-        Ok(bytes) => bytes,
-        Err(e) => return problem(ProblemKind::Io, format!("cannot read it: {e}")),
     };
     match String::from_utf8(text) {
         Ok(text) => match text.parse() {
@@ -309,22 +316,25 @@ fn read_cache_info(root: &Path) -> Result<CacheInfo, Vec<Problem>> {
     }
 }
 
-/// The names of the `*.narinfo` files at the top of the cache, sorted.
-fn narinfo_names(root: &Path) -> Result<Vec<String>, VerifyError> {
-    let list_error = |source| VerifyError::List {
-        path: root.to_owned(),
-        source,
-    };
-    let mut names = Vec::new();
-    for entry in fs::read_dir(root).map_err(list_error)? {
-        let name = entry.map_err(list_error)?.file_name();
-        // Nix names narinfos by hash part: a name that is not UTF-8 is no narinfo.
-        if let Some(name) = name.to_str().filter(|n| n.ends_with(".narinfo")) {
-            names.push(name.to_owned());
+/// What to report of a small file of the cache that could not be read: a
+/// symlink is not followed, a file too large to be what it claims is not
+/// read.
+fn unreadable(e: CacheDirError) -> (ProblemKind, String) {
+    match e {
+        CacheDirError::Symlink(_) => (
+            ProblemKind::OutsideCache,
+            "it is a symlink: what it points to is not the cache's, and is not read".to_owned(),
+        ),
+        CacheDirError::TooLarge { max, .. } => (
+            ProblemKind::BadNarinfo,
+            format!("larger than {}: not a narinfo", human_bytes(max)),
+        ),
+        CacheDirError::NotAFile(_) => (ProblemKind::BadNarinfo, "not a regular file".to_owned()),
+        CacheDirError::Read { source, .. } => {
+            (ProblemKind::Io, format!("cannot read it: {source}"))
         }
+        other => (ProblemKind::Io, other.to_string()),
     }
-    names.sort();
-    Ok(names)
 }
 
 /// One narinfo file and what was found about it.
@@ -347,7 +357,9 @@ impl Checked {
 }
 
 /// Reads and parses one narinfo, and checks its name and signatures.
-fn read_narinfo(root: &Path, file: &str, opts: &Options) -> Checked {
+fn read_narinfo(cache: &CacheDir, hash_part: &str, opts: &Options) -> Checked {
+    let file = narinfo::file_name(hash_part);
+    let file = file.as_str();
     let mut checked = Checked {
         file: file.to_owned(),
         subject: file.to_owned(),
@@ -355,10 +367,19 @@ fn read_narinfo(root: &Path, file: &str, opts: &Options) -> Checked {
         signed: false,
         problems: Vec::new(),
     };
-    let text = match read_small(root, file) {
+    let text = match cache.read_narinfo_text(hash_part) {
         Ok(text) => text,
-        Err(problem) => {
-            checked.problems.push(problem);
+        Err(CacheDirError::NotText(_)) => {
+            checked.problems.push(Problem::new(
+                file,
+                ProblemKind::BadNarinfo,
+                "not UTF-8 text",
+            ));
+            return checked;
+        }
+        Err(e) => {
+            let (kind, message) = unreadable(e);
+            checked.problems.push(Problem::new(file, kind, message));
             return checked;
         }
     };
@@ -388,39 +409,6 @@ fn read_narinfo(root: &Path, file: &str, opts: &Options) -> Checked {
     checked.problems.extend(problems);
     checked.info = Some(info);
     checked
-}
-
-/// Reads a narinfo inside the cache as text.
-fn read_small(root: &Path, file: &str) -> Result<String, Problem> {
-    let path = resolve(root, file).map_err(|e| {
-        let kind = match e {
-            Unreachable::Escapes { .. } | Unreachable::NotRelative { .. } => {
-                ProblemKind::OutsideCache
-            }
-            _ => ProblemKind::BadNarinfo,
-        };
-        Problem::new(file, kind, e.to_string())
-    })?;
-    let io_problem =
-        |e: io::Error| Problem::new(file, ProblemKind::Io, format!("cannot read it: {e}"));
-    let mut bytes = Vec::new();
-    open_no_follow(&path)
-        .map_err(io_problem)?
-        .take(MAX_NARINFO_SIZE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io_problem)?;
-    if bytes.len() as u64 > MAX_NARINFO_SIZE {
-        return Err(Problem::new(
-            file,
-            ProblemKind::BadNarinfo,
-            format!(
-                "larger than {}: not a narinfo",
-                human_bytes(MAX_NARINFO_SIZE)
-            ),
-        ));
-    }
-    String::from_utf8(bytes)
-        .map_err(|_| Problem::new(file, ProblemKind::BadNarinfo, "not UTF-8 text"))
 }
 
 /// Checks the signatures by trusted keys; returns whether one is valid.

@@ -23,14 +23,20 @@ pub(super) struct BytesRead {
 }
 
 /// Checks the NAR file of `info`: that it is in the cache, has the size and
-/// hash the narinfo gives, and holds the NAR it describes.
-pub(super) fn check_nar(root: &Path, info: &NarInfo, subject: &str) -> (Vec<Problem>, BytesRead) {
+/// hash the narinfo gives, and holds the NAR it describes. `threads` may
+/// decode the file (see `compression::decoder`).
+pub(super) fn check_nar(
+    root: &Path,
+    info: &NarInfo,
+    subject: &str,
+    threads: usize,
+) -> (Vec<Problem>, BytesRead) {
     let problem = |kind, message: String| Problem::new(subject, kind, message);
     let file = match open_nar_file(root, &info.url) {
         Ok(file) => file,
         Err((kind, message)) => return (vec![problem(kind, message)], BytesRead::default()),
     };
-    let reading = read_nar(file, &info.compression, info.nar_size);
+    let reading = read_nar(file, &info.compression, info.nar_size, threads);
     let read = BytesRead {
         file: reading.file_size,
         nar: reading.nar_size,
@@ -169,16 +175,18 @@ enum NarOutcome {
     },
 }
 
-/// Reads a NAR file in one pass: `file` is hashed, decompressed, the NAR
-/// hashed and parsed; no more than `nar_size + 1` bytes are decompressed.
+/// Reads a NAR file in one pass: `file` is hashed, decompressed (on up to
+/// `threads` threads), the NAR hashed and parsed; no more than `nar_size + 1`
+/// bytes are decompressed.
 /// The file is read to its end even when the NAR is not, so that its hash
 /// covers all of it.
-fn read_nar(file: impl Read, compression: &str, nar_size: u64) -> NarReading {
+fn read_nar(file: impl Read, compression: &str, nar_size: u64, threads: usize) -> NarReading {
     let mut file_side = HashingReader::new(Latch::new(file));
     let mut decoded = 0;
     let outcome = match compression::decoder(
         compression,
         BufReader::with_capacity(BUFFER, &mut file_side),
+        threads,
     ) {
         None => NarOutcome::Unsupported,
         Some(Err(e)) => NarOutcome::Decompression(e),
@@ -300,7 +308,7 @@ mod tests {
             ("bzip2", bzip2(&nar)),
             ("", bzip2(&nar)),
         ] {
-            let reading = read_nar(&file[..], name, nar.len() as u64);
+            let reading = read_nar(&file[..], name, nar.len() as u64, 1);
             assert_eq!(
                 read_ok(&reading),
                 (nar.len() as u64, Sha256::digest(&nar)),
@@ -316,11 +324,28 @@ mod tests {
         // 64 MiB of NAR in a few KiB of zstd, claimed to be 1000 bytes long.
         let nar = zeros_nar(64 << 20);
         let bomb = compress(Compression::Zstd, &nar);
-        let reading = read_nar(&bomb[..], "zstd", 1000);
-        assert!(matches!(reading.outcome, NarOutcome::TooLong));
-        assert_eq!(reading.nar_size, 1001);
-        // The file is still read whole, for its hash.
-        assert_eq!(reading.file_hash, Sha256::digest(&bomb));
+        for threads in [1, 2] {
+            let reading = read_nar(&bomb[..], "zstd", 1000, threads);
+            assert!(matches!(reading.outcome, NarOutcome::TooLong));
+            assert_eq!(reading.nar_size, 1001);
+            // The file is still read whole, for its hash.
+            assert_eq!(reading.file_hash, Sha256::digest(&bomb));
+        }
+    }
+
+    #[test]
+    fn a_zstd_nar_of_several_frames_reads_the_same_on_several_threads() {
+        let nar = zeros_nar(40 << 20);
+        let file = compress(Compression::Zstd, &nar);
+        for threads in [1, 2, 3] {
+            let reading = read_nar(&file[..], "zstd", nar.len() as u64, threads);
+            assert_eq!(
+                read_ok(&reading),
+                (nar.len() as u64, Sha256::digest(&nar)),
+                "{threads}"
+            );
+            assert_eq!(reading.file_hash, Sha256::digest(&file));
+        }
     }
 
     #[test]
@@ -328,7 +353,7 @@ mod tests {
         let mut file = zeros_nar(10);
         let nar_size = file.len() as u64;
         file.extend_from_slice(&[0; 8]);
-        let reading = read_nar(&file[..], "none", nar_size);
+        let reading = read_nar(&file[..], "none", nar_size, 1);
         assert!(matches!(reading.outcome, NarOutcome::TooLong));
     }
 
@@ -336,7 +361,7 @@ mod tests {
     fn a_short_nar_is_read_whole_and_reported_with_its_size_and_hash() {
         let nar = zeros_nar(1000);
         let cut = &nar[..500];
-        let reading = read_nar(cut, "none", nar.len() as u64);
+        let reading = read_nar(cut, "none", nar.len() as u64, 1);
         let NarOutcome::Read { size, hash, parsed } = reading.outcome else {
             panic!("expected a NAR read to its end");
         };
@@ -351,13 +376,17 @@ mod tests {
     #[test]
     fn a_cut_compressed_file_is_a_decompression_error() {
         let nar = zeros_nar(100_000);
-        for c in [Compression::Xz, Compression::Zstd] {
+        for (c, threads) in [
+            (Compression::Xz, 1),
+            (Compression::Zstd, 1),
+            (Compression::Zstd, 2),
+        ] {
             let file = compress(c, &nar);
             let cut = &file[..file.len() - 9];
-            let reading = read_nar(cut, c.name(), nar.len() as u64);
+            let reading = read_nar(cut, c.name(), nar.len() as u64, threads);
             assert!(
                 matches!(reading.outcome, NarOutcome::Decompression(_)),
-                "{c}"
+                "{c} on {threads}"
             );
             assert_eq!(reading.file_size, cut.len() as u64);
             assert!(reading.file_error.is_none());
@@ -366,7 +395,7 @@ mod tests {
 
     #[test]
     fn an_unknown_compression_still_gets_its_file_hashed() {
-        let reading = read_nar(&b"whatever"[..], "br", 8);
+        let reading = read_nar(&b"whatever"[..], "br", 8, 1);
         assert!(matches!(reading.outcome, NarOutcome::Unsupported));
         assert_eq!(reading.file_hash, Sha256::digest(b"whatever"));
     }
@@ -379,7 +408,7 @@ mod tests {
                 Err(io::Error::other("disk on fire"))
             }
         }
-        let reading = read_nar(Failing, "xz", 100);
+        let reading = read_nar(Failing, "xz", 100, 1);
         assert!(
             reading
                 .file_error

@@ -14,15 +14,19 @@
 //!    are committed already: batches are committed one after the other);
 //! 4. only then are they reported as done.
 //!
-//! This module holds the batching and the order; writing the files is
-//! [`super::cache_dir`]'s.
+//! This module holds the whole of it: the batching ([`GroupCommit`]), the
+//! order ([`levels`]) and the writing ([`commit`]).
 
+use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::sync::{Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use super::CacheError;
+use crate::cache::{CacheDir, TEMP_FILE_DIRS, read_error, write_error};
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::{ReferenceCycle, StorePath};
+use crate::support::files::{self, TempNames};
 use crate::support::graph::{Cycle, Graph};
 
 /// When a batch of pending narinfos is due to be committed.
@@ -128,6 +132,64 @@ impl GroupCommit {
         pending.since = None;
         std::mem::take(&mut pending.batch)
     }
+}
+
+/// Commits a batch of narinfos whose references are committed or in the
+/// batch: on return, they are durable (steps 1 to 3 above). On failure,
+/// the temporary files are removed and the narinfos renamed so far stay:
+/// their references are in place.
+pub(super) fn commit(
+    cache: &CacheDir,
+    temp: &TempNames,
+    batch: &[NarInfo],
+) -> Result<(), CacheError> {
+    let dest = |info: &NarInfo| cache.narinfo_path(info.store_path.hash_part());
+    let mut temps = Vec::with_capacity(batch.len());
+    let written = batch.iter().try_for_each(|info| {
+        let dest = dest(info);
+        let tmp = temp.next(&dest);
+        // Pushed first, so that a partial one is removed too.
+        temps.push(Some(tmp.clone()));
+        fs::write(&tmp, info.to_string()).map_err(write_error(&dest))
+    });
+    let renamed = written
+        .map_err(CacheError::from)
+        .and_then(|()| sync_filesystems(cache))
+        .and_then(|()| {
+            for level in levels(batch)? {
+                for i in level {
+                    let dest = dest(&batch[i]);
+                    let tmp = temps[i].take().expect("each narinfo is renamed once");
+                    if let Err(e) = fs::rename(&tmp, &dest) {
+                        temps[i] = Some(tmp);
+                        return Err(write_error(&dest)(e).into());
+                    }
+                }
+                // The next level's narinfos must not outlive these in a crash.
+                files::sync_dir(cache.root()).map_err(write_error(cache.root()))?;
+            }
+            Ok(())
+        });
+    if renamed.is_err() {
+        for tmp in temps.into_iter().flatten() {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+    renamed
+}
+
+/// Syncs the filesystem of the cache, and those of `nar/` and `debuginfo/`
+/// where they are others (a mount of their own).
+fn sync_filesystems(cache: &CacheDir) -> Result<(), CacheError> {
+    let mut synced = Vec::new();
+    for dir in TEMP_FILE_DIRS.map(|sub| cache.root().join(sub)) {
+        let device = fs::metadata(&dir).map_err(read_error(&dir))?.dev();
+        if !synced.contains(&device) {
+            files::sync_filesystem(&dir).map_err(write_error(&dir))?;
+            synced.push(device);
+        }
+    }
+    Ok(())
 }
 
 /// The order to rename a batch's narinfos in: indices into `batch`, by
@@ -308,9 +370,9 @@ mod tests {
         });
         let e = group
             .add(narinfo("a", &[]), |_| {
-                Err(CacheError::NotACache("/the/cache".into()))
+                Err(CacheError::OutputExists("/the/cache".into()))
             })
             .unwrap_err();
-        assert!(matches!(e, CacheError::NotACache(_)), "{e}");
+        assert!(matches!(e, CacheError::OutputExists(_)), "{e}");
     }
 }

@@ -27,35 +27,28 @@
 //!   run completes the cache. Runs into the same directory at once do not
 //!   clash: they write the same bytes under different temporary names.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-mod cache_dir;
 mod commit;
 mod pipeline;
 mod publication;
+mod target;
+mod writer;
 
-use crate::format::cache_info::{self, CacheInfo, CacheInfoError, Upstreams};
+use crate::cache::{CacheDir, CacheDirError, CacheLock, TEMP_FILE_DIRS, write_error};
+use crate::format::cache_info::{CacheInfo, Upstreams};
 use crate::format::compression::Compression;
 use crate::format::hash::Sha256;
 use crate::format::nar::dump::DumpError;
-use crate::format::narinfo;
-use crate::format::store_path::{self, DEFAULT_STORE_DIR, PathInfo, ReferenceCycle, StorePath};
-use crate::support::files::{self, DirLock, TempNames};
+use crate::format::store_path::{DEFAULT_STORE_DIR, PathInfo, ReferenceCycle, StorePath};
+use crate::support::files::{self, TempNames};
 use crate::support::progress::{Progress, Totals};
-use cache_dir::{Cache, Mode};
-
-/// Directories Nix's `LocalBinaryCacheStore` creates when it opens a cache
-/// (`realisations/` up to 2.34, `build-trace-v2/` from 2.35, `debuginfo/` when
-/// indexing debug info). Creating them now lets Nix open the cache from a
-/// read-only mount.
-pub const DIRECTORIES: [&str; 5] = ["nar", "log", "realisations", "build-trace-v2", "debuginfo"];
-
-/// The file listing the cache's root paths, one per line.
-pub const STORE_PATHS: &str = "store-paths";
+use target::{ExistingCache, NewOutput};
+use writer::Writer;
 
 /// How to write a cache.
 #[derive(Debug, Clone)]
@@ -103,16 +96,14 @@ impl Default for Options {
 pub enum CacheError {
     #[error(transparent)]
     Dump(#[from] DumpError),
-    #[error("cannot write '{path}': {source}")]
-    Write { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Cache(#[from] CacheDirError),
     #[error("cannot write the NAR of '{path}' to '{file}': {source}")]
     WriteNar {
         path: StorePath,
         file: PathBuf,
-        source: io::Error,
+        source: std::io::Error,
     },
-    #[error("cannot read '{path}': {source}")]
-    Read { path: PathBuf, source: io::Error },
     #[error(
         "'{path}' has NAR hash {actual}, but the closure says {expected}: the store path was modified or is corrupt"
     )]
@@ -133,44 +124,8 @@ pub enum CacheError {
     OutputExists(PathBuf),
     #[error("'{0}' is not in the store, and the cache has no narinfo for it")]
     NotInStore(StorePath),
-    #[error(
-        "'{0}' is not empty and has no nix-cache-info: refusing to write a cache into a directory that is not one"
-    )]
-    NotACache(PathBuf),
-    #[error("'{path}': {source}")]
-    CacheInfo {
-        path: PathBuf,
-        source: CacheInfoError,
-    },
-    #[error("'{path}' says {key}: {found}, but this run asks for {key}: {expected}")]
-    CacheInfoMismatch {
-        path: PathBuf,
-        key: &'static str,
-        found: String,
-        expected: String,
-    },
     #[error("the closure to write: {0}")]
     Cycle(#[from] ReferenceCycle),
-    #[error("'{path}' lists '{line}', which is not a store path in {store_dir}")]
-    StorePathsLine {
-        path: PathBuf,
-        line: String,
-        store_dir: String,
-    },
-}
-
-fn write_error(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
-    move |source| CacheError::Write {
-        path: path.to_owned(),
-        source,
-    }
-}
-
-fn read_error(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
-    move |source| CacheError::Read {
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// Writes a new cache of `closure` at `out`, which must not exist yet.
@@ -197,14 +152,12 @@ fn write_new(
     opts: &Options,
     progress: &Progress,
 ) -> Result<Totals, CacheError> {
-    fs::create_dir(out).map_err(write_error(out))?;
-    let cache = Cache::new(out, Mode::New);
-    let info = cache_info(opts).to_string();
-    cache.write_file(&out.join(cache_info::FILE_NAME), info.as_bytes())?;
-    cache.create_directories()?;
-    let totals = cache.write_paths(closure, opts, progress)?;
-    let list: String = opts.root_paths.iter().map(|p| format!("{p}\n")).collect();
-    cache.write_file(&out.join(STORE_PATHS), list.as_bytes())?;
+    let target = NewOutput {
+        cache: CacheDir::create_new(out, cache_info(opts))?,
+        temp: TempNames::default(),
+    };
+    let totals = Writer::new(&target).write_paths(closure, opts, progress)?;
+    target.cache.create_store_paths(&opts.root_paths)?;
     Ok(totals)
 }
 
@@ -224,7 +177,8 @@ pub struct Updated {
 /// An existing `nix-cache-info` is kept, and must agree with `opts`: the same
 /// `StoreDir`, and the same `Priority` and `WantMassQuery` when `opts` sets
 /// them; the upstreams of `opts` it lacks are added to it before any path
-/// is written, so that a delta cache says so from its first narinfo on. Compression may differ from path to path: each narinfo names its own.
+/// is written, so that a delta cache says so from its first narinfo on.
+/// Compression may differ from path to path: each narinfo names its own.
 /// Listings and debug-info entries are written for the paths written now.
 pub fn update_cache(
     dir: &Path,
@@ -234,66 +188,71 @@ pub fn update_cache(
 ) -> Result<Updated, CacheError> {
     // A path that is neither in the store nor in the cache (a closure file
     // that names a path this machine lacks) is refused before anything is
-    // written, so that a bad input leaves no cache behind.
+    // written, so that a bad input leaves no cache behind. (A narinfo that
+    // is not a regular file is refused below, naming it.)
+    let layout = CacheDir::unchecked(dir);
     let unreadable = closure.iter().find(|p| {
-        !dir.join(narinfo::file_name(p.path.hash_part())).exists()
+        fs::symlink_metadata(layout.narinfo_path(p.path.hash_part())).is_err()
             && fs::symlink_metadata(p.path.to_string()).is_err()
     });
     if let Some(path) = unreadable {
         return Err(CacheError::NotInStore(path.path.clone()));
     }
-    fs::create_dir_all(dir).map_err(write_error(dir))?;
-    let cache = Cache::new(dir, Mode::Update);
-    let info_file = dir.join(cache_info::FILE_NAME);
-    match fs::read_to_string(&info_file) {
-        Ok(text) => {
-            check_cache_info(&info_file, &text, opts)?;
-            cache.add_upstreams(&info_file, &opts.upstreams)?;
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if !is_empty_but_for_temp_files(dir)? {
-                return Err(CacheError::NotACache(dir.to_owned()));
-            }
-            cache.write_file(&info_file, cache_info(opts).to_string().as_bytes())?;
-        }
-        Err(e) => return Err(read_error(&info_file)(e)),
-    }
-    cache.create_directories()?;
+    let mut cache = CacheDir::open_or_create(dir, &cache_info(opts))?;
+    cache.add_upstreams(&opts.upstreams)?;
     // Held until the end: `prune` waits for every run to have listed its
     // roots before it decides what the cache keeps.
-    let _cache_lock = lock_cache(dir, CacheLock::Shared)?;
-    cache.remove_stale_temp_files()?;
+    let _cache_lock = cache.lock(CacheLock::Shared, || {
+        progress.message(&format!(
+            "waiting for a prune that holds the lock of {}…",
+            dir.display()
+        ));
+    })?;
+    remove_stale_temp_files(&cache)?;
 
-    let (present, missing): (Vec<&PathInfo>, Vec<&PathInfo>) = closure
-        .iter()
-        .partition(|p| cache.narinfo_path(&p.path).exists());
-    let missing: Vec<PathInfo> = missing.into_iter().cloned().collect();
-    if missing.is_empty() && !present.is_empty() {
-        let all = match present.len() {
+    let mut present = 0;
+    let mut missing = Vec::new();
+    for path in closure {
+        if cache.has_narinfo(path.path.hash_part())? {
+            present += 1;
+        } else {
+            missing.push(path.clone());
+        }
+    }
+    if missing.is_empty() && present > 0 {
+        let all = match present {
             1 => "the one path is".to_owned(),
             n => format!("all {n} paths are"),
         };
         progress.message(&format!("{all} already in the cache: nothing to do"));
-    } else if !present.is_empty() {
+    } else if present > 0 {
         // Some, not all: two paths at least.
         progress.message(&format!(
-            "{} of {} paths are already in the cache",
-            present.len(),
+            "{present} of {} paths are already in the cache",
             closure.len()
         ));
     }
-    let written = cache.write_paths(&missing, opts, progress)?;
-    cache.add_store_paths(&opts.root_paths, &opts.store_dir)?;
-    cache.sync_dir(dir)?;
+    let target = ExistingCache::new(cache);
+    let written = Writer::new(&target).write_paths(&missing, opts, progress)?;
+    target.cache.add_store_paths(&opts.root_paths)?;
     Ok(Updated {
         written,
-        skipped: present.len(),
+        skipped: present,
     })
 }
 
-/// The directories of a cache, relative to it, where its writers make
-/// temporary files.
-pub(super) const TEMP_FILE_DIRS: [&str; 3] = ["", "nar", "debuginfo"];
+/// Removes the temporary files that processes no longer running left in
+/// the cache.
+fn remove_stale_temp_files(cache: &CacheDir) -> Result<(), CacheError> {
+    for sub in TEMP_FILE_DIRS {
+        for entry in cache.entries(sub)? {
+            if TempNames::is_stale(&entry.name) {
+                files::remove_temporary(&entry.path).map_err(write_error(&entry.path))?;
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Removes the temporary files this process made in the cache at `dir`, for
 /// a run of [`update_cache`] that was interrupted: nothing will rename them
@@ -311,55 +270,6 @@ pub fn remove_own_temp_files(dir: &Path) -> io::Result<usize> {
     Ok(removed)
 }
 
-/// The roots the cache at `dir` lists in `store-paths`, in order and without
-/// repeats; none when it has no such file.
-pub fn read_store_paths(dir: &Path, store_dir: &str) -> Result<Vec<StorePath>, CacheError> {
-    let file = dir.join(STORE_PATHS);
-    let text = match fs::read_to_string(&file) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(read_error(&file)(e)),
-    };
-    let listed = text
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|line| {
-            StorePath::parse(line, store_dir).map_err(|_| CacheError::StorePathsLine {
-                path: file.clone(),
-                line: line.to_owned(),
-                store_dir: store_dir.to_owned(),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut roots = Vec::new();
-    store_path::append_new(&mut roots, listed);
-    Ok(roots)
-}
-
-/// How [`lock_cache`] takes the cache lock.
-pub enum CacheLock {
-    /// As a run that adds paths takes it: runs write at once.
-    Shared,
-    /// As `prune` takes it: alone.
-    Exclusive,
-}
-
-/// Takes the cache lock: a `flock` on the cache's `nar/` directory (the
-/// cache directory's own lock guards `store-paths`). Every [`update_cache`]
-/// run holds it shared from before it looks for the paths already cached
-/// until its roots are in `store-paths`, and `prune` holds it exclusively, so
-/// runs write at once, but never while a prune decides what to keep and
-/// deletes the rest.
-pub fn lock_cache(dir: &Path, how: CacheLock) -> Result<DirLock, CacheError> {
-    let nar = dir.join("nar");
-    let handle = File::open(&nar).map_err(read_error(&nar))?;
-    match how {
-        CacheLock::Shared => DirLock::shared(handle),
-        CacheLock::Exclusive => DirLock::exclusive(handle),
-    }
-    .map_err(write_error(&nar))
-}
-
 /// The `nix-cache-info` this run writes.
 pub fn cache_info(opts: &Options) -> CacheInfo {
     CacheInfo {
@@ -369,52 +279,6 @@ pub fn cache_info(opts: &Options) -> CacheInfo {
         priority: opts.priority.map(|p| p as i64),
         upstreams: opts.upstreams.clone(),
     }
-}
-
-/// Checks an existing `nix-cache-info` against what this run would write:
-/// a setting this run does not ask for may be anything, or missing.
-fn check_cache_info(path: &Path, text: &str, opts: &Options) -> Result<(), CacheError> {
-    let found: CacheInfo = text.parse().map_err(|source| CacheError::CacheInfo {
-        path: path.to_owned(),
-        source,
-    })?;
-    let wanted = cache_info(opts);
-    let expect = |key: &'static str, found: Option<String>, expected: Option<String>| match (
-        found, expected,
-    ) {
-        (Some(found), Some(expected)) if found != expected => Err(CacheError::CacheInfoMismatch {
-            path: path.to_owned(),
-            key,
-            found,
-            expected,
-        }),
-        _ => Ok(()),
-    };
-    let want_mass_query = |w: Option<bool>| w.map(|w| u8::from(w).to_string());
-    let priority = |p: Option<i64>| p.map(|p| p.to_string());
-    expect("StoreDir", found.store_dir, wanted.store_dir)?;
-    expect(
-        "Priority",
-        priority(found.priority),
-        priority(wanted.priority),
-    )?;
-    expect(
-        "WantMassQuery",
-        want_mass_query(found.want_mass_query),
-        want_mass_query(wanted.want_mass_query),
-    )
-}
-
-/// Whether `dir` holds nothing, or only what a run killed before writing
-/// `nix-cache-info` may have left.
-fn is_empty_but_for_temp_files(dir: &Path) -> Result<bool, CacheError> {
-    for entry in fs::read_dir(dir).map_err(read_error(dir))? {
-        let name = entry.map_err(read_error(dir))?.file_name();
-        if TempNames::owner(&name).is_none() {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 /// Paths and narinfos for the unit tests of this module's parts.
@@ -463,48 +327,5 @@ mod testing {
     /// A narinfo for the path `name` referring to `references`.
     pub(super) fn narinfo(name: &str, references: &[&str]) -> NarInfo {
         narinfo_of(&path_info(name, references))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn existing_cache_info_must_agree_with_the_options() {
-        let path = Path::new("/c/nix-cache-info");
-        let opts = Options {
-            priority: Some(30),
-            ..Options::default()
-        };
-        let text = "StoreDir: /nix/store\nPriority: 30\n";
-        assert!(check_cache_info(path, text, &opts).is_ok());
-        // Settings this run does not ask for are left as they are.
-        assert!(check_cache_info(path, "StoreDir: /nix/store\n", &Options::default()).is_ok());
-        let e = check_cache_info(path, "StoreDir: /gnu/store\n", &opts).unwrap_err();
-        assert!(
-            matches!(&e, CacheError::CacheInfoMismatch { key: "StoreDir", found, .. } if found == "/gnu/store"),
-            "{e}"
-        );
-        let e = check_cache_info(path, "StoreDir: /nix/store\nPriority: 40\n", &opts).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "'/c/nix-cache-info' says Priority: 40, but this run asks for Priority: 30"
-        );
-    }
-
-    #[test]
-    fn existing_cache_info_is_read_as_nix_cache_info_reads_it() {
-        // The same parser as sign and verify: a repeated key or a value no
-        // writer produces is an error naming the file, not a guess.
-        let path = Path::new("/c/nix-cache-info");
-        for text in [
-            "StoreDir: /nix/store\nStoreDir: /gnu/store\n",
-            "Priority: high\n",
-        ] {
-            let e = check_cache_info(path, text, &Options::default()).unwrap_err();
-            assert!(matches!(e, CacheError::CacheInfo { .. }), "{e}");
-            assert!(e.to_string().starts_with("'/c/nix-cache-info': "), "{e}");
-        }
     }
 }

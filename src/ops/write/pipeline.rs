@@ -56,74 +56,65 @@ impl NarFile {
     }
 }
 
-/// Streams the NAR of `path`, of `nar_size` bytes as [`plan`] found, through
-/// its compressor into `sink`, hashing both what goes in and what comes out.
-pub(super) fn compress_and_hash<S: Write>(
-    path: &PathInfo,
-    nar_size: u64,
-    sink: S,
-    sink_path: &Path,
-    opts: &Options,
-    threads: u32,
-    progress: &Progress,
-) -> Result<(S, NarFile), CacheError> {
-    let pass = Pass {
-        path,
-        nar_size,
-        sink_path,
-        opts,
-        threads,
-        progress,
-    };
-    WORKSPACE.with_borrow_mut(|workspace| match opts.compression {
-        // The file is the NAR itself: hashing it again would be wasted work.
-        Compression::None => pass.compress_nar(sink, workspace).map(|(sink, nar)| {
-            let file = NarFile {
-                hash: nar.hash,
-                size: nar.size,
-                nar,
-            };
-            (sink, file)
-        }),
-        _ => pass
-            .compress_nar(HashingWriter::new(sink), workspace)
-            .map(|(sink, nar)| {
-                let (sink, hash, size) = sink.finish();
-                (sink, NarFile { hash, size, nar })
-            }),
-    })
-}
-
 thread_local! {
     /// Each worker's compressor state, kept from one path to the next.
     static WORKSPACE: RefCell<Workspace> = RefCell::default();
 }
 
-/// One path's pass, and what it needs besides the sink.
-struct Pass<'a> {
-    path: &'a PathInfo,
-    /// What the NAR's size should be: it sizes buffers and picks the encoder.
-    nar_size: u64,
-    /// The file the sink writes, for errors.
-    sink_path: &'a Path,
-    opts: &'a Options,
-    threads: u32,
-    progress: &'a Progress,
+/// One path's pass: what it needs, handed down the calls that write it.
+pub(super) struct Pass<'a> {
+    pub(super) path: &'a PathInfo,
+    /// What the NAR's size should be, as [`plan`] found: it sizes buffers
+    /// and picks the encoder.
+    pub(super) nar_size: u64,
+    pub(super) opts: &'a Options,
+    pub(super) threads: u32,
+    pub(super) progress: &'a Progress,
 }
 
 impl Pass<'_> {
+    /// Streams the NAR of the path through its compressor into `sink` (the
+    /// file `sink_path`, named in errors), hashing both what goes in and
+    /// what comes out.
+    pub(super) fn compress_and_hash<S: Write>(
+        &self,
+        sink: S,
+        sink_path: &Path,
+    ) -> Result<(S, NarFile), CacheError> {
+        WORKSPACE.with_borrow_mut(|workspace| match self.opts.compression {
+            // The file is the NAR itself: hashing it again would be wasted work.
+            Compression::None => {
+                self.compress_nar(sink, sink_path, workspace)
+                    .map(|(sink, nar)| {
+                        let file = NarFile {
+                            hash: nar.hash,
+                            size: nar.size,
+                            nar,
+                        };
+                        (sink, file)
+                    })
+            }
+            _ => self
+                .compress_nar(HashingWriter::new(sink), sink_path, workspace)
+                .map(|(sink, nar)| {
+                    let (sink, hash, size) = sink.finish();
+                    (sink, NarFile { hash, size, nar })
+                }),
+        })
+    }
+
     /// Streams the NAR of the path through `sink`'s compressor, returning
     /// the sink and what was learnt of the NAR. A listing is recorded when
     /// the options need one.
     fn compress_nar<S: Write>(
         &self,
         sink: S,
+        sink_path: &Path,
         workspace: &mut Workspace,
     ) -> Result<(S, Nar), CacheError> {
         let Pass {
             path,
             nar_size: expected_size,
-            sink_path,
             opts,
             threads,
             progress,
@@ -170,6 +161,26 @@ impl Pass<'_> {
             },
         ))
     }
+
+    /// Compares what was read with what Nix recorded when the path was made.
+    pub(super) fn check(&self, nar: &Nar) -> Result<(), CacheError> {
+        let path = self.path;
+        if let Some(expected) = path.nar_size.filter(|&s| s != nar.size) {
+            return Err(CacheError::SizeMismatch {
+                path: path.path.clone(),
+                expected,
+                actual: nar.size,
+            });
+        }
+        if let Some(expected) = path.nar_hash.filter(|&h| h != nar.hash) {
+            return Err(CacheError::HashMismatch {
+                path: path.path.clone(),
+                expected,
+                actual: nar.hash,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Tells the progress display how many NAR bytes went through.
@@ -188,23 +199,4 @@ impl<W: Write> Write for Reporting<'_, W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
-}
-
-/// Compares what was read with what Nix recorded when the path was made.
-pub(super) fn check(path: &PathInfo, nar_hash: Sha256, nar_size: u64) -> Result<(), CacheError> {
-    if let Some(expected) = path.nar_size.filter(|&s| s != nar_size) {
-        return Err(CacheError::SizeMismatch {
-            path: path.path.clone(),
-            expected,
-            actual: nar_size,
-        });
-    }
-    if let Some(expected) = path.nar_hash.filter(|&h| h != nar_hash) {
-        return Err(CacheError::HashMismatch {
-            path: path.path.clone(),
-            expected,
-            actual: nar_hash,
-        });
-    }
-    Ok(())
 }

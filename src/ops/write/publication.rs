@@ -19,8 +19,9 @@ use crate::support::graph::{Countdown, Cycle, Graph};
 /// that a consumer, or a run killed part-way, never sees a path whose
 /// references the cache lacks. References outside the paths being written
 /// are taken to be in the cache already. To publish is to write the narinfo
-/// in [`Mode::New`](super::cache_dir::Mode::New), and to make it pending in
-/// a group commit ([`super::commit`]) in `Mode::Update`, which keeps the
+/// into a new output ([`super::target::NewOutput`]), and to make it pending
+/// in a group commit ([`super::commit`]) in an existing cache
+/// ([`super::target::ExistingCache`]), which keeps the
 /// order among the narinfos it commits together.
 pub(super) struct Publication {
     /// The paths being written, as nodes of `graph`.

@@ -1,22 +1,27 @@
 //! The compressions a cache can use, streaming encoders for them, and a
 //! decoder for every compression a narinfo may name.
 //!
-//! Output must be the same bytes whatever the number of cores, or
-//! `nix-build --check` fails. Small NARs get single-threaded encoders; a NAR
-//! of at least [`Compression::multithread_threshold`] bytes gets the
-//! multithreaded encoder, whose output does not depend on its thread count
-//! (xz: fixed block size; zstd: the output of `nbWorkers >= 1` is the same for
-//! every worker count). The choice depends on the NAR's size, never on cores.
+//! The encoders write what `nix copy` writes with parallel compression on,
+//! which Nix 2.35 and later do by default for zstd: zstd as independent
+//! frames of 16 MiB of NAR ([`zstd_write`]), xz by liblzma's multithreaded
+//! encoder in blocks of the size liblzma picks for the preset, for every
+//! NAR, small ones included. Neither output depends on the number of
+//! threads, so the bytes are the same whatever the number of cores, as
+//! `nix-build --check` needs; threads only change how soon they are written.
 
 use std::fmt;
 use std::io::{self, BufRead, Read, Write};
 use std::str::FromStr;
 
-use liblzma::stream::{Check, MtStreamBuilder, Stream};
+use liblzma::stream::{Check, MtStreamBuilder};
 use liblzma::write::XzEncoder;
 use thiserror::Error;
-use zstd::stream::raw;
-use zstd::zstd_safe::{self, CCtx, CParameter, ResetDirective};
+
+mod zstd_read;
+mod zstd_write;
+
+pub use zstd_read::FrameDecoder;
+pub use zstd_write::{FRAME_SIZE as ZSTD_FRAME_SIZE, Frames};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
@@ -48,15 +53,17 @@ fn levels(min: i32, max: i32) -> String {
     }
 }
 
-/// xz block size for multithreaded compression: what liblzma picks by
-/// itself at the default preset 6 (three times its 8 MiB dictionary), and so
-/// what `nix copy` with `parallel-compression=true` writes. A NAR below one
-/// block is compressed single-threaded, as `nix copy` does without it. Each
+/// The xz block at the default preset 6, where liblzma picks the block
+/// size (three times the 8 MiB dictionary), as `nix copy` lets it. Each
 /// block is compressed on its own, so smaller blocks cost ratio: on the
 /// benchmark's 1 GiB file 4 MiB blocks wrote 19% more (BENCHMARKS.md). The
 /// price is memory, as for Nix: each encoder thread holds a block in and a
 /// block out beside its match finder, about 130 MiB a thread.
-const XZ_BLOCK_SIZE: u64 = 24 << 20;
+const XZ_DEFAULT_BLOCK_SIZE: u64 = 24 << 20;
+
+/// The input of one zstd job at the default level 3: four times its 2 MiB
+/// window. A frame of more is compressed by several zstd workers at once.
+const ZSTD_DEFAULT_JOB_SIZE: u64 = 8 << 20;
 
 impl Compression {
     /// The value of the narinfo `Compression:` field.
@@ -104,25 +111,21 @@ impl Compression {
         }
     }
 
-    /// NARs this large are compressed by several threads.
+    /// NARs this large can be compressed by several threads: more than one
+    /// zstd job (zstd's unit of work within a frame) or one xz block, at the
+    /// default level (a heuristic for scheduling only: it changes no byte).
     pub fn multithread_threshold(self) -> u64 {
         match self {
             Compression::None => u64::MAX,
-            // Below one block, xz's output is the single-threaded stream
-            // `nix copy` writes, byte for byte.
-            Compression::Xz => XZ_BLOCK_SIZE,
-            // zstd's window at the default level is 2 MiB. Past that, the
-            // single-threaded stream wraps its input buffer and matches
-            // across the wrap in a slower mode; the multithreaded encoder
-            // keeps each job's input contiguous, and so is cheaper per byte
-            // even with one worker.
-            Compression::Zstd => 2 << 20,
+            Compression::Xz => XZ_DEFAULT_BLOCK_SIZE + 1,
+            Compression::Zstd => ZSTD_DEFAULT_JOB_SIZE + 1,
         }
     }
 
     /// An encoder writing to `w`, using (and leaving for the next NAR)
-    /// `workspace`. `threads` is used only when `nar_size` reaches the
-    /// multithread threshold, and never changes the output.
+    /// `workspace`. `nar_size`, what the NAR should measure, sizes buffers;
+    /// `threads` says how many threads may compress at once. Neither
+    /// changes the output.
     pub fn encoder<'w, W: Write>(
         self,
         w: W,
@@ -131,74 +134,36 @@ impl Compression {
         threads: u32,
         workspace: &'w mut Workspace,
     ) -> io::Result<Encoder<'w, W>> {
-        let threaded = nar_size >= self.multithread_threshold();
         let threads = threads.max(1);
         Ok(match self {
             Compression::None => Encoder::None(w),
             Compression::Xz => {
-                let stream = if threaded {
-                    MtStreamBuilder::new()
-                        .preset(level as u32)
-                        .check(Check::Crc64)
-                        .block_size(XZ_BLOCK_SIZE)
-                        .threads(threads)
-                        .encoder()?
-                } else {
-                    Stream::new_easy_encoder(level as u32, Check::Crc64)?
-                };
+                // Block size 0: liblzma's own choice for the preset, as
+                // Nix's parallel compression asks for it.
+                let stream = MtStreamBuilder::new()
+                    .preset(level as u32)
+                    .check(Check::Crc64)
+                    .block_size(0)
+                    .threads(threads)
+                    .encoder()?;
                 Encoder::Xz(XzEncoder::new_stream(w, stream))
             }
-            Compression::Zstd => {
-                let encoder = if threaded {
-                    // A context of its own: its worker threads and job
-                    // buffers are not worth keeping for the small NARs that
-                    // follow.
-                    let mut encoder = raw::Encoder::new(level)?;
-                    encoder.set_parameter(CParameter::NbWorkers(threads))?;
-                    encoder
-                } else {
-                    workspace.zstd_encoder(level)?
-                };
-                Encoder::Zstd(zstd::stream::write::Encoder::with_encoder(w, encoder))
-            }
+            Compression::Zstd => Encoder::Zstd(Frames::new(
+                w,
+                level,
+                nar_size,
+                threads,
+                &mut workspace.zstd,
+            )?),
         })
     }
 }
 
-/// What a worker keeps from one NAR to the next: the single-threaded zstd
-/// context. Making a context and clearing its tables cost more than
-/// compressing a NAR of a few KiB, so a closure of many small paths spent
-/// most of its compression time there.
+/// What a worker keeps from one NAR to the next: its zstd context and
+/// buffers (see `zstd_write::Scratch`).
 #[derive(Default)]
 pub struct Workspace {
-    zstd: Option<CCtx<'static>>,
-}
-
-impl Workspace {
-    /// A single-threaded zstd encoder on this workspace's context, set up
-    /// afresh: nothing of the previous NAR's parameters or session is left,
-    /// so the output is the very bytes a new context writes. (Giving zstd
-    /// the NAR's size as a hint saved another tenth of the time on 10,000
-    /// small paths, but made their files 0.4% larger and different from
-    /// earlier releases'; it is not done.)
-    fn zstd_encoder(&mut self, level: i32) -> io::Result<raw::Encoder<'_>> {
-        let context = match &mut self.zstd {
-            Some(context) => context,
-            empty => empty.insert(CCtx::try_create().ok_or_else(|| {
-                io::Error::new(io::ErrorKind::OutOfMemory, "cannot allocate a zstd context")
-            })?),
-        };
-        context
-            .reset(ResetDirective::SessionAndParameters)
-            .map_err(zstd_error)?;
-        let mut encoder = raw::Encoder::with_context(context);
-        encoder.set_parameter(CParameter::CompressionLevel(level))?;
-        Ok(encoder)
-    }
-}
-
-fn zstd_error(code: zstd_safe::ErrorCode) -> io::Error {
-    io::Error::other(zstd_safe::get_error_name(code))
+    zstd: zstd_write::Scratch,
 }
 
 impl FromStr for Compression {
@@ -224,7 +189,7 @@ impl fmt::Display for Compression {
 pub enum Encoder<'w, W: Write> {
     None(W),
     Xz(XzEncoder<W>),
-    Zstd(zstd::stream::write::Encoder<'w, W>),
+    Zstd(Frames<'w, W>),
 }
 
 impl<W: Write> Encoder<'_, W> {
@@ -266,13 +231,17 @@ impl<W: Write> Write for Encoder<'_, W> {
 /// A reader that decompresses `input` as a narinfo's `Compression:` says
 /// (any compression Nix writes, not only those this crate writes); `None`
 /// for a compression we cannot read. Missing or empty means bzip2, to Nix.
+/// A zstd file's frames are decoded on up to `threads` threads at once
+/// ([`FrameDecoder`]); other compressions are decoded on the caller's.
 pub fn decoder<'a>(
     compression: &str,
     input: impl BufRead + 'a,
+    threads: usize,
 ) -> Option<io::Result<Box<dyn Read + 'a>>> {
     Some(Ok(match compression {
         "none" => Box::new(input),
         "xz" => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(input)),
+        "zstd" if threads > 1 => Box::new(FrameDecoder::new(input, threads)),
         "zstd" => match zstd::stream::read::Decoder::with_buffer(input) {
             Ok(decoder) => Box::new(decoder),
             Err(e) => return Some(Err(e)),
@@ -288,7 +257,7 @@ mod tests {
     use std::io::Read;
 
     /// Deterministic, moderately compressible data.
-    fn sample(len: usize) -> Vec<u8> {
+    pub(super) fn sample(len: usize) -> Vec<u8> {
         let mut x: u32 = 12345;
         (0..len)
             .map(|i| {
@@ -306,7 +275,7 @@ mod tests {
         compress_at(c, c.default_level(), data, threads)
     }
 
-    fn compress_at(c: Compression, level: i32, data: &[u8], threads: u32) -> Vec<u8> {
+    pub(super) fn compress_at(c: Compression, level: i32, data: &[u8], threads: u32) -> Vec<u8> {
         let mut workspace = Workspace::default();
         let mut e = c
             .encoder(
@@ -341,13 +310,17 @@ mod tests {
     }
 
     #[test]
-    fn multithreaded_output_does_not_depend_on_thread_count() {
+    fn output_does_not_depend_on_thread_count() {
         // Low levels keep the test quick; the block logic is the same. The
-        // data spans several xz blocks and several zstd jobs (8 MiB each).
-        for (c, level) in [(Compression::Xz, 1), (Compression::Zstd, 3)] {
-            let data = sample(2 * c.multithread_threshold().max(8 << 20) as usize + 3_000_000);
+        // data spans several xz blocks (3 MiB at level 1) and three zstd
+        // frames of several zstd jobs each.
+        for (c, level, len) in [
+            (Compression::Xz, 1, 7_000_000),
+            (Compression::Zstd, 1, 2 * ZSTD_FRAME_SIZE + 3_000_000),
+        ] {
+            let data = sample(len);
             let one = compress_at(c, level, &data, 1);
-            assert_eq!(one, compress_at(c, level, &data, 3), "{c}");
+            assert!(one == compress_at(c, level, &data, 3), "{c}");
         }
     }
 
@@ -371,6 +344,14 @@ mod tests {
             let reused = e.finish().unwrap();
             assert_eq!(reused, compress_at(Compression::Zstd, level, &second, 1));
         }
+    }
+
+    #[test]
+    fn scheduling_counts_more_than_the_xz_block_liblzma_picks_as_large() {
+        let block = liblzma::stream::Filters::new()
+            .lzma2(&liblzma::stream::LzmaOptions::new_preset(6).unwrap())
+            .mt_block_size();
+        assert_eq!(Compression::Xz.multithread_threshold(), block + 1);
     }
 
     #[test]
