@@ -13,9 +13,9 @@ use mk_binary_cache::format::compression::Compression;
 use mk_binary_cache::format::pin::Retention;
 use mk_binary_cache::format::signing::{PublicKey, SecretKey};
 use mk_binary_cache::format::store_path::DEFAULT_STORE_DIR;
-use mk_binary_cache::input::attrs;
 use mk_binary_cache::input::request::{self, BuildRequest};
 use mk_binary_cache::input::settings::{self, Settings};
+use mk_binary_cache::input::{attrs, upstream};
 use mk_binary_cache::ops::pins::{self, files::PinRequest};
 use mk_binary_cache::ops::{prune, sign, verify, write};
 use mk_binary_cache::support::error_line::error_line;
@@ -294,6 +294,21 @@ struct BuildArgs {
     pin: Option<String>,
     #[command(flatten)]
     retention: RetentionArgs,
+    /// Leave out every path the local store has a signature for by key NAME
+    /// (e.g. cache.nixos.org-1): its cache serves it. No network access.
+    /// nix-cache-info then names the key (`UpstreamKey:`). Repeatable.
+    #[arg(long, value_name = "NAME")]
+    upstream_key: Vec<String>,
+    /// Leave out every path the cache at URL (file://, http://, https://,
+    /// s3://) serves a narinfo for; nix-cache-info then names it
+    /// (`Upstream:`). Over the network, asked by mk-binary-cache-publish.
+    /// Repeatable.
+    #[arg(long, value_name = "URL")]
+    upstream: Vec<String>,
+    /// Take an --upstream that does not answer (network failure, timeout,
+    /// server error, after retries) as serving nothing, instead of failing.
+    #[arg(long)]
+    unreachable_upstream_is_empty: bool,
     /// zstd, xz or none.
     #[arg(long, value_name = "NAME", default_value = "zstd", value_parser = parse_compression)]
     compression: Compression,
@@ -367,7 +382,8 @@ struct VerifyArgs {
     #[arg(long)]
     require_sigs: bool,
     /// The cache is a delta cache (`exclude`, `build --exclude`): a
-    /// reference with no narinfo in it is not a problem.
+    /// reference with no narinfo in it is not a problem. A cache whose
+    /// nix-cache-info names upstreams (`build --upstream`) is taken as one.
     #[arg(long)]
     delta: bool,
     /// Print one JSON document (problems with path, kind and message, and
@@ -475,6 +491,11 @@ fn parse_compression(name: &str) -> Result<Compression, String> {
 }
 
 fn build(args: BuildArgs) -> anyhow::Result<()> {
+    let upstreams = upstream::Upstreams::new(
+        args.upstream_key,
+        &args.upstream,
+        args.unreachable_upstream_is_empty,
+    )?;
     let cache = args.to.clone();
     interrupt::on_interrupt(move |_| {
         let removed = write::remove_own_temp_files(&cache);
@@ -518,17 +539,33 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         },
         jobs: args.jobs,
     })?;
+    let (closure, decision) = upstream::leave_out(&upstreams, job.closure, &job.options.store_dir)?;
+    let options = write::Options {
+        upstreams: upstreams.recorded(),
+        ..job.options
+    };
     let style = if args.quiet {
         Style::Quiet
     } else {
         Style::for_stderr()
     };
     let progress = Progress::with_style(style);
+    for unreachable in &decision.unreachable {
+        eprintln!(
+            "mk-binary-cache: warning: {unreachable}; taken as serving nothing \
+             (--unreachable-upstream-is-empty)"
+        );
+    }
+    let skipped = decision.summary();
     if job.excluded > 0 {
         progress.message(&format!(
             "{} of {} are excluded",
             job.excluded,
-            count(job.excluded + job.closure.len(), "path", "paths")
+            count(
+                job.excluded + closure.len() + decision.skipped_paths(),
+                "path",
+                "paths"
+            )
         ));
     }
     let pin = match &args.pin {
@@ -544,18 +581,19 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     let updated = match &pin {
         Some(pin) => write::update_cache_pinned(
             &args.to,
-            &job.closure,
-            &job.options,
+            &closure,
+            &options,
             pin,
             pins::files::now(),
             &progress,
         ),
-        None => write::update_cache(&args.to, &job.closure, &job.options, &progress),
+        None => write::update_cache(&args.to, &closure, &options, &progress),
     }
     .with_context(|| format!("writing the cache to '{}'", args.to.display()))?;
-    // A run that found every path cached said so already: no line of zeros.
-    if updated.written.paths > 0 || updated.skipped == 0 {
-        progress.finish("cached", &updated.written);
+    // A run that found every path cached said so already: no line of zeros,
+    // unless it says what upstreams serve.
+    if updated.written.paths > 0 || updated.skipped == 0 || skipped.is_some() {
+        progress.finish_with("cached", &updated.written, skipped.as_deref());
     }
     Ok(())
 }

@@ -52,6 +52,18 @@ pub struct PublishArgs {
     #[arg(long, value_name = "MiB", default_value_t = 8,
           value_parser = |s: &str| in_range(s, 5, 4096))]
     pub part_size: u16,
+    /// Do not upload a path whose narinfo has a signature by key NAME (e.g.
+    /// cache.nixos.org-1): its cache serves it. Repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub upstream_key: Vec<String>,
+    /// Do not upload a path whose narinfo the cache at URL (file://,
+    /// http://, https://, s3://) serves. Repeatable.
+    #[arg(long = "upstream", value_name = "URL")]
+    pub upstreams: Vec<String>,
+    /// Take an --upstream that does not answer (network failure, timeout,
+    /// server error, after retries) as serving nothing, instead of failing.
+    #[arg(long)]
+    pub unreachable_upstream_is_empty: bool,
     /// Print nothing but errors.
     #[arg(long, short = 'q')]
     pub quiet: bool,

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::format::cache_info::{self, CacheInfo, CacheInfoError};
+use crate::format::cache_info::{self, CacheInfo, CacheInfoError, Upstreams};
 use crate::format::narinfo;
 use crate::format::store_path::{self, DEFAULT_STORE_DIR, StorePath};
 use crate::support::files::{self, DirLock, TempNames};
@@ -213,6 +213,7 @@ impl CacheDir {
                         .want_mass_query
                         .filter(|_| found.want_mass_query.is_none()),
                     priority: merged.priority.filter(|_| found.priority.is_none()),
+                    upstreams: Upstreams::default(),
                 };
                 let cache = CacheDir {
                     root: dir.to_owned(),
@@ -245,6 +246,44 @@ impl CacheDir {
         cache.refuse_symlinked_directories()?;
         cache.create_subdirectories()?;
         Ok(cache)
+    }
+
+    /// Adds to `nix-cache-info` the upstreams of `upstreams` it does not
+    /// name yet, after the lines it has (unknown ones too), atomically:
+    /// a cache that leaves paths out says so before it does. Runs into the
+    /// same cache take turns, as for `store-paths`.
+    pub fn add_upstreams(&mut self, upstreams: &Upstreams) -> Result<(), CacheDirError> {
+        if upstreams.is_empty() {
+            return Ok(());
+        }
+        let _lock = self.lock_store_paths()?;
+        let Some((found, text)) = read_cache_info(&self.root)? else {
+            return Err(CacheDirError::NotACache(self.root.clone()));
+        };
+        let mut all = found.upstreams.clone();
+        if !all.add(upstreams) {
+            self.info.upstreams = all;
+            return Ok(());
+        }
+        // Its other lines stay as they are, unknown ones too; the upstreams
+        // follow them, those it named first, URLs before key names.
+        let mut text: String = text
+            .lines()
+            .filter(|line| {
+                !line
+                    .split_once(':')
+                    .is_some_and(|(key, _)| cache_info::is_upstream_key(key))
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let lines = CacheInfo {
+            upstreams: all.clone(),
+            ..CacheInfo::default()
+        };
+        text.push_str(&lines.to_string());
+        self.replace_file(&self.cache_info_file(), text.as_bytes())?;
+        self.info.upstreams = all;
+        Ok(())
     }
 
     /// The cache directory.
@@ -542,6 +581,8 @@ fn merge_cache_info(
         store_dir: found.store_dir,
         priority,
         want_mass_query: want_mass_query.map(|w| w == 1),
+        // The upstreams are added by `add_upstreams`, under the lock.
+        upstreams: found.upstreams,
     })
 }
 
@@ -567,6 +608,7 @@ mod tests {
             store_dir: Some(DEFAULT_STORE_DIR.to_owned()),
             want_mass_query,
             priority,
+            upstreams: Upstreams::default(),
         }
     }
 
@@ -620,8 +662,36 @@ mod tests {
                 store_dir: None,
                 want_mass_query: Some(false),
                 priority: Some(10),
+                upstreams: Upstreams::default(),
             }
         );
+    }
+
+    #[test]
+    fn upstreams_the_cache_info_lacks_are_added_after_its_other_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(cache_info::FILE_NAME);
+        fs::write(
+            &file,
+            "StoreDir: /nix/store\nSomethingNew: 1\nUpstream: file:///a\n",
+        )
+        .unwrap();
+        let mut cache = CacheDir::open(dir.path()).unwrap();
+        let upstreams = Upstreams {
+            urls: vec!["file:///a".into(), "https://b".into()],
+            keys: vec!["k-1".into()],
+        };
+        cache.add_upstreams(&upstreams).unwrap();
+        let text = fs::read_to_string(&file).unwrap();
+        assert_eq!(
+            text,
+            "StoreDir: /nix/store\nSomethingNew: 1\nUpstream: file:///a\n\
+             Upstream: https://b\nUpstreamKey: k-1\n"
+        );
+        assert_eq!(cache.info().upstreams, upstreams);
+        // Named already: the file is left as it is.
+        cache.add_upstreams(&upstreams).unwrap();
+        assert_eq!(fs::read_to_string(&file).unwrap(), text);
     }
 
     #[test]

@@ -9,6 +9,13 @@
 //! stricter and refuses both, since no writer produces them. A key given
 //! twice is refused too: which one Nix would take is not worth relying on.
 //! [`CacheInfo`]'s `Display` writes the file.
+//!
+//! Two keys are ours, and repeat: `Upstream: URL` and `UpstreamKey: NAME`
+//! say that the cache is a delta made against other caches (`build --to
+//! --upstream`, `--upstream-key`): the paths it leaves out, which its
+//! narinfos may still name as references, are served by that URL, or signed
+//! by that key. Nix ignores them (checked with 2.8 and 2.34:
+//! tests/it/upstream.rs).
 
 use std::fmt;
 use std::str::FromStr;
@@ -28,6 +35,17 @@ pub struct CacheInfo {
     pub store_dir: Option<String>,
     pub want_mass_query: Option<bool>,
     pub priority: Option<i64>,
+    /// What the cache leaves out: what these upstreams serve.
+    pub upstreams: Upstreams,
+}
+
+/// The upstreams a delta cache was made against.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Upstreams {
+    /// `Upstream:` lines: caches, by URL, the paths left out are in.
+    pub urls: Vec<String>,
+    /// `UpstreamKey:` lines: keys whose signed paths were left out.
+    pub keys: Vec<String>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -75,6 +93,8 @@ impl FromStr for CacheInfo {
                         .map_err(|_| CacheInfoError::Priority(value.to_owned()))?;
                     set_once(&mut info.priority, "Priority", priority)?;
                 }
+                UPSTREAM => add_new(&mut info.upstreams.urls, value),
+                UPSTREAM_KEY => add_new(&mut info.upstreams.keys, value),
                 _ => {}
             }
         }
@@ -94,7 +114,61 @@ impl fmt::Display for CacheInfo {
         if let Some(priority) = self.priority {
             writeln!(f, "Priority: {priority}")?;
         }
+        for url in &self.upstreams.urls {
+            writeln!(f, "{UPSTREAM}: {url}")?;
+        }
+        for key in &self.upstreams.keys {
+            writeln!(f, "{UPSTREAM_KEY}: {key}")?;
+        }
         Ok(())
+    }
+}
+
+const UPSTREAM: &str = "Upstream";
+const UPSTREAM_KEY: &str = "UpstreamKey";
+
+impl Upstreams {
+    /// Adds the upstreams of `other` this one lacks, after its own; whether
+    /// any was added.
+    pub fn add(&mut self, other: &Upstreams) -> bool {
+        let before = self.urls.len() + self.keys.len();
+        for url in &other.urls {
+            add_new(&mut self.urls, url);
+        }
+        for key in &other.keys {
+            add_new(&mut self.keys, key);
+        }
+        self.urls.len() + self.keys.len() > before
+    }
+
+    /// Whether there are none: the cache is not a delta of any.
+    pub fn is_empty(&self) -> bool {
+        self.urls.is_empty() && self.keys.is_empty()
+    }
+}
+
+/// Upstreams as a reader is told of them: `URL, key NAME`.
+impl fmt::Display for Upstreams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys = self.keys.iter().map(|k| format!("key {k}"));
+        let all: Vec<String> = self.urls.iter().cloned().chain(keys).collect();
+        f.write_str(&all.join(", "))
+    }
+}
+
+/// Whether `key` is that of an `Upstream:` or `UpstreamKey:` line.
+pub fn is_upstream_key(key: &str) -> bool {
+    key == UPSTREAM || key == UPSTREAM_KEY
+}
+
+/// An upstream is a word: one line of the file, no spaces in it.
+pub fn is_upstream_word(text: &str) -> bool {
+    !text.is_empty() && !text.contains(char::is_whitespace)
+}
+
+fn add_new(list: &mut Vec<String>, value: &str) {
+    if !list.iter().any(|v| v == value) {
+        list.push(value.to_owned());
     }
 }
 
@@ -145,6 +219,7 @@ mod tests {
             store_dir: Some("/nix/store".into()),
             want_mass_query: Some(true),
             priority: Some(40),
+            ..CacheInfo::default()
         };
         let text = info.to_string();
         assert_eq!(
@@ -177,6 +252,37 @@ mod tests {
         assert_eq!(
             "StoreDir: /a\nStoreDir: /b\n".parse::<CacheInfo>(),
             Err(CacheInfoError::Repeated { key: "StoreDir" })
+        );
+    }
+
+    #[test]
+    fn upstream_lines_repeat_and_read_back_in_their_order() {
+        let text = "StoreDir: /nix/store\nUpstream: https://b.example\nUpstream: file:///a\n\
+                    UpstreamKey: cache.nixos.org-1\n";
+        let info: CacheInfo = text.parse().unwrap();
+        assert_eq!(info.upstreams.urls, ["https://b.example", "file:///a"]);
+        assert_eq!(info.upstreams.keys, ["cache.nixos.org-1"]);
+        assert!(!info.upstreams.is_empty());
+        assert_eq!(info.to_string(), text);
+        assert_eq!(
+            info.upstreams.to_string(),
+            "https://b.example, file:///a, key cache.nixos.org-1"
+        );
+        assert!(CacheInfo::default().upstreams.is_empty());
+    }
+
+    #[test]
+    fn adding_upstreams_keeps_those_there_and_appends_the_new_ones() {
+        let mut info: CacheInfo = "Upstream: file:///a\n".parse().unwrap();
+        let other: CacheInfo = "Upstream: file:///b\nUpstream: file:///a\nUpstreamKey: k-1\n"
+            .parse()
+            .unwrap();
+        assert!(info.upstreams.add(&other.upstreams));
+        assert_eq!(info.upstreams.urls, ["file:///a", "file:///b"]);
+        assert_eq!(info.upstreams.keys, ["k-1"]);
+        assert!(
+            !info.upstreams.add(&other.upstreams),
+            "nothing new the second time"
         );
     }
 

@@ -7,3 +7,4 @@ pub mod exclude;
 pub mod local_store;
 pub mod request;
 pub mod settings;
+pub mod upstream;

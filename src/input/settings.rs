@@ -15,7 +15,7 @@
 use serde::{Deserialize, Deserializer};
 use thiserror::Error;
 
-use crate::format::cache_info::MAX_PRIORITY;
+use crate::format::cache_info::{MAX_PRIORITY, Upstreams};
 use crate::format::compression::{Compression, CompressionError};
 use crate::format::store_path::StorePath;
 use crate::ops::write::Options;
@@ -92,6 +92,8 @@ impl Settings {
             root_paths: context.root_paths,
             write_nar_listing: self.write_nar_listing.unwrap_or(false),
             index_debug_info: self.index_debug_info.unwrap_or(false),
+            // Only `build --to` and `publish` leave out what upstreams serve.
+            upstreams: Upstreams::default(),
         })
     }
 }

@@ -227,11 +227,21 @@ impl Progress {
     /// Stops the bar, if any, and prints the summary:
     /// `<verb> N paths in S s: NAR X -> Y (R/s)`.
     pub fn finish(&self, verb: &str, totals: &Totals) {
+        self.finish_with(verb, totals, None);
+    }
+
+    /// [`Self::finish`], with `tail` after the summary, on the same line.
+    pub fn finish_with(&self, verb: &str, totals: &Totals, tail: Option<&str>) {
         self.stop_redrawing();
         if self.style == Style::Quiet {
             return;
         }
-        write_line(&summary_line(verb, totals, self.elapsed()));
+        let mut line = summary_line(verb, totals, self.elapsed());
+        if let Some(tail) = tail {
+            line.push_str("; ");
+            line.push_str(tail);
+        }
+        write_line(&line);
     }
 
     /// Stops the bar and clears its line, or writes the lines gathered.

@@ -18,29 +18,38 @@ use crate::build::{build_into, closure_of, store_paths_file};
 use crate::common::*;
 use crate::e2e::{assert_store_holds_fixture, substitute_attr};
 
-fn top() -> &'static str {
+pub(crate) fn top() -> &'static str {
     &fixture().roots[0]
 }
 
-fn left_file() -> &'static str {
+pub(crate) fn left_file() -> &'static str {
     &fixture().roots[1]
 }
 
 /// The store paths `cache` has narinfos for.
-fn held(cache: &Path) -> BTreeSet<String> {
+pub(crate) fn held(cache: &Path) -> BTreeSet<String> {
     narinfo_hash_parts(cache)
         .iter()
-        .map(|h| narinfo(&cache.join(format!("{h}.narinfo")))["StorePath"].clone())
+        .map(|h| {
+            // Not `narinfo()`: a path signed in the store may carry several
+            // `Sig:` lines.
+            let text = std::fs::read_to_string(cache.join(format!("{h}.narinfo"))).unwrap();
+            let (_, path) = narinfo_fields(&text)
+                .into_iter()
+                .find(|(k, _)| k == "StorePath")
+                .unwrap();
+            path
+        })
         .collect()
 }
 
 /// The closure of `roots` without that of left.file.
-fn minus_base(roots: &[&str]) -> BTreeSet<String> {
+pub(crate) fn minus_base(roots: &[&str]) -> BTreeSet<String> {
     &closure_of(roots) - &closure_of(&[left_file()])
 }
 
 /// A cache of the base, as `build --to` writes it.
-fn base_cache(dir: &Path) {
+pub(crate) fn base_cache(dir: &Path) {
     run(&mut build_into(dir, &["-q", left_file()]));
 }
 

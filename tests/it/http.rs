@@ -67,7 +67,7 @@ impl Nginx {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -84,7 +84,7 @@ impl Nginx {
     }
 
     /// The request lines nginx has logged: `GET /nix-cache-info`, …
-    fn requests(&self) -> Vec<String> {
+    pub(crate) fn requests(&self) -> Vec<String> {
         fs::read_to_string(self.dir.path().join("access.log"))
             .unwrap_or_default()
             .lines()

@@ -28,4 +28,5 @@ mod readme;
 mod sign_cache;
 mod signing;
 mod store_signatures;
+mod upstream;
 mod verify;

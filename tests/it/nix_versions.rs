@@ -5,11 +5,12 @@
 //!
 //! With each version: `mkBinaryCache` builds the cache of the fixture closure
 //! (tests/fixtures/closure.nix); that Nix substitutes every path of the
-//! closure into an empty store from the cache and from a read-only copy of
-//! it; it accepts the signed cache with the public key and refuses it with
-//! another; `mk-binary-cache build --to` gets the closure from that Nix's
-//! `nix path-info` and `verify` accepts the result; `nix store verify` finds
-//! no problem in any of these caches.
+//! closure into an empty store from the cache, from a read-only copy of it,
+//! and from a copy whose `nix-cache-info` names upstreams (the lines `build
+//! --upstream` adds); it accepts the signed cache with the public key and
+//! refuses it with another; `mk-binary-cache build --to` gets the closure
+//! from that Nix's `nix path-info` and `verify` accepts the result; `nix
+//! store verify` finds no problem in any of these caches.
 //!
 //! The repository is bind-mounted at its own path inside each root, so the
 //! fixtures, the static `mk-binary-cache` (`tool_dir`) and busybox
@@ -457,21 +458,41 @@ fn substitutes_every_path_into_an_empty_store(nix: &NixInRoot) {
     nix.assert_store_holds_the_closure(&substituted.store);
 }
 
-fn substitutes_every_path_from_a_read_only_copy(nix: &NixInRoot) {
-    // A copy outside the store, mounted read-only: Nix opening a cache
-    // creates the directories it lacks (log/, realisations/…), which would
-    // fail here; the cache must hold them all.
-    let (_guard, copy_dir) = nix.tempdir();
-    let copy = copy_dir.join("cache");
+/// A writable copy of the fixture cache in a temporary directory of the
+/// root, as a path inside it; the directory goes with the guard.
+fn copy_of_the_cache(nix: &NixInRoot) -> (tempfile::TempDir, PathBuf) {
+    let (guard, dir) = nix.tempdir();
+    let copy = dir.join("cache");
     run(Command::new("cp")
         .args(["-r", "--no-preserve=mode"])
         .arg(nix.host(Path::new(nix.cache())))
         .arg(nix.host(&copy)));
+    (guard, copy)
+}
+
+fn substitutes_every_path_from_a_read_only_copy(nix: &NixInRoot) {
+    // A copy outside the store, mounted read-only: Nix opening a cache
+    // creates the directories it lacks (log/, realisations/…), which would
+    // fail here; the cache must hold them all.
+    let (_guard, copy) = copy_of_the_cache(nix);
     let substituted = nix.substitute(
         &url(&copy),
         &["--option", "require-sigs", "false"],
         &[copy.as_path()],
     );
+    substituted.assert_success(nix);
+    nix.assert_store_holds_the_closure(&substituted.store);
+}
+
+fn substitutes_from_a_cache_that_names_its_upstreams(nix: &NixInRoot) {
+    // `build --upstream` adds lines of its own to nix-cache-info: this Nix
+    // must read past them as it reads the rest.
+    let (_guard, copy) = copy_of_the_cache(nix);
+    let info = nix.host(&copy.join("nix-cache-info"));
+    let mut text = fs::read_to_string(&info).unwrap();
+    text.push_str("Upstream: https://cache.example.org\nUpstreamKey: cache.example.org-1\n");
+    fs::write(&info, text).unwrap();
+    let substituted = nix.substitute(&url(&copy), &["--option", "require-sigs", "false"], &[]);
     substituted.assert_success(nix);
     nix.assert_store_holds_the_closure(&substituted.store);
 }
@@ -657,6 +678,7 @@ macro_rules! nix_version {
                 mk_binary_cache_builds_the_fixture_cache,
                 substitutes_every_path_into_an_empty_store,
                 substitutes_every_path_from_a_read_only_copy,
+                substitutes_from_a_cache_that_names_its_upstreams,
                 accepts_the_signed_cache_with_its_public_key,
                 refuses_the_signed_cache_with_a_wrong_key,
                 build_to_caches_the_closure_nix_path_info_gives,

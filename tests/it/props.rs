@@ -1056,6 +1056,7 @@ proptest! {
             store_dir: Some(store_dir),
             want_mass_query,
             priority: priority.map(|p| p as i64),
+            ..CacheInfo::default()
         });
     }
 }

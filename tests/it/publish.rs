@@ -157,7 +157,7 @@ impl Moto {
     }
 
     /// `s3.py ENDPOINT ARGS…`; its standard output.
-    fn s3(&self, args: &[&str]) -> Vec<u8> {
+    pub(crate) fn s3(&self, args: &[&str]) -> Vec<u8> {
         let mut cmd = Command::new(venv().join("bin/python"));
         cmd.arg(repo().join("tests/it/s3.py"))
             .arg(self.endpoint())

@@ -24,18 +24,33 @@ use crate::common::*;
 
 /// This module's closure, its derivation output and `toFile` path signed in
 /// the local store by a key made for this run.
-struct Signed {
+pub(crate) struct Signed {
     /// The derivation output: input-addressed, with a deriver.
-    app: String,
+    pub(crate) app: String,
     /// The `builtins.toFile` path: content-addressed.
-    note: String,
+    pub(crate) note: String,
     /// Every path of the closure, busybox included.
-    closure: Vec<String>,
-    key: NixKey,
+    pub(crate) closure: Vec<String>,
+    pub(crate) key: NixKey,
     _keys: tempfile::TempDir,
 }
 
-fn signed() -> &'static Signed {
+impl Signed {
+    /// The name of the key that signed `app` and `note`.
+    pub(crate) fn key_name(&self) -> &str {
+        self.key.public_text.split(':').next().unwrap()
+    }
+
+    /// Busybox, the path of the closure no key signed.
+    pub(crate) fn busybox(&self) -> &str {
+        self.closure
+            .iter()
+            .find(|p| p.ends_with("-busybox"))
+            .expect("busybox in the closure")
+    }
+}
+
+pub(crate) fn signed() -> &'static Signed {
     static SIGNED: OnceLock<Signed> = OnceLock::new();
     SIGNED.get_or_init(|| {
         let keys = tempdir();

@@ -35,6 +35,7 @@ pub mod credentials;
 pub mod location;
 mod plan;
 pub mod sweep;
+pub mod upstream;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -44,9 +45,10 @@ use thiserror::Error;
 
 use crate::cache::{CacheDirError, STORE_PATHS};
 use crate::format::cache_info::{self, CacheInfo};
-use crate::format::narinfo;
+use crate::format::narinfo::{self, Sig};
 use crate::format::pin::Pin;
-use crate::format::store_path::DEFAULT_STORE_DIR;
+use crate::format::store_path::{DEFAULT_STORE_DIR, StorePath};
+use crate::input::upstream::{Candidate, Decision, UpstreamError, Upstreams};
 
 pub use credentials::{Credentials, Environment, ProcessEnvironment};
 pub use location::{Location, Warning};
@@ -68,6 +70,8 @@ pub struct Options {
     pub jobs: usize,
     /// Files larger than this go up in parts of this size.
     pub part_size: usize,
+    /// Paths these serve are not uploaded; `nix-cache-info` names them.
+    pub upstreams: Upstreams,
 }
 
 impl Default for Options {
@@ -76,6 +80,7 @@ impl Default for Options {
             force: false,
             jobs: 8,
             part_size: DEFAULT_PART_SIZE,
+            upstreams: Upstreams::default(),
         }
     }
 }
@@ -92,6 +97,10 @@ pub struct Report {
     pub narinfos_skipped: usize,
     /// Objects written again because a prune had marked them (see `sweep`).
     pub kept_alive: usize,
+    /// What was left out because an upstream serves it, and why.
+    pub upstream_summary: Option<String>,
+    /// Upstreams that did not answer, taken as serving nothing.
+    pub unreachable: Vec<String>,
 }
 
 #[derive(Debug, Error)]
@@ -137,6 +146,8 @@ pub enum PublishError {
     },
     #[error(transparent)]
     Credentials(#[from] credentials::CredentialsError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("{0} has no nix-cache-info: it is not a binary cache, and prune deletes nothing in it")]
@@ -223,9 +234,53 @@ pub fn publish(
     credentials: Option<Credentials>,
     opts: &Options,
 ) -> Result<Report, PublishError> {
-    let plan = read_plan(cache)?;
+    let mut plan = read_plan(cache)?;
+    let decision = leave_out_served(&mut plan, opts)?;
     let bucket = Bucket::open(location, credentials, opts.part_size)?;
-    runtime()?.block_on(run(cache, &plan, &bucket, opts))
+    let mut report = runtime()?.block_on(run(cache, &plan, &bucket, opts))?;
+    report.upstream_summary = decision.summary();
+    report.unreachable = decision.unreachable.iter().map(|e| e.to_string()).collect();
+    Ok(report)
+}
+
+/// Takes out of `plan` the paths that `opts.upstreams` serve: by the
+/// narinfos' `Sig:` lines, and by asking each URL.
+fn leave_out_served(plan: &mut Plan, opts: &Options) -> Result<Decision, PublishError> {
+    if opts.upstreams.is_empty() {
+        return Ok(Decision::default());
+    }
+    let hashes: Vec<&String> = plan.narinfos.keys().collect();
+    let candidates: Vec<Candidate> = plan
+        .narinfos
+        .values()
+        .map(|info| Candidate {
+            path: &info.store_path,
+            nar_size: info.nar_size,
+            // A malformed `Sig:` line is no signature.
+            signers: info
+                .signatures
+                .iter()
+                .filter_map(|sig| match sig {
+                    Sig::Valid(sig) => Some(sig.key_name.as_str()),
+                    Sig::Malformed { .. } => None,
+                })
+                .collect(),
+        })
+        .collect();
+    let remote = |url: &str, paths: &[&StorePath]| {
+        upstream::serves(url, paths, &plan.store_dir, upstream::DEFAULT_JOBS)
+    };
+    let decision = opts
+        .upstreams
+        .decide(&candidates, &plan.store_dir, &remote)?;
+    let gone: BTreeSet<String> = hashes
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| decision.is_left_out(*i))
+        .map(|(_, h)| h.clone())
+        .collect();
+    plan.leave_out(&gone)?;
+    Ok(decision)
 }
 
 async fn run(
@@ -245,31 +300,49 @@ async fn run(
         size,
         what,
     };
-    let upload_cache_info = match remote.get(cache_info::FILE_NAME) {
+    let upstreams = &opts.upstreams.recorded();
+    let cache_info_upload = match remote.get(cache_info::FILE_NAME) {
         Some((size, _)) if *size > narinfo::MAX_SIZE => {
             return Err(too_large(cache_info::FILE_NAME, *size, "nix-cache-info"));
         }
         Some(_) => {
             let bytes = bucket.get(cache_info::FILE_NAME).await?;
             let text = String::from_utf8_lossy(&bytes);
-            let theirs: CacheInfo = text.parse().map_err(|e| PublishError::Cache {
+            let mut theirs: CacheInfo = text.parse().map_err(|e| PublishError::Cache {
                 path: PathBuf::from(format!("{url}/{}", cache_info::FILE_NAME)),
                 message: format!("{e}"),
             })?;
-            let theirs = theirs
+            let their_dir = theirs
                 .store_dir
+                .clone()
                 .unwrap_or_else(|| DEFAULT_STORE_DIR.to_string());
-            if theirs != plan.store_dir {
+            if their_dir != plan.store_dir {
                 return Err(PublishError::StoreDir {
                     url,
-                    theirs,
+                    theirs: their_dir,
                     ours: plan.store_dir.clone(),
                     cache: cache.to_path_buf(),
                 });
             }
-            false
+            // A bucket that now leaves paths out says so, before it does.
+            let added =
+                theirs.upstreams.add(&plan.info.upstreams) | theirs.upstreams.add(upstreams);
+            added.then(|| theirs.to_string().into_bytes())
         }
-        None => true,
+        None => {
+            let bytes = tokio::fs::read(&plan.cache_info.path)
+                .await
+                .map_err(|source| PublishError::Io {
+                    path: plan.cache_info.path.clone(),
+                    source,
+                })?;
+            let mut ours = plan.info.clone();
+            Some(if ours.upstreams.add(upstreams) {
+                ours.to_string().into_bytes()
+            } else {
+                bytes
+            })
+        }
     };
 
     // Narinfos: same, different, or new; differences stop the run here.
@@ -312,13 +385,7 @@ async fn run(
         });
     }
 
-    if upload_cache_info {
-        let bytes = tokio::fs::read(&plan.cache_info.path)
-            .await
-            .map_err(|source| PublishError::Io {
-                path: plan.cache_info.path.clone(),
-                source,
-            })?;
+    if let Some(bytes) = cache_info_upload {
         report.uploaded += 1;
         report.uploaded_bytes += bytes.len() as u64;
         bucket.put_bytes(cache_info::FILE_NAME, bytes).await?;

@@ -43,7 +43,7 @@ mod resolve;
 pub use report::{Counts, Problem, ProblemKind, Report};
 
 use crate::cache::{self, CacheDir, CacheDirError};
-use crate::format::cache_info::{self, CacheInfo};
+use crate::format::cache_info::{self, CacheInfo, Upstreams};
 use crate::format::narinfo::{self, NarInfo, Sig};
 use crate::format::signing::PublicKey;
 use crate::format::store_path::{DEFAULT_STORE_DIR, ReferenceCycle, StorePath};
@@ -106,7 +106,7 @@ pub fn verify(cache: &Path, opts: &Options, progress: &Progress) -> Result<Repor
         path: cache.to_owned(),
         source,
     })?;
-    let mut problems = check_cache_info(&root, &opts.store_dir);
+    let (mut problems, upstreams) = check_cache_info(&root, &opts.store_dir);
 
     // Not opened as a cache: what is wrong with it is reported, not refused.
     let dir = CacheDir::unchecked(&root);
@@ -119,7 +119,8 @@ pub fn verify(cache: &Path, opts: &Options, progress: &Progress) -> Result<Repor
     })?;
     let mut checked: Vec<Checked> = hashes.iter().map(|h| read_narinfo(&dir, h, opts)).collect();
 
-    check_references(&mut checked, opts.delta);
+    // A cache that names its upstreams says it is a delta of them.
+    check_references(&mut checked, opts.delta || !upstreams.is_empty());
     check_reference_order(&mut checked);
     let read = check_nars(&root, &mut checked, opts.jobs, progress);
 
@@ -149,6 +150,12 @@ pub fn verify(cache: &Path, opts: &Options, progress: &Progress) -> Result<Repor
         signatures_checked: !opts.trusted_keys.is_empty(),
         ok: problems.is_empty(),
         counts,
+        upstreams: upstreams
+            .urls
+            .iter()
+            .cloned()
+            .chain(upstreams.keys.iter().map(|k| format!("key {k}")))
+            .collect(),
         problems,
     })
 }
@@ -260,10 +267,33 @@ fn check_reference_order(checked: &mut [Checked]) {
     }
 }
 
-/// The problems with `nix-cache-info`.
-fn check_cache_info(root: &Path, store_dir: &str) -> Vec<Problem> {
+/// The problems with `nix-cache-info`, and the upstreams it names.
+fn check_cache_info(root: &Path, store_dir: &str) -> (Vec<Problem>, Upstreams) {
+    match read_cache_info(root) {
+        Ok(info) => (store_dir_problems(&info, store_dir), info.upstreams),
+        Err(problems) => (problems, Upstreams::default()),
+    }
+}
+
+fn store_dir_problems(info: &CacheInfo, store_dir: &str) -> Vec<Problem> {
+    let problem = |kind, message: String| vec![Problem::new(cache_info::FILE_NAME, kind, message)];
+    match &info.store_dir {
+        None => problem(
+            ProblemKind::StoreDir,
+            format!("it has no StoreDir line; expected StoreDir: {store_dir}"),
+        ),
+        Some(found) if found != store_dir => problem(
+            ProblemKind::StoreDir,
+            format!("the cache is for StoreDir {found}, not {store_dir}"),
+        ),
+        Some(_) => Vec::new(),
+    }
+}
+
+/// `nix-cache-info`, read without leaving the cache, or what is wrong with it.
+fn read_cache_info(root: &Path) -> Result<CacheInfo, Vec<Problem>> {
     let name = cache_info::FILE_NAME;
-    let problem = |kind, message: String| vec![Problem::new(name, kind, message)];
+    let problem = |kind, message: String| Err(vec![Problem::new(name, kind, message)]);
     let text = match cache::read_bounded(&root.join(name)) {
         Ok(bytes) => bytes,
         Err(CacheDirError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
@@ -277,23 +307,12 @@ fn check_cache_info(root: &Path, store_dir: &str) -> Vec<Problem> {
             return problem(kind, message);
         }
     };
-    let info: CacheInfo = match String::from_utf8(text) {
+    match String::from_utf8(text) {
         Ok(text) => match text.parse() {
-            Ok(info) => info,
-            Err(e) => return problem(ProblemKind::CacheInfo, e.to_string()),
+            Ok(info) => Ok(info),
+            Err(e) => problem(ProblemKind::CacheInfo, e.to_string()),
         },
-        Err(_) => return problem(ProblemKind::CacheInfo, "it is not UTF-8 text".into()),
-    };
-    match info.store_dir {
-        None => problem(
-            ProblemKind::StoreDir,
-            format!("it has no StoreDir line; expected StoreDir: {store_dir}"),
-        ),
-        Some(found) if found != store_dir => problem(
-            ProblemKind::StoreDir,
-            format!("the cache is for StoreDir {found}, not {store_dir}"),
-        ),
-        Some(_) => Vec::new(),
+        Err(_) => problem(ProblemKind::CacheInfo, "it is not UTF-8 text".into()),
     }
 }
 
@@ -455,6 +474,7 @@ mod tests {
 
     fn cache_info_kinds(root: &Path) -> Vec<ProblemKind> {
         check_cache_info(root, "/nix/store")
+            .0
             .into_iter()
             .map(|p| p.kind)
             .collect()

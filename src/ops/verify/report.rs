@@ -147,6 +147,9 @@ pub struct Report {
     /// Whether no problem was found.
     pub ok: bool,
     pub counts: Counts,
+    /// The upstreams its `nix-cache-info` names (`file:///…`, `key NAME`):
+    /// the references it lacks are there.
+    pub upstreams: Vec<String>,
     /// Problems about the cache as a whole first, then by narinfo file name.
     pub problems: Vec<Problem>,
 }
@@ -186,6 +189,9 @@ impl Report {
                 "; {} signed, signatures not checked (give --trusted-key or --trusted-key-file)",
                 paths(c.with_signatures)
             );
+        }
+        if !self.upstreams.is_empty() {
+            line += &format!("; a delta of {}", self.upstreams.join(", "));
         }
         line
     }

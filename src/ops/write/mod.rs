@@ -40,7 +40,7 @@ mod target;
 mod writer;
 
 use crate::cache::{CacheDir, CacheDirError, CacheLock, TEMP_FILE_DIRS, write_error};
-use crate::format::cache_info::CacheInfo;
+use crate::format::cache_info::{CacheInfo, Upstreams};
 use crate::format::compression::Compression;
 use crate::format::hash::Sha256;
 use crate::format::nar::dump::DumpError;
@@ -69,6 +69,9 @@ pub struct Options {
     pub write_nar_listing: bool,
     /// Index `lib/debug/.build-id` files under `debuginfo/`.
     pub index_debug_info: bool,
+    /// The upstreams whose paths this run leaves out: `nix-cache-info`
+    /// names them (and keeps naming those of earlier runs).
+    pub upstreams: Upstreams,
 }
 
 impl Default for Options {
@@ -85,6 +88,7 @@ impl Default for Options {
             root_paths: Vec::new(),
             write_nar_listing: false,
             index_debug_info: false,
+            upstreams: Upstreams::default(),
         }
     }
 }
@@ -175,7 +179,9 @@ pub struct Updated {
 ///
 /// An existing `nix-cache-info` is kept, and must agree with `opts`: the same
 /// `StoreDir`, and the same `Priority` and `WantMassQuery` when `opts` sets
-/// them. Compression may differ from path to path: each narinfo names its own.
+/// them; the upstreams of `opts` it lacks are added to it before any path
+/// is written, so that a delta cache says so from its first narinfo on.
+/// Compression may differ from path to path: each narinfo names its own.
 /// Listings and debug-info entries are written for the paths written now.
 pub fn update_cache(
     dir: &Path,
@@ -223,7 +229,8 @@ fn update(
     if let Some(path) = unreadable {
         return Err(CacheError::NotInStore(path.path.clone()));
     }
-    let cache = CacheDir::open_or_create(dir, &cache_info(opts))?;
+    let mut cache = CacheDir::open_or_create(dir, &cache_info(opts))?;
+    cache.add_upstreams(&opts.upstreams)?;
     // Held until the end: `prune` waits for every run to have listed its
     // roots before it decides what the cache keeps.
     let _cache_lock = cache.lock(CacheLock::Shared, || {
@@ -304,6 +311,7 @@ pub fn cache_info(opts: &Options) -> CacheInfo {
         want_mass_query: opts.want_mass_query,
         // At most MAX_PRIORITY, an i32: the options are checked when read.
         priority: opts.priority.map(|p| p as i64),
+        upstreams: opts.upstreams.clone(),
     }
 }
 
