@@ -491,6 +491,17 @@ fn parse_compression(name: &str) -> Result<Compression, String> {
 }
 
 fn build(args: BuildArgs) -> anyhow::Result<()> {
+    // A usage mistake is said before any work (asking Nix, or upstreams).
+    let pin = match &args.pin {
+        Some(name) => Some(PinRequest {
+            name: name.clone(),
+            retention: args.retention.retention(),
+        }),
+        None if args.retention.retention().is_some() => {
+            anyhow::bail!("--keep-revisions and --keep-days are a pin's policy: give --pin NAME")
+        }
+        None => None,
+    };
     let upstreams = upstream::Upstreams::new(
         args.upstream_key,
         &args.upstream,
@@ -568,16 +579,6 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
             )
         ));
     }
-    let pin = match &args.pin {
-        Some(name) => Some(PinRequest {
-            name: name.clone(),
-            retention: args.retention.retention(),
-        }),
-        None if args.retention.retention().is_some() => {
-            anyhow::bail!("--keep-revisions and --keep-days are a pin's policy: give --pin NAME")
-        }
-        None => None,
-    };
     let updated = match &pin {
         Some(pin) => write::update_cache_pinned(
             &args.to,
