@@ -74,6 +74,19 @@ fn prune(args: PruneArgs) -> anyhow::Result<()> {
         for (name, kept, dropped) in &report.pins {
             println!("pin {name}: retains revisions {kept:?}, drops {dropped:?}");
         }
+        let remove = match report.dry_run {
+            true => "would remove",
+            false => "removed",
+        };
+        for (name, revisions) in &report.root_files.revisions {
+            println!("pin {name}: {remove} revisions {revisions:?} from the bucket's pin file");
+        }
+        if report.root_files.roots > 0 {
+            println!(
+                "store-paths: {remove} {} roots that only dropped revisions name",
+                report.root_files.roots
+            );
+        }
     }
     let (delete, mark) = match report.dry_run {
         true => ("would delete", "would mark"),

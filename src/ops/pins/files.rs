@@ -81,6 +81,28 @@ pub fn dropped_roots(pins: &[Pin], now: u64) -> BTreeSet<StorePath> {
         .collect()
 }
 
+/// `pin` without the revisions its policy drops at `now`: what `prune`
+/// writes back, to a cache or to a bucket; None if it drops none.
+pub fn without_dropped_revisions(pin: &Pin, now: u64) -> Option<Pin> {
+    let (retained, dropped) = pin.split(now);
+    if dropped.is_empty() {
+        return None;
+    }
+    let mut kept = pin.clone();
+    kept.revisions = retained.into_iter().cloned().collect();
+    Some(kept)
+}
+
+/// `roots` (a `store-paths`) without the roots of `dropped`
+/// ([`dropped_roots`]), in their order: what `prune` writes back.
+pub fn without_dropped_roots(roots: &[StorePath], dropped: &BTreeSet<StorePath>) -> Vec<StorePath> {
+    roots
+        .iter()
+        .filter(|r| !dropped.contains(*r))
+        .cloned()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -300,11 +300,7 @@ pub fn prune(dir: &Path, opts: &Options, waiting: impl FnOnce()) -> Result<Repor
     let dropped = pin_files::dropped_roots(&pins, now);
     // What `store-paths` lists after the prune: its roots (or --keep) but
     // those only dropped revisions named, and, with --keep, the pinned ones.
-    let mut store_paths: Vec<StorePath> = listed
-        .iter()
-        .filter(|r| !dropped.contains(*r))
-        .cloned()
-        .collect();
+    let mut store_paths = pin_files::without_dropped_roots(&listed, &dropped);
     if opts.keep.is_some() {
         store_path::append_new(&mut store_paths, retained.iter().cloned());
     }
@@ -337,13 +333,14 @@ pub fn prune(dir: &Path, opts: &Options, waiting: impl FnOnce()) -> Result<Repor
     }
     // Before anything goes: a prune killed later must not leave a pin or
     // `store-paths` naming paths that are gone.
-    let changed_pins: Vec<&Pin> = pins.iter().filter(|p| !p.split(now).1.is_empty()).collect();
+    let changed_pins: Vec<Pin> = pins
+        .iter()
+        .filter_map(|p| pin_files::without_dropped_revisions(p, now))
+        .collect();
     if !changed_pins.is_empty() {
         let _lock = cache.lock_pins()?;
-        for pin in changed_pins {
-            let mut kept = pin.clone();
-            kept.revisions = pin.split(now).0.into_iter().cloned().collect();
-            cache.write_pin(&kept)?;
+        for kept in &changed_pins {
+            cache.write_pin(kept)?;
         }
     }
     if opts.keep.is_some() || store_paths != listed {

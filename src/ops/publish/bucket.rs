@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
+use object_store::aws::S3ConditionalPut;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as Key;
 use object_store::{
-    Attribute, Attributes, BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt,
-    PutMultipartOptions, PutOptions, PutPayload, RetryConfig, WriteMultipart,
+    Attribute, Attributes, BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode,
+    PutMultipartOptions, PutOptions, PutPayload, RetryConfig, UpdateVersion, WriteMultipart,
 };
 use tokio::io::AsyncReadExt;
 
@@ -45,6 +46,10 @@ impl Bucket {
             .with_config(AmazonS3ConfigKey::S3Endpoint, &location.bucket_url)
             .with_virtual_hosted_style_request(true)
             .with_s3_express(false)
+            // `If-Match` / `If-None-Match` on a PUT: the root files are
+            // compare-and-swapped (`super::roots`), whatever the environment
+            // says.
+            .with_conditional_put(S3ConditionalPut::ETagMatch)
             .with_retry(RetryConfig {
                 backoff: BackoffConfig {
                     init_backoff: Duration::from_millis(100),
@@ -211,6 +216,66 @@ impl Bucket {
         Ok(bytes.to_vec())
     }
 
+    /// `name`'s bytes and its ETag (if the store gives one), to change it by
+    /// [`Bucket::put_if`]; None if it is not there.
+    pub(super) async fn get_tagged(
+        &self,
+        name: &str,
+    ) -> Result<Option<(Vec<u8>, Option<String>)>, PublishError> {
+        let result = match self.store.get(&self.key(name)).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.error("reading", name, e)),
+        };
+        let etag = result.meta.e_tag.clone();
+        let bytes = result
+            .bytes()
+            .await
+            .map_err(|e| self.error("reading", name, e))?;
+        Ok(Some((bytes.to_vec(), etag)))
+    }
+
+    /// Puts `bytes` as `name` only if the object there is still the one
+    /// read: the one with ETag `read` (`If-Match`), or none at all when
+    /// `read` is None (`If-None-Match: *`). Ok(false) if another writer
+    /// changed it first; a store that does not do conditional writes is an
+    /// error, never an unconditional write.
+    pub(super) async fn put_if(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        read: Option<&str>,
+    ) -> Result<bool, PublishError> {
+        let options = PutOptions {
+            mode: match read {
+                None => PutMode::Create,
+                Some(etag) => PutMode::Update(UpdateVersion {
+                    e_tag: Some(etag.to_owned()),
+                    version: None,
+                }),
+            },
+            attributes: self.attributes(name),
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&self.key(name), PutPayload::from(bytes), options)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. },
+            ) => Ok(false),
+            Err(e) if not_implemented(&e) => Err(PublishError::NoConditionalPut {
+                url: self.location.to_string(),
+                name: name.to_owned(),
+                source: Box::new(e),
+            }),
+            Err(e) => Err(self.error("uploading to", name, e)),
+        }
+    }
+
     /// The headers of an upload of `name` (a single one, or the start of a
     /// multipart one, whose parts inherit them): its content type, and the
     /// URL's storage class.
@@ -288,6 +353,24 @@ impl Bucket {
             }
         }
     }
+}
+
+/// Whether `error` says that the store does not do what was asked: the
+/// client's own refusal, or the server's `501 Not Implemented` (S3's
+/// answer to a header it does not know).
+pub(super) fn not_implemented(error: &object_store::Error) -> bool {
+    if matches!(error, object_store::Error::NotImplemented { .. }) {
+        return true;
+    }
+    let mut cause: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if text.contains("501 Not Implemented") || text.contains("<Code>NotImplemented</Code>") {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// The MD5 of `bytes` in hex: the ETag S3 gives a single-part upload.

@@ -21,7 +21,9 @@
 //!    `debuginfo/` link already there is kept whatever its size, as Nix
 //!    keeps it);
 //!    then the narinfos, by depth, a path only after every path it refers
-//!    to; then `store-paths`, merged with the bucket's. A reader therefore
+//!    to; then `store-paths` and the pins, merged with the bucket's by
+//!    compare-and-swap (`roots`), so that concurrent publishes and prunes
+//!    lose none of each other's roots and revisions. A reader therefore
 //!    never finds a narinfo whose NAR or references are missing, and a run
 //!    killed at any point leaves a bucket that the next run completes.
 //!
@@ -34,6 +36,7 @@ mod bucket;
 pub mod credentials;
 pub mod location;
 mod plan;
+pub mod roots;
 pub mod sweep;
 pub mod upstream;
 
@@ -46,7 +49,6 @@ use thiserror::Error;
 use crate::cache::{CacheDirError, STORE_PATHS};
 use crate::format::cache_info::{self, CacheInfo};
 use crate::format::narinfo::{self, Sig};
-use crate::format::pin::Pin;
 use crate::format::store_path::{DEFAULT_STORE_DIR, StorePath};
 use crate::input::upstream::{Candidate, Decision, UpstreamError, Upstreams};
 
@@ -138,6 +140,31 @@ pub enum PublishError {
         key: String,
         credentials: String,
         source: Box<object_store::Error>,
+    },
+    #[error(
+        "{url}/{name}: the store does not do conditional writes (If-Match, If-None-Match), \
+         and the root files (store-paths, pins/) are only ever written by compare-and-swap, \
+         so that concurrent publishes and prunes lose no root or revision; nothing was \
+         written to it ({source})"
+    )]
+    NoConditionalPut {
+        url: String,
+        name: String,
+        source: Box<object_store::Error>,
+    },
+    #[error(
+        "{url}/{name}: the store gave no ETag with it, so it cannot be compare-and-swapped; \
+         nothing was written to it"
+    )]
+    NoETag { url: String, name: String },
+    #[error(
+        "{url}/{name}: another writer changed it between each of {attempts} reads and the \
+         write that followed; giving up (run again)"
+    )]
+    Contended {
+        url: String,
+        name: String,
+        attempts: u32,
     },
     #[error("{}: {source}", .path.display())]
     Io {
@@ -456,85 +483,10 @@ async fn run(
     keep_alive.check(bucket, &relied).await?;
     report.kept_alive = keep_alive.rewritten;
 
-    // Phase 3: the roots, merged with those already published: store-paths,
-    // then the pins.
-    let read = |file: &File| {
-        let path = file.path.clone();
-        async move {
-            tokio::fs::read(&path)
-                .await
-                .map_err(|source| PublishError::Io { path, source })
-        }
-    };
-    if let Some(file) = &plan.store_paths {
-        let ours = read(file).await?;
-        let merged = match remote.get(STORE_PATHS) {
-            None => Some(ours),
-            Some((_, etag)) if same_by_etag(etag.as_deref(), &ours) == Some(true) => None,
-            Some(_) => {
-                let theirs = bucket.get(STORE_PATHS).await?;
-                merge_lines(&theirs, &ours)
-            }
-        };
-        match merged {
-            Some(bytes) => {
-                report.uploaded += 1;
-                report.uploaded_bytes += bytes.len() as u64;
-                bucket.put_bytes(STORE_PATHS, bytes).await?;
-            }
-            None => report.skipped += 1,
-        }
-    }
-    for file in &plan.pins {
-        let bytes = read(file).await?;
-        let bad = |path: PathBuf, e: &dyn std::fmt::Display| PublishError::Cache {
-            path,
-            message: e.to_string(),
-        };
-        let ours = Pin::parse(&String::from_utf8_lossy(&bytes), &plan.store_dir)
-            .map_err(|e| bad(file.path.clone(), &e))?;
-        let merged = match remote.get(&file.name) {
-            None => Some(bytes),
-            Some((_, etag)) if same_by_etag(etag.as_deref(), &bytes) == Some(true) => None,
-            Some(_) => {
-                let theirs = bucket.get(&file.name).await?;
-                let theirs = Pin::parse(&String::from_utf8_lossy(&theirs), &plan.store_dir)
-                    .map_err(|e| bad(PathBuf::from(format!("{url}/{}", file.name)), &e))?;
-                let merged = theirs.merged_with(&ours);
-                (merged != theirs).then(|| merged.to_string().into_bytes())
-            }
-        };
-        match merged {
-            Some(bytes) => {
-                report.uploaded += 1;
-                report.uploaded_bytes += bytes.len() as u64;
-                bucket.put_bytes(&file.name, bytes).await?;
-            }
-            None => report.skipped += 1,
-        }
-    }
+    // Phase 3: the roots, merged with those already published, each by
+    // compare-and-swap: store-paths, then the pins.
+    roots::publish(bucket, plan, crate::ops::pins::files::now(), &mut report).await?;
     Ok(report)
-}
-
-/// `theirs` followed by the lines of `ours` it lacks; None if it lacks none.
-fn merge_lines(theirs: &[u8], ours: &[u8]) -> Option<Vec<u8>> {
-    let have: BTreeSet<&[u8]> = theirs.split(|&b| b == b'\n').collect();
-    let missing: Vec<&[u8]> = ours
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty() && !have.contains(l))
-        .collect();
-    if missing.is_empty() {
-        return None;
-    }
-    let mut merged = theirs.to_vec();
-    if !merged.is_empty() && !merged.ends_with(b"\n") {
-        merged.push(b'\n');
-    }
-    for line in missing {
-        merged.extend_from_slice(line);
-        merged.push(b'\n');
-    }
-    Some(merged)
 }
 
 #[cfg(test)]
@@ -566,18 +518,5 @@ mod tests {
         // A multipart ETag, or none, cannot tell.
         assert_eq!(same_by_etag(Some("\"abc-2\""), b"x"), None);
         assert_eq!(same_by_etag(None, b"x"), None);
-    }
-
-    #[test]
-    fn store_paths_merge_keeps_the_bucket_s_roots() {
-        assert_eq!(merge_lines(b"/nix/store/a\n", b"/nix/store/a\n"), None);
-        assert_eq!(
-            merge_lines(b"/nix/store/a\n", b"/nix/store/b\n/nix/store/a\n").unwrap(),
-            b"/nix/store/a\n/nix/store/b\n"
-        );
-        assert_eq!(
-            merge_lines(b"", b"/nix/store/b\n").unwrap(),
-            b"/nix/store/b\n"
-        );
     }
 }

@@ -38,10 +38,10 @@
 //! again whatever that sweep deleted. The docs (`doc/commands.md`) give the
 //! argument for why no interleaving loses a narinfo's NAR or references.
 //!
-//! The run never writes `store-paths` or a pin: those are only merged by
-//! publishers, so a prune cannot lose a revision a concurrent publish adds.
-//! The revisions a policy drops stay in the bucket's pin file and are
-//! dropped again, by the same policy, by every run.
+//! 6. Last, the revisions each pin's policy drops leave its file, and the
+//!    roots only they name leave `store-paths` (before them), each by
+//!    compare-and-swap on a fresh read (`super::roots`), so a prune never
+//!    loses a root or a revision a concurrent publish adds.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -123,6 +123,8 @@ pub struct Report {
     pub requests: usize,
     /// Per pin: (name, retained revisions, dropped revisions).
     pub pins: Vec<(String, Vec<u64>, Vec<u64>)>,
+    /// What left (would leave) the pin files and `store-paths`.
+    pub root_files: super::roots::Dropped,
 }
 
 /// A mark: when the bucket wrote it, its terms, and the keys it names.
@@ -490,6 +492,11 @@ pub(super) async fn prune(bucket: &Bucket, opts: &Options) -> Result<Report, Pub
             bucket.put_bytes(&name, text.into_bytes()).await?;
         }
     }
+
+    // 6. What the policies drop leaves the pin files and store-paths.
+    report.root_files =
+        super::roots::drop_revisions(bucket, &store_dir, &pin_names, pin_now, opts.dry_run).await?;
+    report.requests += report.root_files.requests;
     Ok(report)
 }
 
