@@ -25,6 +25,7 @@ mod prune;
 mod prune_bucket;
 mod publish;
 mod readme;
+mod root_files;
 mod sign_cache;
 mod signing;
 mod store_signatures;

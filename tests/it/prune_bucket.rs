@@ -3,7 +3,11 @@
 //! What is specified here: a first run only marks what the roots and the
 //! retained pin revisions do not keep; a run after the grace period deletes
 //! it, and Nix 2.34 still reads every narinfo left; `publish` uploads pins
-//! after the narinfos, merged with the bucket's; a prune refuses a bucket
+//! after the narinfos, merged with the bucket's; a prune removes from the
+//! bucket's pin files the revisions their policies drop, and from its
+//! `store-paths` the roots only those name, and says so per pin (a dry run
+//! says what it would remove and changes neither file; concurrent writers
+//! of those files are `root_files`' topic); a prune refuses a bucket
 //! without `nix-cache-info` or without roots, and never touches objects
 //! outside the cache's prefix; many rounds of a publish and a prune started
 //! together, through a proxy that delays and fails requests, leave a bucket
@@ -22,7 +26,7 @@ use crate::prune::{left_file, top};
 use crate::publish::{Bucket, FlakyProxy, Moto, credentials, publisher, read_request};
 
 /// `mk-binary-cache-publish prune URL ARGS…`.
-fn prune(url: &str, args: &[&str]) -> Command {
+pub(crate) fn prune(url: &str, args: &[&str]) -> Command {
     let mut cmd = publisher();
     cmd.arg("prune").arg(url).args(args);
     cmd
@@ -95,7 +99,7 @@ fn assert_nix_reads_every_narinfo(bucket: &Bucket, paths: &[String]) {
 }
 
 /// The number that follows `prefix` in `text`; 0 if `prefix` is not there.
-fn number_after(text: &str, prefix: &str) -> usize {
+pub(crate) fn number_after(text: &str, prefix: &str) -> usize {
     text.split_once(prefix).map_or(0, |(_, rest)| {
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
         digits.parse().unwrap()
@@ -170,6 +174,72 @@ fn a_dry_run_says_what_it_would_delete_and_writes_nothing() {
         "{out}"
     );
     assert!(out.contains(" requests"), "{out}");
+}
+
+/// The numbers of the revisions of the pin file `pins/NAME` in the copy
+/// `dir` of a bucket, newest first.
+fn revision_numbers(dir: &Path, name: &str) -> Vec<u64> {
+    fs::read_to_string(dir.join("pins").join(name))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("Revision: "))
+        .map(|n| n.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_prune_removes_the_dropped_revisions_from_the_pin_file_and_their_roots_from_store_paths() {
+    let bucket = Moto::shared().bucket("prune-pin-file");
+    let url = bucket.url();
+    run(publisher().arg(release(top()).path()).arg(&url));
+    run(publisher().arg(release(left_file()).path()).arg(&url));
+    std::thread::sleep(Duration::from_secs(1));
+    let out = run(&mut prune(&url, &["--grace", "1"]));
+    assert!(
+        out.contains("pin release: removed revisions [1] from the bucket's pin file\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("store-paths: removed 1 roots that only dropped revisions name\n"),
+        "{out}"
+    );
+    let copy = bucket.download();
+    assert_eq!(revision_numbers(copy.path(), "release"), [2]);
+    assert_eq!(
+        fs::read_to_string(copy.path().join("store-paths")).unwrap(),
+        format!("{}\n", left_file())
+    );
+
+    // After the grace period the next run deletes what only revision 1
+    // held, and has no revision left to remove; Nix reads what is left.
+    std::thread::sleep(Duration::from_secs(2));
+    let out = run(&mut prune(&url, &["--grace", "1"]));
+    assert!(!out.contains("removed revisions"), "{out}");
+    let held: BTreeSet<String> = narinfos(bucket.download().path()).into_keys().collect();
+    assert_eq!(held, hashes_of(&closure_of(&[left_file()])));
+    let paths = assert_closed(&bucket);
+    assert_nix_reads_every_narinfo(&bucket, &paths);
+}
+
+#[test]
+fn a_dry_run_says_which_revisions_would_leave_the_pin_file_and_changes_no_root_file() {
+    let bucket = Moto::shared().bucket("prune-pin-dry");
+    let url = bucket.url();
+    run(publisher().arg(release(top()).path()).arg(&url));
+    run(publisher().arg(release(left_file()).path()).arg(&url));
+    let root_files =
+        |dir: &Path| ["pins/release", "store-paths"].map(|f| fs::read(dir.join(f)).unwrap());
+    let before = root_files(bucket.download().path());
+    let out = run(&mut prune(&url, &["--dry-run"]));
+    assert!(
+        out.contains("pin release: would remove revisions [1] from the bucket's pin file\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("store-paths: would remove 1 roots that only dropped revisions name\n"),
+        "{out}"
+    );
+    assert_eq!(root_files(bucket.download().path()), before);
 }
 
 #[test]
@@ -393,7 +463,7 @@ fn a_prune_killed_at_any_request_leaves_a_bucket_nix_reads_and_the_next_finishes
 }
 
 /// `n` in Nix's base32 digits, `len` long (leading zeros).
-fn nix32(mut n: u64, len: usize) -> String {
+pub(crate) fn nix32(mut n: u64, len: usize) -> String {
     const DIGITS: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
     let mut out = vec![b'0'; len];
     for slot in out.iter_mut().rev() {
