@@ -115,8 +115,8 @@ fn a_bucket_keeps_what_its_pins_retain_and_loses_the_rest_after_the_grace_period
     let bucket = Moto::shared().bucket("prune");
     let url = bucket.url();
     // Two releases of one pin that keeps one: the first's paths are garbage.
-    let first = release(top());
-    run(publisher().arg(first.path()).arg(&url));
+    let first_release = release(top());
+    run(publisher().arg(first_release.path()).arg(&url));
     let second = release(left_file());
     run(publisher().arg(second.path()).arg(&url));
     let pin = String::from_utf8(fs::read(bucket.download().path().join("pins/release")).unwrap())
@@ -303,15 +303,30 @@ fn publishes_and_prunes_started_together_never_leave_a_narinfo_without_what_it_n
         "s3://{}?endpoint=http://127.0.0.1:{}",
         bucket.name, proxy.port
     );
-    let releases = [release(top()), release(left_file())];
-    run(publisher().arg(releases[0].path()).arg(&url));
+    let first_release = release(top());
+    run(publisher().arg(first_release.path()).arg(&url));
+    // Then the rounds publish the second release, whose revision is the
+    // pin's newest from round 0 on, and the first one's paths again without
+    // their roots (no pin, no store-paths): garbage, which the bucket holds
+    // marked (publishing the first release's pin again would make it the
+    // newest revision once a prune has removed it).
+    let unrooted = tempdir();
+    run(Command::new("cp")
+        .args(["-r", "--no-preserve=mode"])
+        .arg(first_release.path())
+        .arg(unrooted.path().join("cache")));
+    let unrooted = unrooted.path().join("cache");
+    fs::remove_dir_all(unrooted.join("pins")).unwrap();
+    fs::remove_file(unrooted.join("store-paths")).unwrap();
+    let second_release = release(left_file());
+    let releases = [unrooted.as_path(), second_release.path()];
     // What the rounds did, to show that they raced: objects the prunes
     // deleted, and objects the publishes wrote again because of a mark.
     let (mut deleted, mut rewritten) = (0, 0);
     for round in 0..8u64 {
         // Publish the other release (most of which the bucket holds as
         // garbage, marked) while a prune with a short grace sweeps.
-        let cache = releases[(round as usize + 1) % 2].path();
+        let cache = releases[(round as usize + 1) % 2];
         let mut publish = publisher();
         publish
             .arg(cache)

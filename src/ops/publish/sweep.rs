@@ -27,6 +27,10 @@
 //! 5. Marks: the candidates that no mark names yet are written to a new
 //!    mark, `prune-marks/<time>-<pid>`, with the grace period and the sweep
 //!    time bound.
+//! 6. Last, the revisions each pin's policy drops leave its file, and the
+//!    roots only they name leave `store-paths` (before them), each by
+//!    compare-and-swap on a fresh read (`super::roots`), so a prune never
+//!    loses a root or a revision a concurrent publish adds.
 //!
 //! A publish (`super::publish`) reads the marks right after its listing
 //! and again at least every half [`REFRESH`] until its roots are up, and
@@ -37,11 +41,6 @@
 //! passed, it waits `SweepWithin` for a sweep under way to end and writes
 //! again whatever that sweep deleted. The docs (`doc/commands.md`) give the
 //! argument for why no interleaving loses a narinfo's NAR or references.
-//!
-//! 6. Last, the revisions each pin's policy drops leave its file, and the
-//!    roots only they name leave `store-paths` (before them), each by
-//!    compare-and-swap on a fresh read (`super::roots`), so a prune never
-//!    loses a root or a revision a concurrent publish adds.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
