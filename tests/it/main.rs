@@ -23,6 +23,8 @@ mod pins;
 mod props;
 mod prune;
 mod prune_bucket;
+#[cfg(feature = "publish")]
+mod prune_bucket_scale;
 mod publish;
 mod readme;
 mod root_files;

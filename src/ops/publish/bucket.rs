@@ -19,6 +19,10 @@ use tokio::io::AsyncReadExt;
 use super::plan::File;
 use super::{Credentials, Location, PublishError, content_type};
 
+/// An object's bytes and its ETag (if the store gives one); None if it is
+/// not there.
+pub type Tagged = Option<(Vec<u8>, Option<String>)>;
+
 /// The bucket, and how to name things in messages.
 pub(super) struct Bucket {
     pub(super) store: Arc<dyn ObjectStore>,
@@ -218,10 +222,7 @@ impl Bucket {
 
     /// `name`'s bytes and its ETag (if the store gives one), to change it by
     /// [`Bucket::put_if`]; None if it is not there.
-    pub(super) async fn get_tagged(
-        &self,
-        name: &str,
-    ) -> Result<Option<(Vec<u8>, Option<String>)>, PublishError> {
+    pub(super) async fn get_tagged(&self, name: &str) -> Result<Tagged, PublishError> {
         let result = match self.store.get(&self.key(name)).await {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),

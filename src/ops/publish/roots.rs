@@ -30,10 +30,12 @@
 //!   `store-paths` roots that no pin drops any more, kept for ever.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
 use super::bucket::Bucket;
+pub use super::bucket::Tagged;
 use super::plan::{File, Plan};
 use super::{PublishError, Report};
 use crate::cache::STORE_PATHS;
@@ -45,21 +47,57 @@ use crate::ops::pins::files::{dropped_roots, without_dropped_revisions, without_
 /// change gives up.
 pub(super) const ATTEMPTS: u32 = 20;
 
-/// Changes the object `name` by compare-and-swap: `change` gets what the
+/// What the root files need of a bucket: a read with the ETag and a
+/// conditional write. [`Bucket`] is the real one; a prune's tests may hand
+/// another (`sweep::Objects` requires it). Names are relative to the
+/// cache's prefix.
+pub trait RootFiles {
+    /// `name`'s bytes and its ETag.
+    fn get_tagged(&self, name: &str) -> impl Future<Output = Result<Tagged, PublishError>>;
+
+    /// Puts `bytes` as `name` only if the object there is still the one
+    /// read: the one with ETag `read`, or none when `read` is None.
+    /// Ok(false) if another writer changed it first.
+    fn put_if(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        read: Option<&str>,
+    ) -> impl Future<Output = Result<bool, PublishError>>;
+}
+
+impl RootFiles for Bucket {
+    async fn get_tagged(&self, name: &str) -> Result<Tagged, PublishError> {
+        Bucket::get_tagged(self, name).await
+    }
+
+    async fn put_if(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        read: Option<&str>,
+    ) -> Result<bool, PublishError> {
+        Bucket::put_if(self, name, bytes, read).await
+    }
+}
+
+/// Changes the object `name` of the cache at `url` by compare-and-swap: `change` gets what the
 /// bucket holds (None if nothing) and returns the new bytes, or None to
 /// leave it as it is; it is called again, on a fresh read, whenever another
 /// writer got in between. Returns the bytes written, if any.
 pub(super) async fn swap(
-    bucket: &Bucket,
+    files: &impl RootFiles,
+    url: &str,
     name: &str,
     change: impl FnMut(Option<&[u8]>) -> Result<Option<Vec<u8>>, PublishError>,
 ) -> Result<Option<u64>, PublishError> {
-    swap_within(bucket, name, ATTEMPTS, change).await
+    swap_within(files, url, name, ATTEMPTS, change).await
 }
 
 /// [`swap`], giving up after `attempts` reads.
 async fn swap_within(
-    bucket: &Bucket,
+    files: &impl RootFiles,
+    url: &str,
     name: &str,
     attempts: u32,
     mut change: impl FnMut(Option<&[u8]>) -> Result<Option<Vec<u8>>, PublishError>,
@@ -68,7 +106,7 @@ async fn swap_within(
         if attempt > 0 {
             tokio::time::sleep(pause(attempt)).await;
         }
-        let read = bucket.get_tagged(name).await?;
+        let read = files.get_tagged(name).await?;
         let Some(bytes) = change(read.as_ref().map(|(b, _)| b.as_slice()))? else {
             return Ok(None);
         };
@@ -77,18 +115,18 @@ async fn swap_within(
             Some((_, Some(etag))) => Some(etag.as_str()),
             Some((_, None)) => {
                 return Err(PublishError::NoETag {
-                    url: bucket.location.to_string(),
+                    url: url.to_owned(),
                     name: name.to_owned(),
                 });
             }
         };
         let size = bytes.len() as u64;
-        if bucket.put_if(name, bytes, etag).await? {
+        if files.put_if(name, bytes, etag).await? {
             return Ok(Some(size));
         }
     }
     Err(PublishError::Contended {
-        url: bucket.location.to_string(),
+        url: url.to_owned(),
         name: name.to_owned(),
         attempts,
     })
@@ -146,7 +184,7 @@ pub(super) async fn publish(
                     && StorePath::parse(line, store_dir).map_or(true, |p| !dropped.contains(&p))
             })
             .collect();
-        let size = swap(bucket, STORE_PATHS, |theirs| {
+        let size = swap(bucket, &url, STORE_PATHS, |theirs| {
             Ok(merge_lines(theirs.unwrap_or_default(), &ours))
         })
         .await?;
@@ -155,7 +193,7 @@ pub(super) async fn publish(
 
     for (file, pin) in &pins {
         let ours = without_dropped_revisions(pin, now).unwrap_or_else(|| pin.clone());
-        let size = swap(bucket, &file.name, |theirs| {
+        let size = swap(bucket, &url, &file.name, |theirs| {
             let Some(theirs) = theirs else {
                 return Ok(Some(ours.to_string().into_bytes()));
             };
@@ -224,13 +262,13 @@ pub struct Dropped {
 /// `store-paths` the roots that only those revisions name, each by
 /// [`swap`] on fresh reads. `dry_run` reads and writes nothing.
 pub(super) async fn drop_revisions(
-    bucket: &Bucket,
+    files: &impl RootFiles,
+    url: &str,
     store_dir: &str,
     names: &[String],
     now: u64,
     dry_run: bool,
 ) -> Result<Dropped, PublishError> {
-    let url = bucket.location.to_string();
     let parse = |name: &str, bytes: &[u8]| {
         Pin::parse(&String::from_utf8_lossy(bytes), store_dir).map_err(|e| PublishError::Cache {
             path: format!("{url}/{name}").into(),
@@ -245,7 +283,7 @@ pub(super) async fn drop_revisions(
         .filter(|n| n.starts_with(&format!("{}/", pin::DIR)))
     {
         dropped.requests += 1;
-        if let Some((bytes, _)) = bucket.get_tagged(name).await? {
+        if let Some((bytes, _)) = files.get_tagged(name).await? {
             pins.push((name, parse(name, &bytes)?));
         }
     }
@@ -263,8 +301,8 @@ pub(super) async fn drop_revisions(
             .collect();
         if !roots.is_empty() {
             dropped.requests += 1;
-            if let Some((bytes, _)) = bucket.get_tagged(STORE_PATHS).await? {
-                let listed = parse_store_paths(&url, store_dir, &bytes)?;
+            if let Some((bytes, _)) = files.get_tagged(STORE_PATHS).await? {
+                let listed = parse_store_paths(url, store_dir, &bytes)?;
                 dropped.roots = listed.len() - without_dropped_roots(&listed, &roots).len();
             }
         }
@@ -273,13 +311,13 @@ pub(super) async fn drop_revisions(
 
     if !roots.is_empty() {
         let mut removed = 0;
-        swap(bucket, STORE_PATHS, |theirs| {
+        swap(files, url, STORE_PATHS, |theirs| {
             dropped.requests += 1;
             removed = 0;
             let Some(theirs) = theirs else {
                 return Ok(None);
             };
-            let listed = parse_store_paths(&url, store_dir, theirs)?;
+            let listed = parse_store_paths(url, store_dir, theirs)?;
             let kept = without_dropped_roots(&listed, &roots);
             removed = listed.len() - kept.len();
             if removed == 0 {
@@ -305,7 +343,7 @@ pub(super) async fn drop_revisions(
             continue;
         }
         let mut gone = Vec::new();
-        swap(bucket, name, |theirs| {
+        swap(files, url, name, |theirs| {
             dropped.requests += 1;
             gone.clear();
             // A pin deleted since: nothing to drop from.
@@ -375,11 +413,13 @@ mod tests {
     use super::super::location::Location;
     use super::*;
 
+    const URL: &str = "s3://roots?endpoint=http://127.0.0.1:9";
+
     /// A bucket in memory: it does conditional writes as S3 does.
     fn bucket() -> Bucket {
         Bucket {
             store: Arc::new(InMemory::new()),
-            location: Location::parse("s3://roots?endpoint=http://127.0.0.1:9").unwrap(),
+            location: Location::parse(URL).unwrap(),
             credentials: String::new(),
             part_size: 5 << 20,
         }
@@ -402,7 +442,7 @@ mod tests {
         let bucket = bucket();
         overwrite(&bucket.store, STORE_PATHS, "/nix/store/a\n");
         let mut seen = Vec::new();
-        let written = swap(&bucket, STORE_PATHS, |theirs| {
+        let written = swap(&bucket, URL, STORE_PATHS, |theirs| {
             let theirs = String::from_utf8(theirs.unwrap().to_vec()).unwrap();
             if seen.is_empty() {
                 // Between this read and the write: another publish's root.
@@ -425,7 +465,7 @@ mod tests {
         // other writer's, which the next read merges.
         let bucket = bucket();
         let mut calls = 0;
-        swap(&bucket, STORE_PATHS, |theirs| {
+        swap(&bucket, URL, STORE_PATHS, |theirs| {
             calls += 1;
             if theirs.is_none() {
                 overwrite(&bucket.store, STORE_PATHS, "/nix/store/b\n");
@@ -443,7 +483,7 @@ mod tests {
         let bucket = bucket();
         overwrite(&bucket.store, "pins/release", "x");
         let mut n = 0;
-        let error = swap_within(&bucket, "pins/release", 3, |_| {
+        let error = swap_within(&bucket, URL, "pins/release", 3, |_| {
             n += 1;
             overwrite(&bucket.store, "pins/release", &format!("other {n}"));
             Ok(Some(b"ours".to_vec()))
@@ -462,7 +502,7 @@ mod tests {
     async fn nothing_to_change_writes_nothing() {
         let bucket = bucket();
         overwrite(&bucket.store, STORE_PATHS, "/nix/store/a\n");
-        let written = swap(&bucket, STORE_PATHS, |theirs| {
+        let written = swap(&bucket, URL, STORE_PATHS, |theirs| {
             Ok(merge_lines(theirs.unwrap(), &["/nix/store/a"]))
         })
         .await
