@@ -386,21 +386,17 @@ pub async fn prune(objects: &impl Objects, opts: &Options) -> Result<Report, Pub
         .deletion_order(&table)
         .map_err(|hashes| PublishError::BucketCycle(url.clone(), hashes.join(", ")))?;
     drop(narinfos);
-    report.deleted = order.iter().map(Vec::len).sum();
-    report.deleted_bytes = order.iter().flatten().map(|&id| table.size(id)).sum();
-    report.requests += order
-        .iter()
-        .map(|s| s.len().div_ceil(DELETE_BATCH))
-        .sum::<usize>();
     let budget = ripe
         .iter()
         .map(|m| Duration::from_secs(m.sweep_within))
         .min()
         .unwrap_or(opts.sweep_within);
+    // A dry run counts every batch as deleted; a real one stops when the
+    // marks' sweep bound has passed, and the rest waits for the next run.
     let mut swept_all = true;
-    if !opts.dry_run {
-        'sweep: for stage in &order {
-            for batch in stage.chunks(DELETE_BATCH) {
+    'sweep: for stage in &order {
+        for batch in stage.chunks(DELETE_BATCH) {
+            if !opts.dry_run {
                 if started.elapsed() > budget {
                     swept_all = false;
                     break 'sweep;
@@ -408,28 +404,27 @@ pub async fn prune(objects: &impl Objects, opts: &Options) -> Result<Report, Pub
                 let names: Vec<String> =
                     batch.iter().map(|&id| table.name(id).to_owned()).collect();
                 objects.delete_batch(&names).await?;
-                for &id in batch {
-                    table.set_gone(id);
-                }
+            }
+            report.requests += 1;
+            report.deleted += batch.len();
+            for &id in batch {
+                report.deleted_bytes += table.size(id);
+                table.set_gone(id);
             }
         }
-        // A swept mark stays for another grace period: a publish that
-        // listed the bucket before the sweep learns from it what to upload
-        // again (see the module documentation).
+    }
+    // A swept mark stays for another grace period: a publish that listed
+    // the bucket before the sweep learns from it what to upload again (see
+    // the module documentation).
+    if swept_all && !opts.dry_run {
         let spent: Vec<String> = ripe
             .iter()
             .filter(|m| m.spent(now))
             .map(|m| m.name.clone())
             .collect();
-        if swept_all && !spent.is_empty() {
-            for batch in spent.chunks(DELETE_BATCH) {
-                report.requests += 1;
-                objects.delete_batch(batch).await?;
-            }
-        }
-    } else {
-        for &id in order.iter().flatten() {
-            table.set_gone(id);
+        for batch in spent.chunks(DELETE_BATCH) {
+            report.requests += 1;
+            objects.delete_batch(batch).await?;
         }
     }
     drop(order);
