@@ -81,10 +81,11 @@ impl RootFiles for Bucket {
     }
 }
 
-/// Changes the object `name` of the cache at `url` by compare-and-swap: `change` gets what the
-/// bucket holds (None if nothing) and returns the new bytes, or None to
-/// leave it as it is; it is called again, on a fresh read, whenever another
-/// writer got in between. Returns the bytes written, if any.
+/// Changes the object `name` of the cache at `url` by compare-and-swap:
+/// `change` gets what the bucket holds (None if nothing) and returns the
+/// new bytes, or None to leave it as it is; it is called again, on a fresh
+/// read, whenever another writer got in between. Returns the bytes
+/// written, if any.
 pub(super) async fn swap(
     files: &impl RootFiles,
     url: &str,
@@ -132,8 +133,8 @@ async fn swap_within(
     })
 }
 
-/// The pause before attempt `attempt` (from 1): 25 ms doubling up to 2 s,
-/// each between half and all of that at random, so that writers that
+/// The pause before attempt `attempt` (from 1): 50 ms, doubling up to
+/// 2 s, each between half and all of that at random, so that writers that
 /// collided do not collide again in step.
 fn pause(attempt: u32) -> Duration {
     let ceiling = (25u64 << attempt.min(7)).min(2_000);
@@ -256,11 +257,12 @@ pub struct Dropped {
     pub requests: usize,
 }
 
-/// The end of `prune s3://…`: removes from the pins `names` (`pins/NAME`;
-/// other names are left alone)
-/// the revisions their policies drop at `now`, and before that from
+/// The end of `prune s3://…`: removes from the pins among `names` (the
+/// `pins/NAME` the listing found; other names are left alone) the
+/// revisions their policies drop at `now`, and before that from
 /// `store-paths` the roots that only those revisions name, each by
-/// [`swap`] on fresh reads. `dry_run` reads and writes nothing.
+/// [`swap`] on fresh reads. With `dry_run` it only reads, and says what
+/// it would remove.
 pub(super) async fn drop_revisions(
     files: &impl RootFiles,
     url: &str,
