@@ -12,7 +12,9 @@
 //! what is there now (the proxy changes the object, deterministically,
 //! while it holds the PUT); a publish racing a prune that drops revisions
 //! keeps its new revision and root; a publish from a cache that still holds
-//! a revision a prune removed from the bucket does not add it back.
+//! a revision a prune removed from the bucket does not add it back; a store
+//! that answers a conditional write with `501 Not Implemented` is an error
+//! naming the store and the object, and nothing is written unconditionally.
 //!
 //! The caches are synthetic (a narinfo and an 8-byte NAR per path, as in
 //! `prune_bucket`'s large test): these tests are about the root files, which
@@ -425,4 +427,58 @@ fn a_publish_does_not_add_back_a_revision_a_prune_removed() {
         store_paths(&bucket),
         BTreeSet::from([path(2), path(3), path(4)])
     );
+}
+
+/// A proxy in front of moto that answers every conditional request
+/// (`If-Match`, `If-None-Match`) with `501 Not Implemented`, as a store
+/// without conditional writes does, and forwards the others.
+fn without_conditional_writes(upstream: u16) -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let Some((head, body)) = read_request(&mut client)? else {
+                    return Ok(());
+                };
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if text.contains("\r\nif-match:") || text.contains("\r\nif-none-match:") {
+                    let error = "<Error><Code>NotImplemented</Code></Error>";
+                    write!(
+                        client,
+                        "HTTP/1.1 501 Not Implemented\r\nContent-Length: {}\r\n\
+                         Connection: close\r\n\r\n{error}",
+                        error.len()
+                    )?;
+                    return Ok(());
+                }
+                let mut server = TcpStream::connect((Ipv4Addr::LOCALHOST, upstream))?;
+                server.write_all(&head)?;
+                server.write_all(&body)?;
+                std::io::copy(&mut server, &mut client)?;
+                Ok(())
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_store_without_conditional_writes_is_an_error_naming_it_and_the_object() {
+    let moto = Moto::shared();
+    let bucket = moto.bucket("roots-no-cas");
+    let port = without_conditional_writes(moto.port());
+    let url = format!("s3://{}?endpoint=http://127.0.0.1:{port}", bucket.name);
+    let cache = release("release", "", 1, 2, 1_700_000_001);
+    let started = std::time::Instant::now();
+    let error = run_failing(publisher().arg(cache.path()).arg(&url));
+    eprintln!("failed after {:?}: {error}", started.elapsed());
+    assert!(
+        error.contains(&format!("s3://{}", bucket.name)) && error.contains("/store-paths: "),
+        "{error}"
+    );
+    assert!(error.contains("does not do conditional writes"), "{error}");
+    // Nothing was written to it unconditionally instead.
+    assert!(!bucket.objects().contains_key("store-paths"));
 }
