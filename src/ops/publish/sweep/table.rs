@@ -7,7 +7,7 @@
 //! listing's (sorted) order and found by binary search, and every other
 //! fact is a number or a flag per object. A narinfo's references are
 //! numbers of other objects. The cost is about 25 bytes per object besides
-//! its name, and 12 per narinfo and 4 per reference (measured in
+//! its name, and 16 per narinfo and 4 per reference (measured in
 //! `tests/it/prune_bucket_scale.rs`).
 
 use crate::format::narinfo;
