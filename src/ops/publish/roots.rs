@@ -385,7 +385,7 @@ pub(super) async fn drop_revisions(
 }
 
 /// The lines of a bucket's `store-paths`, each a store path in `store_dir`.
-fn parse_store_paths(
+pub(super) fn parse_store_paths(
     url: &str,
     store_dir: &str,
     bytes: &[u8],

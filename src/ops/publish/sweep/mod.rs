@@ -287,19 +287,16 @@ pub async fn prune(objects: &impl Objects, opts: &Options) -> Result<Report, Pub
     for name in &root_files {
         let bytes = objects.get(name).await?;
         report.requests += 1;
-        let text = String::from_utf8_lossy(&bytes);
-        let bad = |message: String| PublishError::Cache {
-            path: format!("{url}/{name}").into(),
-            message,
-        };
         if name == STORE_PATHS {
-            for line in text.lines().filter(|l| !l.is_empty()) {
-                let path = StorePath::parse(line, &store_dir)
-                    .map_err(|_| bad(format!("'{line}' is not a store path in {store_dir}")))?;
-                store_path::append_new(&mut store_paths, [path]);
-            }
+            store_paths = super::roots::parse_store_paths(&url, &store_dir, &bytes)?;
         } else {
-            pins.push(Pin::parse(&text, &store_dir).map_err(|e| bad(e.to_string()))?);
+            let pin = Pin::parse(&String::from_utf8_lossy(&bytes), &store_dir).map_err(|e| {
+                PublishError::Cache {
+                    path: format!("{url}/{name}").into(),
+                    message: e.to_string(),
+                }
+            })?;
+            pins.push(pin);
         }
     }
     let pin_now = now.max(0) as u64;
